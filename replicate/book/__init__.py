@@ -1,0 +1,1 @@
+"""Executing notebooks and building the Jupyter Book."""

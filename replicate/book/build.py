@@ -1,0 +1,161 @@
+"""Build the book: execute its notebooks with papermill, refuse to publish failures, render HTML.
+
+The book's table of contents (``book/_toc.yml``) is the list of notebooks: a page
+``executed/<path>`` is the executed copy of ``notebooks/<path>.ipynb``. Notebooks run in parallel
+(``jobs``); a failing notebook does not stop the others, keeps its executed copy (with papermill's
+error banner) for inspection, and makes the build fail with the notebook, the cell and the error.
+Jupyter Book 1 renders with execution off, so it never runs code itself.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import nbformat
+import yaml
+
+from ..errors import ReplicateError
+
+KERNEL_NAME = "replicate"
+EXECUTED = "executed"
+
+
+@dataclass
+class NotebookRun:
+    source: Path
+    output: Path
+    error: str | None = None
+    seconds: float = 0.0
+
+
+def project_root() -> Path:
+    """The checkout holding ``book/`` and ``notebooks/`` (the package is installed editable)."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / "book" / "_toc.yml").is_file():
+        raise ReplicateError(f"{root}: no book/_toc.yml here; run from a checkout of the project")
+    return root
+
+
+def _toc_files(node) -> list[str]:
+    files = []
+    if isinstance(node, dict):
+        if "file" in node:
+            files.append(str(node["file"]))
+        for value in node.values():
+            files.extend(_toc_files(value))
+    elif isinstance(node, list):
+        for item in node:
+            files.extend(_toc_files(item))
+    return files
+
+
+def book_notebooks(root: Path) -> list[tuple[Path, Path]]:
+    """``(source notebook, executed copy)`` for every ``executed/`` page of the TOC."""
+    toc_path = root / "book" / "_toc.yml"
+    try:
+        toc = yaml.safe_load(toc_path.read_text())
+    except yaml.YAMLError as exc:
+        raise ReplicateError(f"{toc_path}: malformed YAML: {exc}") from None
+    pairs = []
+    for entry in _toc_files(toc):
+        entry = entry.removesuffix(".ipynb")
+        if not entry.startswith(f"{EXECUTED}/"):
+            continue
+        rel = entry[len(EXECUTED) + 1:]
+        source = root / "notebooks" / f"{rel}.ipynb"
+        if not source.is_file():
+            raise ReplicateError(f"{toc_path}: page {entry} has no notebook {source}")
+        pairs.append((source, root / "book" / f"{entry}.ipynb"))
+    return pairs
+
+
+def ensure_kernel() -> None:
+    """Install the ``replicate`` kernelspec into this environment if it is missing (papermill pins it)."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    os.environ.setdefault("JUPYTER_PREFER_ENV_PATH", "1")
+    if KERNEL_NAME not in KernelSpecManager().find_kernel_specs():
+        from ipykernel.kernelspec import install
+
+        install(kernel_name=KERNEL_NAME, display_name=KERNEL_NAME, prefix=sys.prefix)
+
+
+def notebook_parameters(source: Path, wanted: dict) -> dict:
+    """The subset of ``wanted`` that the notebook's ``parameters`` cell declares."""
+    import papermill as pm
+
+    declared = pm.inspect_notebook(str(source))
+    return {k: v for k, v in wanted.items() if k in declared}
+
+
+def execute_notebook(run: NotebookRun, parameters: dict, cwd: Path) -> NotebookRun:
+    import time
+
+    import papermill as pm
+
+    run.output.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    try:
+        pm.execute_notebook(
+            str(run.source), str(run.output), parameters=notebook_parameters(run.source, parameters),
+            kernel_name=KERNEL_NAME, cwd=str(cwd), progress_bar=False,
+        )
+    except pm.PapermillExecutionError as exc:
+        run.error = f"cell {exc.exec_count}: {exc.ename}: {exc.evalue}"
+    except Exception as exc:  # kernel death, timeouts: still one notebook's failure, reported with the rest
+        run.error = f"{type(exc).__name__}: {exc}"
+    run.seconds = time.perf_counter() - start
+    return run
+
+
+def failed_in_output(path: Path) -> bool:
+    """Papermill marks a notebook that raised with ``metadata.papermill.exception``; JB1 would render it silently."""
+    nb = nbformat.read(path, as_version=4)
+    return bool(nb.metadata.get("papermill", {}).get("exception"))
+
+
+def execute_all(pairs: list[tuple[Path, Path]], parameters: dict, cwd: Path, jobs: int) -> list[NotebookRun]:
+    runs = [NotebookRun(src, out) for src, out in pairs]
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        done = list(pool.map(lambda r: execute_notebook(r, parameters, cwd), runs))
+    for run in done:
+        print(f"  {'FAILED' if run.error else 'ok':6} {run.source.relative_to(cwd)}  ({run.seconds:.1f} s)", flush=True)
+    return done
+
+
+def build_html(book_dir: Path) -> Path:
+    exe = Path(sys.executable).with_name("jupyter-book")
+    cmd = [str(exe), "build", str(book_dir), "--keep-going"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
+        raise ReplicateError(f"jupyter-book build {book_dir} failed (exit {proc.returncode}):\n{tail}")
+    return book_dir / "_build" / "html" / "index.html"
+
+
+def build_book(profile: str = "synthetic", data_root: str | os.PathLike | None = None, jobs: int = 2,
+               only: list[str] | None = None) -> Path:
+    """Execute every book notebook for ``profile`` and build the HTML book; returns its index.html."""
+    from ..data.profiles import data_config, ensure_data
+
+    root = project_root()
+    cfg = data_config(profile, data_root if data_root is not None else root / "data" / profile)
+    print(f"preparing {profile} data in {cfg.root}", flush=True)
+    ensure_data(cfg)
+    pairs = book_notebooks(root)
+    if only:
+        pairs = [p for p in pairs if any(s in str(p[0]) for s in only)]
+    ensure_kernel()
+    print(f"executing {len(pairs)} notebook(s) with profile {profile}, {jobs} at a time", flush=True)
+    runs = execute_all(pairs, {"profile": profile, "data_root": str(cfg.root.resolve())}, root, jobs)
+    failed = [r for r in runs if r.error or failed_in_output(r.output)]
+    if failed:
+        lines = [f"{r.source.relative_to(root)}: {r.error or 'papermill marked it failed'} (executed copy: {r.output})"
+                 for r in failed]
+        raise ReplicateError(f"{len(failed)} notebook(s) failed; the book was not built:\n  " + "\n  ".join(lines))
+    return build_html(root / "book")

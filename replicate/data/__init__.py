@@ -1,0 +1,1 @@
+"""Datasets: the synthetic misalignment benchmark, COCO-format reading, transforms and batching."""

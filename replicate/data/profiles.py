@@ -1,0 +1,101 @@
+"""Where each profile's data lives and at what scale it is read.
+
+Profiles: ``smoke`` and ``synthetic`` (generated on demand, see :mod:`replicate.data.synth`) and
+``coco`` (COCO 2017 from a local folder: nothing is downloaded). Scales are ``(long, short)``:
+the papers' 1333x800 (MOD, SALT-Net, TSD, AlignDet), RetinaNet-Conf's 1000x600, multi-scale ranges.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from ..errors import DataError
+from . import synth
+from .coco import CocoDetection
+from .transforms import Scale, test_transforms, train_transforms
+
+SCALE_PRESETS: dict[str, tuple[tuple[Scale, ...], str]] = {
+    "1333x800": (((1333, 800),), "choice"),
+    "1000x600": (((1000, 600),), "choice"),
+    "ms-640-800": (((1333, 640), (1333, 800)), "range"),  # short side drawn in [640, 800]
+    "ms-480-960": (((1333, 480), (1333, 960)), "range"),
+    "synthetic-320": (((480, 320),), "choice"),
+    "smoke-192": (((288, 192),), "choice"),
+}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    profile: str
+    root: Path
+    train_ann: str
+    train_images: str
+    val_ann: str
+    val_images: str
+    train_scales: tuple[Scale, ...]
+    scale_mode: str
+    test_scale: Scale
+    flip_prob: float = 0.5
+    size_divisor: int = 32
+    filter_empty_train: bool = True
+
+    @property
+    def generated(self) -> bool:
+        return self.profile in synth.PROFILES
+
+    def paths(self, split: str) -> tuple[Path, Path]:
+        if split not in ("train", "val"):
+            raise DataError(f"unknown split {split!r}; use 'train' or 'val'")
+        ann, img = (self.train_ann, self.train_images) if split == "train" else (self.val_ann, self.val_images)
+        return self.root / ann, self.root / img
+
+    def with_scale(self, preset: str) -> "DataConfig":
+        """The same data read at a named scale preset (training and test scale)."""
+        if preset not in SCALE_PRESETS:
+            raise DataError(f"unknown scale preset {preset!r}; choose from {sorted(SCALE_PRESETS)}")
+        scales, mode = SCALE_PRESETS[preset]
+        return replace(self, train_scales=scales, scale_mode=mode, test_scale=max(scales, key=lambda s: s[1]))
+
+
+def default_root(profile: str) -> Path:
+    return Path(os.environ.get("REPLICATE_DATA", "data")) / profile
+
+
+def data_config(profile: str, data_root: str | os.PathLike | None = None) -> DataConfig:
+    root = Path(data_root) if data_root is not None else default_root(profile)
+    if profile in synth.PROFILES:
+        preset = "smoke-192" if profile == "smoke" else "synthetic-320"
+        scales, mode = SCALE_PRESETS[preset]
+        return DataConfig(profile, root, "annotations/train.json", "images/train", "annotations/val.json",
+                          "images/val", scales, mode, scales[0])
+    if profile == "coco":
+        scales, mode = SCALE_PRESETS["1333x800"]
+        return DataConfig(profile, root, "annotations/instances_train2017.json", "train2017",
+                          "annotations/instances_val2017.json", "val2017", scales, mode, scales[0])
+    raise DataError(f"unknown profile {profile!r}; choose from {sorted([*synth.PROFILES, 'coco'])}")
+
+
+def ensure_data(cfg: DataConfig, *, seed: int = 0, progress: bool = True) -> None:
+    """Generate a synthetic profile's data if absent; check that COCO is where it is said to be."""
+    if cfg.generated:
+        synth.generate(cfg.profile, cfg.root, seed=seed, progress=progress)
+        return
+    missing = [str(p) for split in ("train", "val") for p in cfg.paths(split) if not p.exists()]
+    if missing:
+        raise DataError(
+            f"{cfg.profile} data not found under {cfg.root}: missing {', '.join(missing)}. Nothing is "
+            "downloaded here: pass --data-root (or set REPLICATE_DATA) to a folder holding "
+            "annotations/instances_{train,val}2017.json, train2017/ and val2017/."
+        )
+
+
+def build_dataset(cfg: DataConfig, split: str, *, train: bool, seed: int = 0) -> CocoDetection:
+    """The dataset of one split with the profile's training or test transforms."""
+    ann, images = cfg.paths(split)
+    if train:
+        transforms = train_transforms(cfg.train_scales, cfg.scale_mode, cfg.flip_prob)
+    else:
+        transforms = test_transforms(cfg.test_scale)
+    return CocoDetection(ann, images, transforms, filter_empty=train and cfg.filter_empty_train, seed=seed)
