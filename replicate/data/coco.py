@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from torchvision.io import ImageReadMode, decode_image
+from PIL import Image
 
 from ..errors import DataError
 from .validate import load_coco
@@ -110,9 +110,11 @@ class CocoDetection(Dataset):
         if not path.is_file():
             raise DataError(f"{path}: image file not found (image id {image_id} in {self.ann_file})")
         try:
-            return decode_image(str(path), mode=ImageReadMode.RGB)
-        except RuntimeError as exc:
+            with Image.open(path) as im:
+                pixels = np.array(im.convert("RGB"))  # a writable copy: torch shares its memory
+        except OSError as exc:  # PIL's UnidentifiedImageError and truncated files are OSErrors
             raise DataError(f"{path}: cannot decode image ({exc})") from None
+        return torch.from_numpy(pixels).permute(2, 0, 1)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
         image_id = self.ids[index]

@@ -13,6 +13,7 @@ body outline; a new body never covers an earlier object's key, so every annotate
 from __future__ import annotations
 
 import io
+import json
 import math
 import multiprocessing as mp
 import os
@@ -384,7 +385,8 @@ def categories() -> list[dict]:
 
 
 def _manifest(profile: SynthProfile, seed: int) -> dict:
-    return {"generator_version": GENERATOR_VERSION, "seed": seed, "profile": asdict(profile)}
+    """What identifies a generated dataset, in its JSON form (tuples become lists)."""
+    return json.loads(json.dumps({"generator_version": GENERATOR_VERSION, "seed": seed, "profile": asdict(profile)}))
 
 
 def dataset_paths(root: str | os.PathLike, split: str) -> tuple[Path, Path]:
