@@ -139,11 +139,14 @@ def build_html(book_dir: Path) -> Path:
 
 
 def build_book(profile: str = "synthetic", data_root: str | os.PathLike | None = None, jobs: int = 2,
-               only: list[str] | None = None) -> Path:
-    """Execute every book notebook for ``profile`` and build the HTML book; returns its index.html."""
+               only: list[str] | None = None, root: Path | None = None) -> Path:
+    """Execute every book notebook for ``profile`` and build the HTML book; returns its index.html.
+
+    ``root`` is the folder holding ``book/`` and ``notebooks/`` (default: this checkout).
+    """
     from ..data.profiles import data_config, ensure_data
 
-    root = project_root()
+    root = Path(root) if root is not None else project_root()
     cfg = data_config(profile, data_root if data_root is not None else root / "data" / profile)
     print(f"preparing {profile} data in {cfg.root}", flush=True)
     ensure_data(cfg)

@@ -206,16 +206,24 @@ class _Fields:
 
 
 def _check_fields(
-    entries: list, kind: str, spec: dict[str, tuple[Callable[[Any], bool], str]], problems: list[Problem]
+    entries: list, section: str, kind: str, spec: dict[str, tuple[Callable[[Any], bool], str]],
+    problems: list[Problem],
 ) -> _Fields:
-    """Report entries (of ``kind``: "image", "annotation", "category") with missing/mistyped fields."""
+    """Report entries of ``section`` (one entry is a ``kind``) with missing or mistyped fields.
+
+    ``spec`` maps each required field to its predicate and the type named in the message; it must
+    include "id", which labels the examples.
+    """
     values = {key: _column(entries, key) for key in spec}
     fields = _Fields(values, {key: _mask(values[key], spec[key][0]) for key in spec})
     expected = ", ".join(f"{key}: {type_name}" for key, (_, type_name) in spec.items())
 
     def describe(i: int) -> str:
+        label = f"{section}[{i}]" + (f" (id {values['id'][i]})" if fields.ok["id"][i] else "")
+        if type(entries[i]) is not dict:
+            return f"{label}: not an object but {_short(entries[i], 30)}"
         bad = [key for key, ok in fields.ok.items() if not ok[i]]
-        return f"{kind}s[{i}]: " + ", ".join(f"{key}={_short(values[key][i], 30)}" for key in bad)
+        return f"{label}: " + ", ".join(f"{key}={_short(values[key][i], 30)}" for key in bad)
 
     phrase = f"{kind} entr(y/ies) with missing or mistyped fields (expected {expected})"
     _flag(problems, "error", f"{kind}_missing_field", phrase, ~fields.all_ok, describe)
@@ -263,7 +271,7 @@ class _Images:
 def _check_images(images: list, problems: list[Problem]) -> _Images:
     spec = {"id": (_is_int, "int"), "file_name": (_is_str, "str"), "width": (_is_number, "number"),
             "height": (_is_number, "number")}
-    fields = _check_fields(images, "image", spec, problems)
+    fields = _check_fields(images, "images", "image", spec, problems)
     id_ok = fields.ok["id"]
     ids = _array(fields.values["id"], id_ok, np.int64, 0)
     widths = _array(fields.values["width"], fields.ok["width"], float, np.nan)
@@ -286,7 +294,7 @@ class _Categories:
 
 def _check_categories(categories: list, problems: list[Problem]) -> _Categories:
     spec = {"id": (_is_int, "int"), "name": (_is_str, "str")}
-    fields = _check_fields(categories, "category", spec, problems)
+    fields = _check_fields(categories, "categories", "category", spec, problems)
     ids = _array(fields.values["id"], fields.ok["id"], np.int64, 0)
     _check_duplicates(ids, fields.ok["id"], "category", problems)
     return _Categories(fields, ids, _IdIndex.build(ids, fields.ok["id"]))
@@ -319,7 +327,7 @@ def _check_annotations(
     """Check annotations (references only against sections that exist); return annotation stats."""
     spec = {"id": (_is_int, "int"), "image_id": (_is_int, "int"), "category_id": (_is_int, "int"),
             "bbox": (_is_present, "[x, y, w, h]")}
-    fields = _check_fields(annotations, "annotation", spec, problems)
+    fields = _check_fields(annotations, "annotations", "annotation", spec, problems)
     ok = fields.ok
     ids = _array(fields.values["id"], ok["id"], np.int64, 0)
     image_ids = _array(fields.values["image_id"], ok["image_id"], np.int64, 0)

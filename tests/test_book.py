@@ -1,0 +1,76 @@
+"""The book: its notebook list, clean notebooks, failures that stop the build, an end-to-end smoke build."""
+
+import shutil
+from pathlib import Path
+
+import nbformat
+import papermill as pm
+import pytest
+
+from replicate.book.build import book_notebooks, build_book, failed_in_output, project_root
+from replicate.errors import ReplicateError
+
+ROOT = project_root()
+
+
+def test_every_notebook_is_in_the_book_and_stored_clean():
+    listed = {src for src, _ in book_notebooks(ROOT)}
+    on_disk = set((ROOT / "notebooks").rglob("*.ipynb"))
+    assert listed == on_disk
+    for path in on_disk:
+        nb = nbformat.read(path, as_version=4)
+        assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), f"{path} has outputs"
+        params = pm.inspect_notebook(str(path))
+        assert {"profile", "data_root"} <= set(params), f"{path} lacks profile/data_root parameters"
+
+
+def _mini_project(tmp_path: Path, notebooks: dict[str, str]) -> Path:
+    root = tmp_path / "proj"
+    (root / "book").mkdir(parents=True)
+    shutil.copy(ROOT / "book" / "_config.yml", root / "book")
+    (root / "book" / "intro.md").write_text("# Test book\n")
+    chapters = "\n".join(f"      - file: executed/{name}" for name in notebooks)
+    (root / "book" / "_toc.yml").write_text(f"format: jb-book\nroot: intro\nparts:\n  - caption: T\n    chapters:\n{chapters}\n")
+    for name, source in notebooks.items():
+        nb = nbformat.v4.new_notebook()
+        params = nbformat.v4.new_code_cell('profile: str = "synthetic"\ndata_root: str = ""')
+        params.metadata["tags"] = ["parameters"]
+        nb.cells = [params, nbformat.v4.new_code_cell(source)]
+        nb.metadata["kernelspec"] = {"name": "replicate", "display_name": "replicate", "language": "python"}
+        path = root / "notebooks" / f"{name}.ipynb"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, path)
+    return root
+
+
+def test_failing_notebook_fails_the_build_and_others_still_run(tmp_path, smoke_root):
+    root = _mini_project(tmp_path, {"good": "print('fine', profile)", "bad": "1 / 0"})
+    with pytest.raises(ReplicateError) as exc:
+        build_book(profile="smoke", data_root=smoke_root, root=root)
+    message = str(exc.value)
+    assert "bad.ipynb" in message and "ZeroDivisionError" in message and "good.ipynb" not in message
+    good = root / "book" / "executed" / "good.ipynb"
+    bad = root / "book" / "executed" / "bad.ipynb"
+    assert not failed_in_output(good) and failed_in_output(bad)
+    outputs = [o for c in nbformat.read(good, 4).cells for o in c.get("outputs", [])]
+    assert any("fine smoke" in o.get("text", "") for o in outputs)
+    assert not (root / "book" / "_build").exists()
+
+
+def test_toc_page_without_notebook_is_an_error(tmp_path):
+    root = _mini_project(tmp_path, {"gone": "pass"})
+    (root / "notebooks" / "gone.ipynb").unlink()
+    with pytest.raises(ReplicateError, match="has no notebook"):
+        book_notebooks(root)
+
+
+@pytest.mark.slow
+def test_book_builds_on_smoke(tmp_path, smoke_root):
+    root = tmp_path / "proj"
+    shutil.copytree(ROOT / "book", root / "book", ignore=shutil.ignore_patterns("_build", "executed"))
+    shutil.copytree(ROOT / "notebooks", root / "notebooks")
+    index = build_book(profile="smoke", data_root=smoke_root, root=root)
+    assert index.is_file()
+    card = (root / "book" / "_build" / "html" / "executed" / "dataset" / "card.html").read_text()
+    assert "bars-20" in card and "<table" in card and card.count("<img") >= 2
+    assert "Traceback" not in card
