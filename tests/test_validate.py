@@ -183,7 +183,6 @@ def test_bad_iscrowd(value: Any) -> None:
 @pytest.mark.parametrize(
     "segmentation",
     [
-        [[1, 2, 3, 4]],  # fewer than 6 numbers
         [[1, 2, 3, 4, 5, 6, 7]],  # odd length
         [[1, 2, 3, 4, 5, "6"]],  # not numbers
         [],  # no polygon
@@ -233,6 +232,25 @@ def test_bad_area() -> None:
     assert p.severity == "warning" and p.count == 3 and "area" in p.message and report.ok
     assert p.examples == ["annotations[0] (id 10): area=missing", "annotations[1] (id 11): area=0",
                           "annotations[2] (id 12): area='16'"]
+
+
+def test_short_polygon_is_a_warning() -> None:
+    data = make_coco()
+    data["annotations"][0]["segmentation"] = [[1, 2, 3, 4]]  # two points: real COCO has a few
+    report = validate_coco(data, "x.json")
+    p = problem(report, "short_polygon")
+    assert p.severity == "warning" and p.count == 1 and report.ok and "fewer than 3 points" in p.message
+
+
+def test_load_coco_fills_missing_area_with_box_area(tmp_path) -> None:
+    data = make_coco()
+    del data["annotations"][0]["area"]
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps(data))
+    with pytest.warns(UserWarning, match="area"):
+        coco = load_coco(path)
+    w, h = data["annotations"][0]["bbox"][2:]
+    assert coco.anns[data["annotations"][0]["id"]]["area"] == float(w * h)
 
 
 def test_unused_category() -> None:

@@ -11,7 +11,8 @@ Problem codes. Errors: ``not_a_dict``, ``missing_section``, ``image_missing_fiel
 ``annotation_missing_field``, ``duplicate_annotation_id``, ``bad_bbox``, ``unknown_image_id``,
 ``unknown_category_id``, ``bad_iscrowd``, ``bad_segmentation``, ``missing_image_file``,
 ``unreadable_image``, ``image_size_mismatch`` and, from :func:`check_file`, ``unreadable``.
-Warnings: ``degenerate_box``, ``box_outside_image``, ``bad_area``, ``unused_category``.
+Warnings: ``degenerate_box``, ``box_outside_image``, ``bad_area`` (:func:`load_coco` then uses the box
+area), ``short_polygon`` (fewer than 3 points, as a few real COCO masks have), ``unused_category``.
 
 The checks are columnar (one Python pass per field, then numpy), so the 860k annotations of COCO
 2017 train validate in a few seconds. :func:`load_coco` validates, warns and builds a
@@ -311,14 +312,20 @@ def _boxes(values: list) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _polygon_ok(polygon: Any) -> bool:
-    return type(polygon) is list and len(polygon) >= 6 and len(polygon) % 2 == 0 and _finite_numbers(polygon)
+    return type(polygon) is list and len(polygon) >= 2 and len(polygon) % 2 == 0 and _finite_numbers(polygon)
 
 
 def _segmentation_ok(seg: Any) -> bool:
-    """An RLE dict with counts and size, or a non-empty list of valid polygons."""
+    """An RLE dict with counts and size, or a non-empty list of polygons (even-length number lists)."""
     if type(seg) is dict:
         return "counts" in seg and "size" in seg
     return type(seg) is list and len(seg) > 0 and all(map(_polygon_ok, seg))
+
+
+def _has_short_polygon(seg: Any) -> bool:
+    """A polygon of fewer than 3 points: real COCO 2017 has a few; pycocotools rasterises them to
+    (almost) nothing, and mask heads should skip them, as detectron2 does."""
+    return type(seg) is list and any(type(poly) is list and len(poly) < 6 for poly in seg)
 
 
 def _check_annotations(
@@ -378,8 +385,11 @@ def _check_optional_fields(annotations: list, label: Callable[[int], str], probl
     segs = _column(annotations, "segmentation")
     seg_bad = _mask(segs, lambda seg: seg is not _MISSING and not _segmentation_ok(seg))
     _flag(problems, "error", "bad_segmentation",
-          "annotation(s) whose segmentation is neither polygons (even-length lists of >= 6 numbers) "
+          "annotation(s) whose segmentation is neither polygons (even-length lists of numbers) "
           "nor an RLE dict with counts and size", seg_bad, lambda i: f"{label(i)}: segmentation={_short(segs[i])}")
+    seg_short = ~seg_bad & _mask(segs, _has_short_polygon)
+    _flag(problems, "warning", "short_polygon", "annotation(s) with a polygon of fewer than 3 points",
+          seg_short, lambda i: f"{label(i)}: segmentation={_short(segs[i])}")
     areas = _column(annotations, "area")
     area_ok = _mask(areas, _is_number)
     area_values = _array(areas, area_ok, float, np.nan)
@@ -508,6 +518,15 @@ def check_file(
     return validate_coco(data, str(path), images_dir=images_dir, check_image_sizes=check_image_sizes)
 
 
+def _fill_missing_areas(annotations: list[dict]) -> None:
+    """COCOeval reads every ground-truth ``area`` (size ranges); a missing or non-positive one (reported
+    as ``bad_area``) is replaced by the box area w*h so that evaluation still runs."""
+    for ann in annotations:
+        area = ann.get("area")
+        if not (_is_number(area) and area > 0):
+            ann["area"] = float(ann["bbox"][2] * ann["bbox"][3])
+
+
 def load_coco(path: str | os.PathLike, *, images_dir: str | os.PathLike | None = None) -> COCO:
     """Read, validate and index a COCO file.
 
@@ -523,6 +542,7 @@ def load_coco(path: str | os.PathLike, *, images_dir: str | os.PathLike | None =
     report.raise_for_errors()
     for problem in report.warnings:
         warnings.warn(f"{path}: {problem.describe()}", stacklevel=2)
+    _fill_missing_areas(data["annotations"])
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO()
         coco.dataset = data
