@@ -1,0 +1,1 @@
+"""Detector building blocks: backbones, necks, heads, box coders, assigners, losses, post-processing."""
