@@ -183,6 +183,18 @@ def _finish(gt_index: Tensor, gt_labels: Tensor, max_iou: Tensor) -> Assignment:
     return Assignment(gt_index=gt_index, labels=labels, max_iou=max_iou)
 
 
+def _ignore_crowds(anchors: Tensor, gt_index: Tensor, positive: Tensor, ignore_boxes: Tensor | None,
+                   ignore_valid: Tensor | None, ignore_iof: float) -> Tensor:
+    """Mark as ignored every non-positive anchor covering a crowd box by at least ``ignore_iof``
+    (intersection over the anchor's own area)."""
+    if ignore_boxes is None or ignore_boxes.shape[1] == 0:
+        return gt_index
+    if ignore_valid is None:
+        ignore_valid = torch.ones(ignore_boxes.shape[:2], dtype=torch.bool, device=ignore_boxes.device)
+    crowd = _crowd_iof(anchors, ignore_boxes, ignore_valid) >= ignore_iof
+    return torch.where(crowd & ~positive, torch.full_like(gt_index, IGNORED), gt_index)
+
+
 # ------------------------------------------------------------------------------ max IoU
 
 
@@ -258,11 +270,7 @@ def max_iou_assign(
     matched_iou = torch.gather(iou, 2, gt_index.clamp(min=0)[..., None])[..., 0]
     max_iou = torch.where(matched, matched_iou, best_iou)
 
-    if ignore_boxes is not None and ignore_boxes.shape[1] > 0:
-        if ignore_valid is None:
-            ignore_valid = torch.ones(ignore_boxes.shape[:2], dtype=torch.bool, device=ignore_boxes.device)
-        crowd = _crowd_iof(anchors, ignore_boxes, ignore_valid) >= ignore_iof
-        gt_index = torch.where(crowd & ~matched, torch.full_like(gt_index, IGNORED), gt_index)
+    gt_index = _ignore_crowds(anchors, gt_index, matched, ignore_boxes, ignore_valid, ignore_iof)
 
     return _finish(gt_index, gt_labels, max_iou)
 
@@ -444,10 +452,6 @@ def atss_assign(
     valid_iou = iou.masked_fill(~gt_valid[:, None, :], 0.0)
     max_iou = torch.where(is_pos, best_pos_iou, valid_iou.max(dim=2).values)
 
-    if ignore_boxes is not None and ignore_boxes.shape[1] > 0:
-        if ignore_valid is None:
-            ignore_valid = torch.ones(ignore_boxes.shape[:2], dtype=torch.bool, device=ignore_boxes.device)
-        crowd = _crowd_iof(anchors, ignore_boxes, ignore_valid) >= ignore_iof
-        gt_index = torch.where(crowd & ~is_pos, torch.full_like(gt_index, IGNORED), gt_index)
+    gt_index = _ignore_crowds(anchors, gt_index, is_pos, ignore_boxes, ignore_valid, ignore_iof)
 
     return _finish(gt_index, gt_labels, max_iou)
