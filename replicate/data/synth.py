@@ -205,8 +205,7 @@ def sample_layout(rng: np.random.Generator, p: SynthProfile) -> Layout:
                 continue
             if len(boxes) and _box_iou(box, boxes).max() > max_iou:
                 continue
-            if any(_intersects(_key_box(body.key), b[None]) for b in boxes):
-                # its key would sit on an earlier body: fine visually, but keep keys on their own body
+            if _intersects(_key_box(body.key), boxes):  # each key overlaps only its own body
                 continue
             lay.objects.append(body)
             boxes = np.vstack([boxes, box])
