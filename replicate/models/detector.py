@@ -1,0 +1,105 @@
+"""A dense detector = backbone -> FPN -> head, built from a typed :class:`DetectorConfig`.
+
+The head owns its priors, assignment, losses and decoding (one file per detector under
+:mod:`replicate.models.detectors`); this module only composes them:
+
+* ``detector(images, targets)`` in training returns a dict of named loss terms (every key
+  starting with ``loss`` is summed by the engine; each is logged separately);
+* ``detector.predict(images, image_sizes)`` returns per-image ``boxes``/``scores``/``labels``
+  in the coordinates of the (resized, unpadded) input images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ReplicateError
+from .backbone import BackboneConfig, build_backbone
+from .fpn import FPN
+from .postprocess import TestConfig
+
+
+@dataclass(frozen=True)
+class NeckConfig:
+    out_channels: int = 256
+    num_extra: int = 2  # P6, P7 on top of P3-P5
+    extra_from: str = "input"  # RetinaNet: P6 from C5; FCOS: "output" (from P5)
+    relu_before_extra: bool = True
+
+
+class HeadConfig(Protocol):
+    """Every head config is a frozen dataclass with these fields and a ``build`` method."""
+
+    feat_channels: int
+    num_convs: int
+
+    def build(self, in_channels: int, num_classes: int) -> "DenseHead": ...
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    name: str
+    head: Any  # a HeadConfig dataclass of the detector's module
+    num_classes: int = 80
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    neck: NeckConfig = field(default_factory=NeckConfig)
+    test: TestConfig = field(default_factory=TestConfig)
+
+
+class DenseHead(nn.Module):
+    """Interface of a dense head: raw maps, training losses, detections."""
+
+    def forward(self, feats: list[Tensor]) -> dict[str, list[Tensor]]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def loss(self, outs: dict[str, list[Tensor]], targets: list[dict], batch_hw: tuple[int, int]) -> dict[str, Tensor]:
+        raise NotImplementedError  # pragma: no cover - interface
+
+    def predict(self, outs: dict[str, list[Tensor]], image_sizes: list[tuple[int, int]],
+                cfg: TestConfig) -> list[dict[str, Tensor]]:
+        raise NotImplementedError  # pragma: no cover - interface
+
+
+class Detector(nn.Module):
+    def __init__(self, cfg: DetectorConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = build_backbone(cfg.backbone)
+        n = cfg.neck
+        self.neck = FPN(self.backbone.out_channels, n.out_channels, n.num_extra, n.extra_from, n.relu_before_extra)
+        self.head = cfg.head.build(n.out_channels, cfg.num_classes)
+
+    def features(self, images: Tensor) -> list[Tensor]:
+        return self.neck(self.backbone(images))
+
+    def forward(self, images: Tensor, targets: list[dict] | None = None) -> dict:
+        """Training: the dict of loss terms. Without targets: the head's raw outputs."""
+        outs = self.head(self.features(images))
+        if targets is None:
+            return outs
+        if len(targets) != images.shape[0]:
+            raise ReplicateError(f"{images.shape[0]} images but {len(targets)} targets")
+        return self.head.loss(outs, targets, tuple(images.shape[-2:]))
+
+    @torch.no_grad()
+    def predict(self, images: Tensor, image_sizes: list[tuple[int, int]] | None = None,
+                test: TestConfig | None = None) -> list[dict[str, Tensor]]:
+        if image_sizes is None:
+            image_sizes = [tuple(images.shape[-2:])] * images.shape[0]
+        outs = self.head(self.features(images))
+        return self.head.predict(outs, list(image_sizes), test or self.cfg.test)
+
+
+def build_detector(cfg: DetectorConfig | str, **overrides) -> Detector:
+    """Build a detector from a config, or from a preset name (see :data:`replicate.models.zoo.MODELS`)."""
+    if isinstance(cfg, str):
+        from .zoo import model_config
+
+        cfg = model_config(cfg)
+    if overrides:
+        cfg = replace(cfg, **overrides)
+    return Detector(cfg)

@@ -1,0 +1,130 @@
+"""Dense-detector post-processing: score fusion, threshold, per-level top-k, batched NMS, top-N.
+
+The test-time recipe shared by every one-stage detector replicated here (RetinaNet, Lin et al.
+2017b, Sec. 4.2; FCOS; ATSS; GFL): on each pyramid level keep candidates whose score exceeds
+``score_thr`` (0.05), keep the ``pre_nms_topk`` (1000) best of them, decode only those boxes, merge
+levels, run class-wise NMS and keep the ``max_per_image`` (100) best detections.
+
+Quality branches (centerness, IoU, GIoU, the RetinaNet-Conf object confidence) enter through
+:func:`fuse_scores`. The references differ on whether the threshold applies to the raw class
+probability or the fused score; :class:`TestConfig.threshold_on` selects it.
+Everything is batched: one top-k per level for the whole batch and a single ``batched_nms`` call
+with (image, class) groups.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+from torchvision.ops import batched_nms
+
+from ..errors import ReplicateError
+
+FUSIONS = ("none", "multiply", "sqrt", "power")
+
+
+@dataclass(frozen=True)
+class TestConfig:
+    score_thr: float = 0.05
+    pre_nms_topk: int = 1000  # per level
+    nms_iou: float = 0.5
+    max_per_image: int = 100
+    fusion: str = "none"  # how a quality branch combines with the class probability, see fuse_scores
+    fusion_alpha: float = 0.5  # exponent of the quality term for fusion="power"
+    threshold_on: str = "cls"  # "cls": score_thr on the class probability; "fused": on the fused score
+
+    def __post_init__(self) -> None:
+        if self.fusion not in FUSIONS:
+            raise ReplicateError(f"unknown score fusion {self.fusion!r}; choose from {FUSIONS}")
+        if self.threshold_on not in ("cls", "fused"):
+            raise ReplicateError(f"threshold_on must be 'cls' or 'fused', got {self.threshold_on!r}")
+
+
+def fuse_scores(cls_prob: Tensor, quality: Tensor | None, fusion: str, alpha: float = 0.5) -> Tensor:
+    """The score-fusion hook.
+
+    * ``none``: the class probability (GFL's joint scores, plain RetinaNet);
+    * ``multiply``: ``p * q`` (FCOS centerness in mmdetection; RetinaNet-Conf's object confidence);
+    * ``sqrt``: ``sqrt(p * q)`` (official FCOS and MOD's inference);
+    * ``power``: ``p^(1-alpha) * q^alpha`` (IoU-aware RetinaNet, Wu et al. 2020, Eq. 4).
+
+    ``quality`` is (B, N) or (B, N, C) in [0, 1], broadcast over classes.
+    """
+    if fusion == "none" or quality is None:
+        if fusion != "none":
+            raise ReplicateError(f"score fusion {fusion!r} needs a quality branch")
+        return cls_prob
+    if quality.dim() == cls_prob.dim() - 1:
+        quality = quality.unsqueeze(-1)
+    if fusion == "multiply":
+        return cls_prob * quality
+    if fusion == "sqrt":
+        return (cls_prob * quality).sqrt()
+    if fusion == "power":
+        return cls_prob.pow(1 - alpha) * quality.pow(alpha)
+    raise ReplicateError(f"unknown score fusion {fusion!r}; choose from {FUSIONS}")
+
+
+def postprocess(
+    cls_prob: list[Tensor],
+    decode: Callable[[int, Tensor, Tensor], Tensor],
+    image_sizes: list[tuple[int, int]],
+    cfg: TestConfig,
+    quality: list[Tensor] | None = None,
+) -> list[dict[str, Tensor]]:
+    """Detections for a batch from per-level predictions.
+
+    Args:
+        cls_prob: per level (B, N_l, C) class probabilities.
+        decode: ``decode(level, batch_index, prior_index) -> (K, 4)`` xyxy boxes of the selected
+            priors of that level (only the kept candidates are decoded).
+        image_sizes: (h, w) of each image before padding; boxes are clipped to it.
+        cfg: thresholds and sizes.
+        quality: optional per level (B, N_l) or (B, N_l, C) quality in [0, 1].
+
+    Returns:
+        One dict per image with ``boxes`` (n, 4) xyxy, ``scores`` (n,), ``labels`` (n,) long,
+        sorted by decreasing score, ``n <= cfg.max_per_image``.
+    """
+    B = len(image_sizes)
+    all_boxes, all_scores, all_labels, all_images = [], [], [], []
+    for lvl, p in enumerate(cls_prob):
+        C = p.shape[-1]
+        q = None if quality is None else quality[lvl]
+        fused = fuse_scores(p, q, cfg.fusion, cfg.fusion_alpha)
+        gate = p if cfg.threshold_on == "cls" else fused
+        ranked = fused.masked_fill(gate <= cfg.score_thr, -1.0).reshape(B, -1)
+        k = min(cfg.pre_nms_topk, ranked.shape[1])
+        top, flat = ranked.topk(k, dim=1)  # (B, k)
+        keep = top > -1.0
+        img = torch.arange(B, device=p.device)[:, None].expand_as(flat)[keep]
+        flat = flat[keep]
+        prior, label = flat // C, flat % C
+        boxes = decode(lvl, img, prior)
+        all_boxes.append(boxes)
+        all_scores.append(top[keep])
+        all_labels.append(label)
+        all_images.append(img)
+    boxes = torch.cat(all_boxes)
+    scores = torch.cat(all_scores)
+    labels = torch.cat(all_labels)
+    images = torch.cat(all_images)
+    sizes = torch.as_tensor(image_sizes, dtype=boxes.dtype, device=boxes.device).reshape(B, 2)
+    hw = sizes[images]
+    boxes = torch.stack([boxes[:, 0].clamp(min=0).minimum(hw[:, 1]), boxes[:, 1].clamp(min=0).minimum(hw[:, 0]),
+                         boxes[:, 2].clamp(min=0).minimum(hw[:, 1]), boxes[:, 3].clamp(min=0).minimum(hw[:, 0])], dim=1)
+    num_classes = cls_prob[0].shape[-1]
+    keep = batched_nms(boxes.float(), scores.float(), images * num_classes + labels, cfg.nms_iou)
+    images_k = images[keep]
+    out = []
+    # keep is sorted by decreasing score; split it per image and cut each at max_per_image
+    order = torch.argsort(images_k, stable=True)
+    keep, images_k = keep[order], images_k[order]
+    counts = torch.bincount(images_k, minlength=B).tolist()
+    for i, idx in enumerate(torch.split(keep, counts)):
+        idx = idx[: cfg.max_per_image]
+        out.append({"boxes": boxes[idx], "scores": scores[idx], "labels": labels[idx]})
+    return out
