@@ -28,6 +28,8 @@ FUSIONS = ("none", "multiply", "sqrt", "power")
 
 @dataclass(frozen=True)
 class TestConfig:
+    __test__ = False  # not a pytest test class
+
     score_thr: float = 0.05
     pre_nms_topk: int = 1000  # per level
     nms_iou: float = 0.5

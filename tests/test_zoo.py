@@ -1,0 +1,65 @@
+"""Every registered detector builds from its typed config, trains one step and predicts sane boxes."""
+
+import pytest
+import torch
+
+from replicate.errors import ReplicateError
+from replicate.models.detector import Detector, build_detector
+from replicate.models.zoo import MODELS, describe, model_config
+
+
+def _targets():
+    return [
+        {"boxes": torch.tensor([[10.0, 20.0, 80.0, 100.0], [100.0, 50.0, 200.0, 180.0]]),
+         "labels": torch.tensor([1, 3]),
+         "ignore_boxes": torch.tensor([[150.0, 0.0, 250.0, 40.0]])},  # a crowd region
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long),
+         "ignore_boxes": torch.zeros(0, 4)},  # an image without objects
+    ]
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_smoke_model_trains_and_predicts(name):
+    torch.manual_seed(0)
+    model = build_detector(model_config(name, "smoke", num_classes=10))
+    images = torch.randn(2, 3, 192, 288)
+    losses = model(images, _targets())
+    assert losses and all(k.startswith("loss") for k in losses)
+    assert all(torch.isfinite(v) and v.dim() == 0 for v in losses.values()), losses
+    sum(losses.values()).backward()
+    trained = [p for p in model.parameters() if p.requires_grad]
+    assert sum(p.grad is not None and p.grad.abs().sum() > 0 for p in trained) > 0.9 * len(trained)
+
+    model.eval()
+    sizes = [(192, 288), (150, 200)]
+    with torch.no_grad():  # lower the classifier prior so that there is something to post-process
+        for m in model.head.modules():
+            if isinstance(m, torch.nn.Conv2d) and m.out_channels % 10 == 0 and m.bias is not None:
+                m.bias.add_(4.0)
+    dets = model.predict(images, sizes)
+    assert len(dets) == 2
+    for d, (h, w) in zip(dets, sizes):
+        n = len(d["scores"])
+        assert 0 < n <= 100
+        assert d["boxes"].shape == (n, 4) and d["labels"].shape == (n,)
+        assert (d["boxes"][:, 0] >= 0).all() and (d["boxes"][:, 2] <= w).all() and (d["boxes"][:, 3] <= h).all()
+        assert ((d["labels"] >= 0) & (d["labels"] < 10)).all()
+        assert (d["scores"][:-1] >= d["scores"][1:]).all()
+
+
+def test_presets_describe_themselves_and_keep_reference_backbone():
+    for name in MODELS:
+        assert describe(name)
+        cfg = model_config(name)
+        assert cfg.name == name and cfg.backbone.name == "resnet50" and cfg.backbone.norm == "frozen_bn"
+        smoke = model_config(name, "smoke", 10)
+        assert smoke.backbone.name == "narrow" and smoke.num_classes == 10
+        assert type(smoke.head) is type(cfg.head)
+
+
+def test_build_by_name_and_unknown_names():
+    assert isinstance(build_detector("retinanet"), Detector)
+    with pytest.raises(ReplicateError, match="unknown model 'yolo'"):
+        model_config("yolo")
+    with pytest.raises(ReplicateError, match="unknown profile"):
+        model_config("fcos", "imagenet")
