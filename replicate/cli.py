@@ -69,6 +69,59 @@ def _cmd_book(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .engine.config import schedule_for, with_overrides
+    from .engine.distributed import init_distributed, is_main
+    from .engine.train import train
+
+    cfg = with_overrides(
+        schedule_for(args.profile), scale_schedule=args.scale_schedule, iters=args.iters,
+        batch_size=args.batch_size, lr=args.lr, seed=args.seed, amp=args.amp, num_workers=args.workers,
+        checkpoint_every=args.checkpoint_every, eval_at_end=False if args.no_eval else None,
+    )
+    init_distributed()
+    result = train(args.model, args.profile, args.out, cfg, data_root=args.data_root, device=args.device,
+                   progress=not args.quiet)
+    if is_main():
+        line = f"status: {result['status']}  iteration: {result['iteration']}/{cfg.iters}"
+        if result.get("metrics"):
+            line += f"  AP: {100 * result['metrics']['AP']:.1f}  AP50: {100 * result['metrics']['AP50']:.1f}"
+        print(line)
+        print(f"metrics: {result['metrics_file']}" if "metrics_file" in result else f"checkpoint: {result['checkpoint']}")
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from .models.zoo import MODELS, describe
+
+    width = max(map(len, MODELS))
+    for name in MODELS:
+        print(f"{name:<{width}}  {describe(name)}")
+    return 0
+
+
+def _cmd_bench_train_step(args: argparse.Namespace) -> int:
+    from .bench.train_step import bench_train_step, format_result, write_result
+
+    h, w = _parse_size(args.size)
+    for model in args.model:
+        result = bench_train_step(model, batch_size=args.batch_size, size=(h, w), iters=args.iters,
+                                  warmup=args.warmup, num_classes=args.num_classes, device=args.device,
+                                  amp=args.amp)
+        print(format_result(result))
+        if not args.no_save:
+            print(f"  written to {write_result(result, args.out if len(args.model) == 1 else None)}")
+    return 0
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ReplicateError(f"--size must look like HxW (e.g. 512x512), got {text!r}") from None
+    return h, w
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="replicate",
@@ -117,6 +170,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=2, help="notebooks executed in parallel (default 2)")
     p.add_argument("--only", nargs="*", default=None, help="execute only notebooks whose path contains one of these")
     p.set_defaults(func=_cmd_book)
+
+    p = sub.add_parser(
+        "train", help="train a detector and evaluate it on the val split",
+        description="Train a detector (see `replicate models`) with its profile's schedule (smoke, synthetic, "
+                    "or 1x for coco) and evaluate it. OUT receives log.jsonl, checkpoint.pt, detections.json and "
+                    "metrics.json; a run finding OUT/checkpoint.pt resumes from it. SIGTERM/SIGUSR2 checkpoint "
+                    "and stop. Multi-GPU: python -m torch.distributed.run --nproc_per_node N -m replicate.cli "
+                    "train ... (or srun under SLURM); --batch-size is the global batch.")
+    p.add_argument("--model", required=True, help="detector preset name (see `replicate models`)")
+    p.add_argument("--profile", choices=["smoke", "synthetic", "coco"], required=True, help="data profile")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--iters", type=int, default=None, help="training iterations (default: the profile's schedule)")
+    p.add_argument("--scale-schedule", action="store_true",
+                   help="with --iters: scale the lr steps and warmup to the new length (default: keep them)")
+    p.add_argument("--batch-size", type=int, default=None, help="global batch size over all processes")
+    p.add_argument("--lr", type=float, default=None, help="base learning rate")
+    p.add_argument("--seed", type=int, default=None, help="seed of initialisation, data order and augmentation")
+    p.add_argument("--data-root", type=Path, default=None, help="dataset folder (default data/PROFILE)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available")
+    p.add_argument("--amp", choices=["bf16", "fp16"], default=None, help="mixed precision (CUDA only)")
+    p.add_argument("--workers", type=int, default=None, help="data loading processes per training process")
+    p.add_argument("--checkpoint-every", type=int, default=None, help="iterations between checkpoints (0: end only)")
+    p.add_argument("--no-eval", action="store_true", help="skip the evaluation on the val split")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("models", help="list the detector presets")
+    p.set_defaults(func=_cmd_models)
+
+    bench = sub.add_parser("bench", help="benchmarks (speed, memory); never part of the tests")
+    bsub = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")
+    p = bsub.add_parser("train-step", help="time our R50-FPN training step against torchvision's on one batch",
+                        description="Median time of forward + loss + backward + SGD step of our detector and of "
+                                    "torchvision's retinanet_resnet50_fpn / fcos_resnet50_fpn on the same batch; "
+                                    "prints the ratio ours/torchvision and writes the figures with provenance "
+                                    "to results/bench/ for the book's performance appendix.")
+    p.add_argument("--model", nargs="+", default=["retinanet", "fcos"], choices=["retinanet", "fcos"])
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--size", default="512x512", help="input HxW (default 512x512; the papers use 800x1333)")
+    p.add_argument("--iters", type=int, default=5, help="timed iterations (median reported)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed iterations first")
+    p.add_argument("--num-classes", type=int, default=80)
+    p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available")
+    p.add_argument("--amp", choices=["bf16", "fp16"], help="autocast dtype (CUDA only)")
+    p.add_argument("--out", type=Path, help="result file (default results/bench/train-step_<model>_<device>.json)")
+    p.add_argument("--no-save", action="store_true", help="print only")
+    p.set_defaults(func=_cmd_bench_train_step)
     return parser
 
 

@@ -8,6 +8,8 @@
 - Images without (usable) objects stay for evaluation and are filtered for training when
   ``filter_empty`` is set (mmdetection's ``filter_empty_gt``).
 - Randomness: sample ``i`` in epoch ``e`` draws from its own generator seeded by ``(seed, e, i)``.
+  ``get(i, e)`` reads a sample of an explicit epoch (the training sampler passes the epoch with each
+  index, so DataLoader workers need no shared state); ``dataset[i]`` is ``get(i, dataset.epoch)``.
 """
 
 from __future__ import annotations
@@ -99,8 +101,10 @@ class CocoDetection(Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def sample_generator(self, index: int) -> torch.Generator:
-        state = np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(2, dtype=np.uint64)
+    def sample_generator(self, index: int, epoch: int | None = None) -> torch.Generator:
+        """The generator of sample ``index`` in ``epoch`` (default: the current ``self.epoch``)."""
+        epoch = self.epoch if epoch is None else epoch
+        state = np.random.SeedSequence([self.seed, epoch, index]).generate_state(2, dtype=np.uint64)
         gen = torch.Generator()
         gen.manual_seed(int(state[0] >> np.uint64(1)))
         return gen
@@ -117,6 +121,10 @@ class CocoDetection(Dataset):
         return torch.from_numpy(pixels).permute(2, 0, 1)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
+        return self.get(index, self.epoch)
+
+    def get(self, index: int, epoch: int) -> tuple[torch.Tensor, dict]:
+        """Sample ``index`` with the augmentation randomness of ``epoch``."""
         image_id = self.ids[index]
         rec = self._records[image_id]
         image = self.load_image(image_id).float()
@@ -138,5 +146,5 @@ class CocoDetection(Dataset):
             "flipped": False,
         }
         if self.transforms is not None:
-            image, target = self.transforms(image, target, self.sample_generator(index))
+            image, target = self.transforms(image, target, self.sample_generator(index, epoch))
         return image, target

@@ -14,7 +14,12 @@ from typing import Callable
 from ..errors import ReplicateError
 from .backbone import BackboneConfig
 from .detector import DetectorConfig, NeckConfig
+from .detectors.atss import atss
 from .detectors.fcos import FCOSHeadConfig
+from .detectors.foveabox import foveabox
+from .detectors.gfl import gfl
+from .detectors.gflv2 import gflv2
+from .detectors.iou_aware_retinanet import iou_aware_retinanet
 from .detectors.retinanet import ONE_ANCHOR, RetinaNetHeadConfig
 from .postprocess import TestConfig
 
@@ -22,10 +27,12 @@ FCOS_NECK = NeckConfig(extra_from="output", relu_before_extra=True)
 
 
 def retinanet() -> DetectorConfig:
+    """RetinaNet (Lin et al. 2017b): 9 anchors, focal loss, smooth L1."""
     return DetectorConfig("retinanet", RetinaNetHeadConfig())
 
 
 def retinanet_1anchor() -> DetectorConfig:
+    """RetinaNet with one square anchor (8 x stride) per location."""
     return DetectorConfig("retinanet_1anchor", RetinaNetHeadConfig(anchors=ONE_ANCHOR))
 
 
@@ -54,6 +61,11 @@ MODELS: dict[str, Callable[[], DetectorConfig]] = {
     "fcos": fcos,
     "fcos_vanilla": fcos_vanilla,
     "fcos_giou": fcos_giou,
+    "atss": atss,
+    "gfl": gfl,
+    "gflv2": gflv2,
+    "foveabox": foveabox,
+    "iou_aware_retinanet": iou_aware_retinanet,
 }
 
 PROFILE_WIDTHS = {"smoke": (64, 2), "synthetic": (128, 4)}  # (FPN/head channels, tower convs)

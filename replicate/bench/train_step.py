@@ -1,0 +1,133 @@
+"""Time one training step of our R50-FPN detector against torchvision's on the same batch.
+
+``replicate bench train-step --model retinanet|fcos`` builds our detector (ResNet-50, trainable
+BatchNorm, nothing frozen: the state torchvision's builders are in without pretrained weights) and
+torchvision's ``retinanet_resnet50_fpn`` / ``fcos_resnet50_fpn`` for the same number of classes,
+feeds both the same random batch with the same boxes, and times forward + loss + backward + SGD
+step (median over ``iters`` after ``warmup``; CUDA synchronised). torchvision's step includes its
+``GeneralizedRCNNTransform`` (normalisation; its resize is a no-op because min/max size are set
+to the batch's size). Architectural differences that remain are reported with the figures:
+our RetinaNet takes P6 from C5 (the paper / mmdetection), torchvision's from P5; our FCOS has no
+conv bias before GroupNorm. The result (with device, versions, commit) is written as JSON for the
+book's performance appendix.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from ..errors import ReplicateError
+from ..io import atomic_write_json
+
+MODELS = ("retinanet", "fcos")
+NOTES = {
+    "retinanet": "ours: P6 from C5 (paper, mmdetection); torchvision: P6 from P5",
+    "fcos": "ours: FCOS* (centre sampling, GIoU, centerness on reg); torchvision: its FCOS recipe",
+}
+
+
+def _batch(batch_size: int, hw: tuple[int, int], num_boxes: int, num_classes: int, device, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    h, w = hw
+    images = torch.randn(batch_size, 3, h, w, generator=g)
+    targets = []
+    for _ in range(batch_size):
+        xy = torch.rand(num_boxes, 2, generator=g) * torch.tensor([w * 0.7, h * 0.7])
+        wh = 16 + torch.rand(num_boxes, 2, generator=g) * torch.tensor([w * 0.3, h * 0.3])
+        targets.append({"boxes": torch.cat([xy, xy + wh], 1).to(device),
+                        "labels": torch.randint(0, num_classes, (num_boxes,), generator=g).to(device)})
+    return images.to(device), targets
+
+
+def _ours(model: str, num_classes: int):
+    from ..models.detector import build_detector
+    from ..models.zoo import model_config
+
+    cfg = model_config(model, "coco", num_classes)
+    cfg = replace(cfg, backbone=replace(cfg.backbone, norm="bn", frozen_stages=-1))
+    return build_detector(cfg)
+
+
+def _theirs(model: str, num_classes: int, hw: tuple[int, int]):
+    from torchvision.models import detection
+
+    build = detection.retinanet_resnet50_fpn if model == "retinanet" else detection.fcos_resnet50_fpn
+    return build(weights=None, weights_backbone=None, num_classes=num_classes, min_size=min(hw), max_size=max(hw))
+
+
+def _time_steps(step, iters: int, warmup: int, device) -> list[float]:
+    times = []
+    for i in range(warmup + iters):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def bench_train_step(model: str = "retinanet", *, batch_size: int = 2, size: tuple[int, int] = (512, 512),
+                     iters: int = 5, warmup: int = 2, num_classes: int = 80, num_boxes: int = 5,
+                     device: str | None = None, amp: str | None = None) -> dict:
+    """Median seconds per training step, ours and torchvision's, and their ratio (ours / theirs)."""
+    if model not in MODELS:
+        raise ReplicateError(f"bench train-step supports {MODELS}, got {model!r}")
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if amp and dev.type != "cuda":
+        raise ReplicateError("--amp needs a CUDA device")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[amp]
+    images, targets = _batch(batch_size, size, num_boxes, num_classes, dev)
+    results = {}
+    for who in ("ours", "torchvision"):
+        torch.manual_seed(0)
+        net = (_ours(model, num_classes) if who == "ours" else _theirs(model, num_classes, size)).to(dev).train()
+        opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
+        scaler = torch.amp.GradScaler(enabled=amp == "fp16")
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
+                losses = net(images, targets) if who == "ours" else net(list(images), targets)
+            scaler.scale(sum(losses.values())).backward()
+            scaler.step(opt)
+            scaler.update()
+
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        times = _time_steps(step, iters, warmup, dev)
+        results[who] = {"median_s": statistics.median(times), "times_s": times,
+                        "peak_mem_mb": torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None}
+        del net, opt
+    ratio = results["ours"]["median_s"] / results["torchvision"]["median_s"]
+    return {"benchmark": "train-step", "model": model, "batch_size": batch_size, "size": list(size),
+            "iters": iters, "warmup": warmup, "num_classes": num_classes, "amp": amp,
+            "threads": torch.get_num_threads(), "ours": results["ours"], "torchvision": results["torchvision"],
+            "ratio": ratio, "note": NOTES[model]}
+
+
+def write_result(result: dict, out: Path | None = None) -> Path:
+    """Write a benchmark result with provenance to ``out`` (default ``results/bench/<name>.json``)."""
+    from ..provenance import provenance
+
+    record = {**result, "provenance": provenance({k: v for k, v in result.items() if k in
+                                                  ("benchmark", "model", "batch_size", "size", "amp")})}
+    if out is None:
+        device = record["provenance"]["device"].replace(" ", "-").replace("/", "-")
+        out = Path("results/bench") / f"{result['benchmark']}_{result['model']}_{device}.json"
+    atomic_write_json(out, record)
+    return out
+
+
+def format_result(r: dict) -> str:
+    o, t = r["ours"]["median_s"], r["torchvision"]["median_s"]
+    return (f"train-step {r['model']}: batch {r['batch_size']} at {r['size'][0]}x{r['size'][1]}, "
+            f"amp={r['amp']}\n  ours        {o * 1000:9.1f} ms/step\n  torchvision {t * 1000:9.1f} ms/step\n"
+            f"  ratio ours/torchvision = {r['ratio']:.2f}  ({r['note']})")

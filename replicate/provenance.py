@@ -1,0 +1,105 @@
+"""Where a result came from: code version, library versions, device and the exact configuration.
+
+``provenance(config)`` is stored with every metrics file; ``config_hash(config)`` (the first 12 hex
+digits of the SHA-256 of the canonical JSON of a configuration) names a configuration compactly and
+guards resumption against a changed configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+
+_PACKAGES = ("torch", "torchvision", "numpy", "pycocotools")
+_REPO = Path(__file__).resolve().parent.parent
+
+
+def jsonable(obj: Any) -> Any:
+    """``obj`` as plain JSON values: dataclasses -> dicts, tuples -> lists, paths -> strings, and
+    non-finite floats -> the strings ``"inf"``, ``"-inf"``, ``"nan"`` (JSON has no infinity)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    return obj
+
+
+def config_hash(config: Any) -> str:
+    """First 12 hex digits of the SHA-256 of ``config``'s canonical JSON (sorted keys, no spaces)."""
+    text = json.dumps(jsonable(config), sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=_REPO, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def code_version() -> dict[str, Any]:
+    """``commit`` (``git rev-parse HEAD`` of the package's checkout, ``"unknown"`` outside one) and
+    ``dirty`` (uncommitted changes to tracked files)."""
+    commit = _git("rev-parse", "HEAD")
+    if commit is None:
+        return {"commit": "unknown", "dirty": False}
+    return {"commit": commit, "dirty": bool(_git("status", "--porcelain", "--untracked-files=no"))}
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    out["replicate"] = __version__
+    return out
+
+
+def device_name(device: torch.device | str | None = None) -> str:
+    """The CUDA device's name, or the CPU model (from /proc/cpuinfo where there is one)."""
+    device = torch.device(device) if device is not None else None
+    if device is not None and device.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def provenance(config: Any, *, device: torch.device | str | None = None, world_size: int = 1) -> dict[str, Any]:
+    """Code version, library versions, device, world size, and ``config`` with its hash."""
+    return {
+        **code_version(),
+        "versions": versions(),
+        "device": device_name(device),
+        "world_size": world_size,
+        "argv": sys.argv,
+        "config_hash": config_hash(config),
+        "config": jsonable(config),
+    }
