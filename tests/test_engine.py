@@ -23,7 +23,6 @@ from replicate.errors import ReplicateError
 from replicate.io import read_json
 from replicate.models.zoo import model_config
 
-SMOKE_MODELS = ["retinanet", "fcos"]
 TIMING_KEYS = ("time", "data_time", "imgs_per_s")
 
 
@@ -210,21 +209,6 @@ def test_ddp_matches_single_process(smoke_root, tmp_path):
         torch.testing.assert_close(two[k], one[k], rtol=0, atol=1e-5, msg=k)
     losses = lambda out: [row["loss"] for row in read_log(out)]  # noqa: E731
     assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-5)
-
-
-# ---------------------------------------------------------------------------------- smoke training
-@pytest.mark.slow
-@pytest.mark.parametrize("name", SMOKE_MODELS)
-def test_smoke_training_learns(name, smoke_root, tmp_path):
-    result = train(name, "smoke", tmp_path, SCHEDULES["smoke"], data_root=smoke_root, progress=False)
-    losses = [row["loss"] for row in read_log(tmp_path)]
-    assert len(losses) == SCHEDULES["smoke"].iters
-    assert sum(losses[-20:]) / 20 < sum(losses[:20]) / 20
-    metrics = read_json(tmp_path / "metrics.json")
-    assert metrics == {k: v for k, v in result.items() if k in metrics}
-    assert metrics["metrics"]["AP50"] > 0
-    assert metrics["timings"]["train_imgs_per_s"] > 0 and metrics["timings"]["inference_fps"] > 0
-    assert metrics["provenance"]["config"]["model"]["name"] == name
 
 
 # ------------------------------------------------------------------------------------------- CLI

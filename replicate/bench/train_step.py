@@ -105,7 +105,6 @@ def bench_train_step(model: str = "retinanet", *, batch_size: int = 2, size: tup
         times = _time_steps(step, iters, warmup, dev)
         results[who] = {"median_s": statistics.median(times), "times_s": times,
                         "peak_mem_mb": torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None}
-        del net, opt
     ratio = results["ours"]["median_s"] / results["torchvision"]["median_s"]
     return {"benchmark": "train-step", "model": model, "batch_size": batch_size, "size": list(size),
             "iters": iters, "warmup": warmup, "num_classes": num_classes, "amp": amp,

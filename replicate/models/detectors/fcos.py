@@ -31,7 +31,7 @@ from .._utils import (Scale, conv_tower, flatten_levels, init_normal, mean_over_
                       prior_prob_bias)
 from ..assigners import DEFAULT_FCOS_RANGES, Assignment, fcos_assign, pad_targets
 from ..box_coders import DistanceCoder
-from ..losses import aligned_box_iou, binary_cross_entropy_with_logits, giou_loss, iou_loss, sigmoid_focal_loss
+from ..losses import binary_cross_entropy_with_logits, giou_loss, iou_loss, sigmoid_focal_loss
 from ..postprocess import TestConfig, postprocess
 from ..priors import points_for
 
