@@ -1,0 +1,158 @@
+"""A paper table as data: its rows (config deltas over a base recipe), the paper's numbers, its claims.
+
+A :class:`TableSpec` names the paper and table it transcribes (``source``: table number and page of the
+text in ``../shared/papers/``), the metric columns, one :class:`Row` per table row and the
+:class:`Claim` s the paper draws from it. Paper numbers are transcribed as printed (COCO AP in
+percent, e.g. ``38.6``); ours are fractions in the results store and are put on the paper's scale
+when rendered. A row becomes one run per seed: :func:`run_config` resolves the model preset with the
+row's overrides for a data profile, and the training schedule of that profile with the row's
+training overrides.
+
+Specs are registered per paper in :data:`REGISTRY` (``paper -> table id -> TableSpec``) by the paper
+modules; :func:`validate` checks one and raises :class:`SpecError` naming the table and the problem.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ReplicateError
+
+METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
+
+class SpecError(ReplicateError):
+    """A malformed experiment spec."""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One table row: a model preset with config deltas, and what the paper reports for it."""
+
+    label: str
+    model: str  # a preset of replicate.models.zoo.MODELS
+    model_overrides: dict[str, Any] = field(default_factory=dict)  # dotted paths: {"head.quality": "giou"}
+    train_overrides: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields: {"iters": 180000}
+    paper: dict[str, float] = field(default_factory=dict)  # metric -> the paper's number, as printed
+    reproduce: bool = True  # False: cited from the paper only (other backbones, test-dev, ...)
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """An ordering the paper draws from the table: ``better`` beats ``worse`` on ``metric``.
+
+    ``margin`` is the paper's own difference (in the paper's units) when it states or implies one; the
+    claim holds on our runs when our mean of ``better`` exceeds our mean of ``worse``.
+    """
+
+    text: str
+    better: str  # row label
+    worse: str  # row label
+    metric: str = "AP"
+    margin: float | None = None
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    paper: str  # short paper key: "mod", "aligndet", "retinanet_conf", "salt", "tsd"
+    table: str  # "table3", "figure4", ...
+    title: str
+    source: str  # e.g. "MOD, Table 3 (p. 7)"
+    metrics: tuple[str, ...]
+    rows: tuple[Row, ...]
+    claims: tuple[Claim, ...] = ()
+    paper_scale: float = 100.0  # paper's unit per fraction (COCO AP printed in percent)
+    note: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.paper}:{self.table}"
+
+    def row(self, label: str) -> Row:
+        for r in self.rows:
+            if r.label == label:
+                return r
+        raise SpecError(f"{self.key}: no row labelled {label!r}")
+
+
+REGISTRY: dict[str, dict[str, TableSpec]] = {}
+
+
+def register(spec: TableSpec) -> TableSpec:
+    """Validate and add a spec to :data:`REGISTRY`; a duplicate key is an error."""
+    validate(spec)
+    tables = REGISTRY.setdefault(spec.paper, {})
+    if spec.table in tables and tables[spec.table] != spec:
+        raise SpecError(f"{spec.key}: registered twice with different contents")
+    tables[spec.table] = spec
+    return spec
+
+
+def validate(spec: TableSpec) -> None:
+    """Raise :class:`SpecError` naming the table and the problem if ``spec`` is malformed."""
+    from ..models.zoo import MODELS
+
+    where = spec.key
+    if not spec.rows:
+        raise SpecError(f"{where}: a table needs at least one row")
+    unknown = [m for m in spec.metrics if m not in METRICS]
+    if unknown:
+        raise SpecError(f"{where}: unknown metrics {unknown}; choose from {list(METRICS)}")
+    labels = [r.label for r in spec.rows]
+    dupes = sorted({lab for lab in labels if labels.count(lab) > 1})
+    if dupes:
+        raise SpecError(f"{where}: duplicate row labels {dupes}")
+    for r in spec.rows:
+        if r.model not in MODELS:
+            raise SpecError(f"{where}, row {r.label!r}: unknown model {r.model!r}; choose from {sorted(MODELS)}")
+        extra = sorted(set(r.paper) - set(spec.metrics))
+        if extra:
+            raise SpecError(f"{where}, row {r.label!r}: paper numbers for metrics {extra} not in the table's columns")
+        bad = {k: v for k, v in r.paper.items() if not isinstance(v, (int, float)) or isinstance(v, bool)}
+        if bad:
+            raise SpecError(f"{where}, row {r.label!r}: paper numbers must be numbers, got {bad}")
+    for c in spec.claims:
+        for lab in (c.better, c.worse):
+            if lab not in labels:
+                raise SpecError(f"{where}: claim {c.text!r} names unknown row {lab!r}")
+        if c.metric not in spec.metrics:
+            raise SpecError(f"{where}: claim {c.text!r} uses metric {c.metric!r}, not a column of the table")
+
+
+def apply_overrides(obj: Any, overrides: dict[str, Any], where: str = "") -> Any:
+    """A frozen dataclass with dotted-path fields replaced: ``{"head.quality": "giou"}``."""
+    for path, value in overrides.items():
+        obj = _replace_path(obj, path.split("."), value, where, path)
+    return obj
+
+
+def _replace_path(obj: Any, parts: list[str], value: Any, where: str, path: str) -> Any:
+    if not dataclasses.is_dataclass(obj):
+        raise SpecError(f"{where}: override {path!r}: {type(obj).__name__} has no fields")
+    names = {f.name for f in dataclasses.fields(obj)}
+    if parts[0] not in names:
+        raise SpecError(f"{where}: override {path!r}: {type(obj).__name__} has no field {parts[0]!r}; "
+                        f"fields are {sorted(names)}")
+    if len(parts) == 1:
+        current = getattr(obj, parts[0])
+        if isinstance(current, tuple) and isinstance(value, list):
+            value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+        return dataclasses.replace(obj, **{parts[0]: value})
+    return dataclasses.replace(obj, **{parts[0]: _replace_path(getattr(obj, parts[0]), parts[1:], value, where, path)})
+
+
+def run_config(spec: TableSpec, row: Row, profile: str, num_classes: int | None = None):
+    """(DetectorConfig, TrainConfig) of one row on a data profile."""
+    from ..engine.config import schedule_for, with_overrides
+    from ..models.zoo import model_config
+
+    where = f"{spec.key}, row {row.label!r}"
+    model = apply_overrides(model_config(row.model, profile, num_classes), row.model_overrides, where)
+    try:
+        train = with_overrides(schedule_for(profile), **row.train_overrides)
+    except ReplicateError as exc:
+        raise SpecError(f"{where}: {exc}") from None
+    return model, train

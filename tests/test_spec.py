@@ -1,0 +1,51 @@
+"""Experiment specs: validation names the table and the problem; overrides resolve to typed configs."""
+
+import pytest
+
+from replicate.experiments.spec import Claim, Row, SpecError, TableSpec, apply_overrides, run_config, validate
+
+
+def _spec(rows=None, claims=(), metrics=("AP", "AP50")):
+    rows = rows if rows is not None else (Row("FCOS*", "fcos", paper={"AP": 38.6, "AP50": 57.4}),
+                    Row("+GIoU quality", "fcos_giou", {"head.center_radius": 2.0}, {"iters": 7}, paper={"AP": 39.2}))
+    return TableSpec("demo", "table1", "Demo", "Demo paper, Table 1", metrics, tuple(rows), tuple(claims))
+
+
+def test_valid_spec_and_run_config():
+    spec = _spec(claims=(Claim("quality helps", "+GIoU quality", "FCOS*", "AP", 0.6),))
+    validate(spec)
+    model, train = run_config(spec, spec.row("+GIoU quality"), "smoke", num_classes=10)
+    assert model.name == "fcos_giou" and model.head.center_radius == 2.0 and model.num_classes == 10
+    assert train.iters == 7 and train.batch_size == 4  # the smoke schedule with the row's change
+    assert spec.key == "demo:table1"
+
+
+@pytest.mark.parametrize("spec, message", [
+    (_spec(rows=()), "at least one row"),
+    (_spec(metrics=("AP", "mAP")), "unknown metrics \\['mAP'\\]"),
+    (_spec(rows=(Row("a", "fcos"), Row("a", "atss"))), "duplicate row labels \\['a'\\]"),
+    (_spec(rows=(Row("a", "yolo"),)), "row 'a': unknown model 'yolo'"),
+    (_spec(rows=(Row("a", "fcos", paper={"APs": 20.0}),)), "metrics \\['APs'\\] not in the table"),
+    (_spec(rows=(Row("a", "fcos", paper={"AP": "38.6"}),)), "must be numbers"),
+    (_spec(claims=(Claim("x", "FCOS*", "nope"),)), "unknown row 'nope'"),
+    (_spec(claims=(Claim("x", "FCOS*", "+GIoU quality", "APl"),)), "metric 'APl'"),
+])
+def test_malformed_specs_fail_loudly(spec, message):
+    with pytest.raises(SpecError, match=f"demo:table1.*{message}"):
+        validate(spec)
+
+
+def test_bad_overrides_name_the_row_and_field():
+    spec = _spec(rows=(Row("a", "fcos", {"head.radius": 2.0}),))
+    with pytest.raises(SpecError, match="row 'a'.*override 'head.radius'.*no field 'radius'"):
+        run_config(spec, spec.rows[0], "smoke")
+    spec = _spec(rows=(Row("a", "fcos", train_overrides={"epochs": 2}),))
+    with pytest.raises(SpecError, match="row 'a'.*unknown training config fields \\['epochs'\\]"):
+        run_config(spec, spec.rows[0], "smoke")
+
+
+def test_list_values_become_tuples():
+    from replicate.models.zoo import model_config
+
+    cfg = apply_overrides(model_config("fcos"), {"head.tower_dcn": [0], "head.strides": [8, 16, 32, 64, 128]})
+    assert cfg.head.tower_dcn == (0,) and isinstance(cfg.head.strides, tuple)
