@@ -64,7 +64,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_book(args: argparse.Namespace) -> int:
     from .book.build import build_book
 
-    index = build_book(profile=args.profile, data_root=args.data_root, jobs=args.jobs, only=args.only)
+    index = build_book(profile=args.profile, data_root=args.data_root, jobs=args.jobs, only=args.only,
+                       executor=args.executor, seeds=args.seeds)
     print(f"book built: {index}")
     return 0
 
@@ -112,6 +113,56 @@ def _cmd_bench_train_step(args: argparse.Namespace) -> int:
         if not args.no_save:
             print(f"  written to {write_result(result, args.out if len(args.model) == 1 else None)}")
     return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from .experiments.sweep import sweep
+
+    report = sweep(args.target, args.profile, args.executor, args.seeds, cluster=args.cluster,
+                   results_dir=args.results, work_dir=args.work, data_root=args.data_root, wait=not args.no_wait,
+                   dry_run=args.dry_run, parallelism=args.parallelism, timeout_s=args.timeout)
+    print(report.format())
+    return 1 if report.counts()["failed"] else 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from .experiments.runs import unfinished_runs
+    from .experiments.store import ResultsStore
+
+    store = ResultsStore(args.results)
+    rows = [(r["profile"], r["key"], r["model"], str(r["seed"]), "finished",
+             f"{100 * r['metrics']['AP']:.1f}" if (r.get("metrics") or {}).get("AP") is not None else "-",
+             r["provenance"].get("finished", "-")) for r in store.records(args.profile)]
+    rows += [(r["profile"], r["key"], r["model"], str(r["seed"]), f"at {r['iteration']}/{r['iters']}", "-",
+              r["updated"]) for r in unfinished_runs(args.work, store, args.profile)]
+    if not rows:
+        print(f"no runs in {args.results} or {args.work}/runs")
+        return 0
+    print(_text_table(("profile", "key", "model", "seed", "status", "AP", "updated"), rows))
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from .experiments.sweep import load_papers, table_status
+
+    registry = load_papers()
+    if not registry:
+        print("no paper specs registered")
+        return 0
+    profiles = [args.profile] if args.profile else ["smoke", "synthetic", "coco"]
+    rows = []
+    for paper in sorted(registry):
+        for table in sorted(registry[paper]):
+            spec = registry[paper][table]
+            statuses = [dict(table_status(spec, p, args.seeds, results_dir=args.results)) for p in profiles]
+            rows += [(paper, table, row.label, *(st[row.label] for st in statuses)) for row in spec.rows]
+    print(_text_table(("paper", "table", "row", *profiles), rows))
+    return 0
+
+
+def _text_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    return "\n".join("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip() for row in [header, *rows])
 
 
 def _parse_size(text: str) -> tuple[int, int]:
@@ -169,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", type=Path, default=None, help="dataset folder (default data/PROFILE)")
     p.add_argument("--jobs", type=int, default=2, help="notebooks executed in parallel (default 2)")
     p.add_argument("--only", nargs="*", default=None, help="execute only notebooks whose path contains one of these")
+    p.add_argument("--executor", choices=["local", "slurm", "debug"], default=None,
+                   help="where table notebooks launch their missing runs (default: the notebooks' own)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 per table row (default: the notebooks' own)")
     p.set_defaults(func=_cmd_book)
 
     p = sub.add_parser(
@@ -217,6 +271,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="result file (default results/bench/train-step_<model>_<device>.json)")
     p.add_argument("--no-save", action="store_true", help="print only")
     p.set_defaults(func=_cmd_bench_train_step)
+
+    p = sub.add_parser(
+        "sweep", help="run every missing run of a paper or of one of its tables (submitit: local, slurm, debug)",
+        description="Make the runs of TARGET (PAPER, e.g. mod, or PAPER:TABLE, e.g. mod:table3): one per reproduced "
+                    "row and seed, a run shared by several tables once. Runs already in the results store are "
+                    "skipped; the others are submitted as one job array and waited for. Training runs in "
+                    "WORK/runs/PROFILE/KEY/ and resumes from its checkpoint when interrupted or requeued; a finished "
+                    "run is recorded in RESULTS/PROFILE/KEY.json. Exit status 1 if a run failed.")
+    p.add_argument("target", metavar="TARGET", help="PAPER or PAPER:TABLE (see `replicate list`)")
+    p.add_argument("--profile", choices=["smoke", "synthetic", "coco"], required=True, help="data profile")
+    p.add_argument("--executor", choices=["local", "slurm", "debug"], default="local",
+                   help="local: subprocesses on this machine (default); slurm: a SLURM job array; "
+                        "debug: in this process, one run after the other")
+    p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per row (default 1)")
+    p.add_argument("--cluster", default=None,
+                   help="with --executor slurm: a cluster profile, a name from slurm/clusters/ or a YAML file "
+                        "(partition, account, GPUs, time limit, ...)")
+    p.add_argument("--results", type=Path, default=Path("results"), help="results store (default results/)")
+    p.add_argument("--work", type=Path, default=Path("work"), help="work folder: runs/ and submitit/ (default work/)")
+    p.add_argument("--data-root", type=Path, default=None, help="dataset folder (default data/PROFILE)")
+    p.add_argument("--parallelism", type=int, default=None,
+                   help="runs at once (default: 1 locally, the cluster profile's array limit on SLURM)")
+    p.add_argument("--timeout", type=float, default=None, help="stop waiting after this many seconds (runs go on)")
+    p.add_argument("--no-wait", action="store_true", help="submit and return (slurm only); sweep again to collect")
+    p.add_argument("--dry-run", action="store_true", help="print what would run; submit nothing")
+    p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser("status", help="the runs in the results store and the unfinished ones in the work folder",
+                       description="One line per recorded run (AP, when it finished) and per run with a work "
+                                   "folder but no record yet (the last iteration logged, when the log last changed).")
+    p.add_argument("--profile", choices=["smoke", "synthetic", "coco"], default=None, help="only this profile")
+    p.add_argument("--results", type=Path, default=Path("results"), help="results store (default results/)")
+    p.add_argument("--work", type=Path, default=Path("work"), help="work folder (default work/)")
+    p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("list", help="every paper, table and row with its status per data profile",
+                       description="Every registered paper table and row, with per profile 'finished n/N' (seeds "
+                                   "recorded in the results store), 'missing' or 'cited only' (not reproduced).")
+    p.add_argument("--profile", choices=["smoke", "synthetic", "coco"], default=None, help="only this profile")
+    p.add_argument("--seeds", type=int, default=1, help="seeds counted per row (default 1)")
+    p.add_argument("--results", type=Path, default=Path("results"), help="results store (default results/)")
+    p.set_defaults(func=_cmd_list)
     return parser
 
 

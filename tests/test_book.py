@@ -7,7 +7,8 @@ import nbformat
 import papermill as pm
 import pytest
 
-from replicate.book.build import book_notebooks, build_book, failed_in_output, project_root
+from replicate.book.build import (book_notebooks, build_book, ensure_kernel, execute_all, execution_stage,
+                                  failed_in_output, project_root)
 from replicate.errors import ReplicateError
 
 ROOT = project_root()
@@ -57,6 +58,25 @@ def test_failing_notebook_fails_the_build_and_others_still_run(tmp_path, smoke_r
     assert not (root / "book" / "_build").exists()
 
 
+def test_summary_stage_runs_after_the_tables(tmp_path, smoke_root):
+    """Stage-1 pages (summary, appendix) read what the stage-0 table notebooks wrote, even run in parallel."""
+    root = _mini_project(tmp_path, {
+        "summary": "from pathlib import Path\nprint('found', Path('table.txt').read_text())",
+        "table": "import time\nfrom pathlib import Path\ntime.sleep(2)\nPath('table.txt').write_text('42')",
+    })
+    summary = root / "notebooks" / "summary.ipynb"
+    nb = nbformat.read(summary, 4)
+    nb.metadata["replicate"] = {"stage": 1}
+    nbformat.write(nb, summary)
+    assert execution_stage(summary) == 1 and execution_stage(root / "notebooks" / "table.ipynb") == 0
+    ensure_kernel()
+    runs = execute_all(book_notebooks(root), {"profile": "smoke", "data_root": str(smoke_root)}, root, jobs=2)
+    assert [r.error for r in runs] == [None, None]
+    outputs = [o for c in nbformat.read(root / "book" / "executed" / "summary.ipynb", 4).cells
+               for o in c.get("outputs", [])]
+    assert any("found 42" in o.get("text", "") for o in outputs)
+
+
 def test_toc_page_without_notebook_is_an_error(tmp_path):
     root = _mini_project(tmp_path, {"gone": "pass"})
     (root / "notebooks" / "gone.ipynb").unlink()
@@ -71,6 +91,13 @@ def test_book_builds_on_smoke(tmp_path, smoke_root):
     shutil.copytree(ROOT / "notebooks", root / "notebooks")
     index = build_book(profile="smoke", data_root=smoke_root, root=root)
     assert index.is_file()
-    card = (root / "book" / "_build" / "html" / "executed" / "dataset" / "card.html").read_text()
+    html = root / "book" / "_build" / "html"
+    card = (html / "executed" / "dataset" / "card.html").read_text()
     assert "bars-20" in card and "<table" in card and card.count("<img") >= 2
     assert "Traceback" not in card
+    summary = (html / "executed" / "summary.html").read_text()
+    assert "claims holding" in summary and "<table" in summary and "Traceback" not in summary
+    provenance = (html / "executed" / "appendix" / "provenance.html").read_text()
+    assert "train img/s" in provenance and "torchvision median s" in provenance and "Traceback" not in provenance
+    for paper in ("mod", "aligndet", "retinanet_conf", "salt", "tsd"):
+        assert (html / "papers" / f"{paper}.html").is_file()

@@ -4,7 +4,9 @@ The book's table of contents (``book/_toc.yml``) is the list of notebooks: a pag
 ``executed/<path>`` is the executed copy of ``notebooks/<path>.ipynb``. Notebooks run in parallel
 (``jobs``); a failing notebook does not stop the others, keeps its executed copy (with papermill's
 error banner) for inspection, and makes the build fail with the notebook, the cell and the error.
-Jupyter Book 1 renders with execution off, so it never runs code itself.
+Pages that summarise the others (notebook metadata ``{"replicate": {"stage": 1}}``: the summary page,
+the provenance appendix) run after every stage-0 notebook has finished. Jupyter Book 1 renders with
+execution off, so it never runs code itself.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from ..errors import ReplicateError
 
 KERNEL_NAME = "replicate"
 EXECUTED = "executed"
+RESULTS = "results"
 
 
 @dataclass
@@ -93,6 +96,15 @@ def notebook_parameters(source: Path, wanted: dict) -> dict:
     return {k: v for k, v in wanted.items() if k in declared}
 
 
+def execution_stage(source: Path) -> int:
+    """The notebook's ``metadata.replicate.stage`` (0 unless set): stages run in increasing order."""
+    nb = nbformat.read(source, as_version=4)
+    stage = nb.metadata.get("replicate", {}).get("stage", 0)
+    if not isinstance(stage, int) or isinstance(stage, bool) or stage < 0:
+        raise ReplicateError(f"{source}: metadata.replicate.stage must be a non-negative integer, got {stage!r}")
+    return stage
+
+
 def execute_notebook(run: NotebookRun, parameters: dict, cwd: Path) -> NotebookRun:
     import time
 
@@ -120,9 +132,14 @@ def failed_in_output(path: Path) -> bool:
 
 
 def execute_all(pairs: list[tuple[Path, Path]], parameters: dict, cwd: Path, jobs: int) -> list[NotebookRun]:
-    runs = [NotebookRun(src, out) for src, out in pairs]
+    """Execute the notebooks stage by stage (see :func:`execution_stage`), ``jobs`` at a time within one."""
+    stages: dict[int, list[NotebookRun]] = {}
+    for src, out in pairs:
+        stages.setdefault(execution_stage(src), []).append(NotebookRun(src, out))
+    done = []
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        done = list(pool.map(lambda r: execute_notebook(r, parameters, cwd), runs))
+        for stage in sorted(stages):
+            done += list(pool.map(lambda r: execute_notebook(r, parameters, cwd), stages[stage]))
     for run in done:
         print(f"  {'FAILED' if run.error else 'ok':6} {run.source.relative_to(cwd)}  ({run.seconds:.1f} s)", flush=True)
     return done
@@ -139,10 +156,13 @@ def build_html(book_dir: Path) -> Path:
 
 
 def build_book(profile: str = "synthetic", data_root: str | os.PathLike | None = None, jobs: int = 2,
-               only: list[str] | None = None, root: Path | None = None) -> Path:
+               only: list[str] | None = None, root: Path | None = None, executor: str | None = None,
+               seeds: int | None = None) -> Path:
     """Execute every book notebook for ``profile`` and build the HTML book; returns its index.html.
 
-    ``root`` is the folder holding ``book/`` and ``notebooks/`` (default: this checkout).
+    ``root`` is the folder holding ``book/`` and ``notebooks/`` (default: this checkout); run results
+    live in ``root/results``. ``executor`` (where missing runs are launched) and ``seeds`` (runs per
+    table row) reach the notebooks that declare them; ``None`` keeps the notebooks' defaults.
     """
     from ..data.profiles import data_config, ensure_data
 
@@ -155,7 +175,9 @@ def build_book(profile: str = "synthetic", data_root: str | os.PathLike | None =
         pairs = [p for p in pairs if any(s in str(p[0]) for s in only)]
     ensure_kernel()
     print(f"executing {len(pairs)} notebook(s) with profile {profile}, {jobs} at a time", flush=True)
-    runs = execute_all(pairs, {"profile": profile, "data_root": str(cfg.root.resolve())}, root, jobs)
+    parameters = {"profile": profile, "data_root": str(cfg.root.resolve()), "results_dir": str(root / RESULTS)}
+    parameters.update({k: v for k, v in {"executor": executor, "seeds": seeds}.items() if v is not None})
+    runs = execute_all(pairs, parameters, root, jobs)
     failed = [r for r in runs if r.error or failed_in_output(r.output)]
     if failed:
         lines = [f"{r.source.relative_to(root)}: {r.error or 'papermill marked it failed'} (executed copy: {r.output})"

@@ -1,0 +1,241 @@
+"""Running :class:`~.runs.RunRequest` s as submitit jobs: in this process, as local subprocesses, or on SLURM.
+
+``make_executor`` builds the executor: ``debug`` (submitit's DebugExecutor: in this process, one run
+after the other), ``local`` (LocalExecutor: one subprocess per run) or ``slurm`` (AutoExecutor with
+a cluster profile's partition, account, GPUs, ...). :func:`run_requests` submits the runs as one job
+array (SLURM bounds how many run at once with ``--array=...%N``; locally at most ``parallelism``
+subprocesses are kept alive) and waits for them without ever blocking for good: each poll asks the
+results store first, then the job; a SLURM job that has left the queue without a result (killed, and
+no ``sacct`` to say why) is reported as failed after ``lost_after_s``, and ``timeout_s`` bounds the
+whole wait.
+
+Each job runs :class:`TrainJob`, a submitit ``Checkpointable``. The training engine turns SIGUSR2 /
+SIGTERM into a checkpoint and an ``"interrupted"`` result, which :func:`~.runs.execute_run` does not
+record; :class:`TrainJob` then hands the signal to submitit, which calls :meth:`TrainJob.checkpoint`
+and requeues the same request, and the requeued job resumes training from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import submitit
+import torch
+from submitit.core.core import Job
+from submitit.core.utils import DelayedSubmission
+from submitit.local.debug import DebugJob
+from submitit.slurm.slurm import SlurmJob
+
+from ..errors import ReplicateError
+from .runs import RunInterrupted, RunRequest, execute_run
+from .store import Record, ResultsStore
+
+EXECUTORS = ("local", "slurm", "debug")
+RESOURCE_DEFAULTS: dict[str, Any] = {"timeout_min": 24 * 60, "gpus_per_node": 1, "cpus_per_task": 8,
+                                     "mem_gb": 32.0, "array_parallelism": 16}
+"""SLURM resources when neither the cluster profile nor the caller gives them (one GPU per run)."""
+POLL_S = {"debug": 0.0, "local": 1.0, "slurm": 30.0}
+SIGNAL_DELAY_S = 120  # SLURM sends SIGUSR2 this long before the time limit (time to checkpoint)
+
+
+class TrainJob(submitit.helpers.Checkpointable):
+    """The callable of every job: :func:`~.runs.execute_run` of its request, requeued when interrupted."""
+
+    def __call__(self, request: RunRequest) -> Record:
+        try:
+            return execute_run(request)
+        except RunInterrupted as exc:
+            if os.environ.get("SUBMITIT_EXECUTOR") in ("local", "slurm"):  # submitit's handlers are installed
+                print(f"{exc}; handing over to submitit to requeue", flush=True)
+                # The engine's handler took the signal (and restored submitit's on return): raise it again
+                # so that submitit checkpoints (see checkpoint below) and requeues, or gives up with an error.
+                signal.raise_signal(submitit.JobEnvironment._usr_sig())
+            raise
+
+    def checkpoint(self, request: RunRequest) -> DelayedSubmission:
+        """The same request again: the requeued job resumes from the run's checkpoint on disk."""
+        return DelayedSubmission(self, request)
+
+
+def cluster_parameters(cluster: Any) -> dict[str, Any]:
+    """submitit parameters of a cluster profile: a mapping of them as is, or an object with a
+    ``submitit_parameters()`` method (:class:`replicate.experiments.clusters.ClusterProfile`)."""
+    if cluster is None:
+        return {}
+    if isinstance(cluster, Mapping):
+        return dict(cluster)
+    if callable(getattr(cluster, "submitit_parameters", None)):
+        return dict(cluster.submitit_parameters())
+    raise ReplicateError(f"a cluster profile must be a mapping of submitit parameters or have "
+                         f"submitit_parameters(); got {type(cluster).__name__}")
+
+
+def make_executor(kind: str, folder: str | Path, *, cluster: Any = None, timeout_min: float | None = None,
+                  gpus_per_node: int | None = None, cpus_per_task: int | None = None, mem_gb: float | None = None,
+                  array_parallelism: int | None = None, name: str = "replicate") -> submitit.Executor:
+    """A submitit executor writing its job files under ``folder`` (``%j``: the job id).
+
+    Resources: the arguments given, else the cluster profile's, else :data:`RESOURCE_DEFAULTS`.
+    ``local`` uses only ``timeout_min`` and ``gpus_per_node`` (default: one GPU if there is one; submitit
+    sets ``CUDA_VISIBLE_DEVICES`` to the first ``gpus_per_node`` GPUs for every local job, so parallel local
+    jobs share them); ``debug`` uses none.
+    """
+    if kind not in EXECUTORS:
+        raise ReplicateError(f"unknown executor {kind!r}; choose from {list(EXECUTORS)}")
+    if kind == "debug":
+        return submitit.DebugExecutor(folder)
+    given = {"timeout_min": timeout_min, "gpus_per_node": gpus_per_node, "cpus_per_task": cpus_per_task,
+             "mem_gb": mem_gb, "array_parallelism": array_parallelism}
+    params = {**RESOURCE_DEFAULTS, **cluster_parameters(cluster), **{k: v for k, v in given.items() if v is not None}}
+    if kind == "local":
+        executor = submitit.LocalExecutor(folder)
+        gpus = gpus_per_node if gpus_per_node is not None else min(1, torch.cuda.device_count())
+        executor.update_parameters(timeout_min=float(params["timeout_min"]),
+                                   **({"gpus_per_node": gpus} if gpus else {}))
+        return executor
+    executor = submitit.AutoExecutor(folder, cluster="slurm")
+    params["slurm_array_parallelism"] = int(params.pop("array_parallelism"))
+    params.setdefault("slurm_signal_delay_s", SIGNAL_DELAY_S)
+    params["timeout_min"] = int(params["timeout_min"])
+    executor.update_parameters(name=name, **params)
+    return executor
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Where a run stands after :func:`run_requests`: ``finished`` (with its record), ``failed``
+    (``message`` says why and where the logs are) or ``running`` (submitted, not waited for)."""
+
+    request: RunRequest
+    status: str
+    record: Record | None = None
+    message: str = ""
+    job_id: str | None = None
+
+
+def run_requests(requests: Sequence[RunRequest], executor: str = "debug", *, folder: str | Path | None = None,
+                 cluster: Any = None, parallelism: int | None = None, wait: bool = True,
+                 poll_s: float | None = None, lost_after_s: float = 600.0, timeout_s: float | None = None,
+                 log: Callable[[str], None] = print, **resources: Any) -> list[Outcome]:
+    """Submit ``requests`` through ``executor`` and (with ``wait``) wait for every one of them.
+
+    ``folder``: submitit's job files (default ``WORK/submitit/%j`` of the first request). ``parallelism``:
+    runs at once (default: the cluster's array parallelism for SLURM, 1 locally). ``wait=False`` is
+    for SLURM only (local and debug jobs need this process). ``resources`` go to :func:`make_executor`.
+    Returns one :class:`Outcome` per request, in order.
+    """
+    if not requests:
+        return []
+    if not wait and executor != "slurm":
+        raise ReplicateError(f"not waiting is only possible with the slurm executor: {executor} jobs are "
+                             "run (debug) or scheduled (local) by this process")
+    folder = Path(folder) if folder is not None else Path(requests[0].work_dir) / "submitit" / "%j"
+    if executor == "local":
+        parallelism = parallelism or 1
+    ex = make_executor(executor, folder, cluster=cluster, array_parallelism=parallelism, **resources)
+    max_active = parallelism if executor == "local" else len(requests)
+    watch = _Watch(lost_after_s)
+    queue, active, outcomes = list(enumerate(requests)), [], {}
+    deadline = time.monotonic() + timeout_s if timeout_s is not None else None
+    poll = POLL_S[executor] if poll_s is None else poll_s
+    while queue or active:
+        if queue and len(active) < max_active:
+            batch, queue = queue[:max_active - len(active)], queue[max_active - len(active):]
+            jobs = ex.map_array(TrainJob(), [r for _, r in batch])
+            active += list(zip(jobs, batch))
+            log(f"submitted {len(jobs)} run(s) ({executor}): "
+                + ", ".join(f"{r.key} as job {j.job_id}" for j, (_, r) in zip(jobs, batch)))
+        if not wait:
+            break
+        still = []
+        for job, (index, request) in active:
+            outcome = watch.check(job, request)
+            if outcome is None:
+                still.append((job, (index, request)))
+                continue
+            outcomes[index] = outcome
+            log(f"{outcome.status}: {request.describe()}" + (f": {outcome.message}" if outcome.message else ""))
+        active = still
+        if deadline is not None and time.monotonic() > deadline and active:
+            log(f"stopped waiting after {timeout_s:.0f} s with {len(active)} run(s) still running")
+            break
+        if active:
+            time.sleep(poll)
+    for job, (index, request) in active:
+        outcomes[index] = Outcome(request, "running", job_id=str(job.job_id),
+                                  message=f"job {job.job_id}, logs in {job.paths.stdout.parent}")
+    return [outcomes.get(i, Outcome(r, "missing", message="not submitted")) for i, r in enumerate(requests)]
+
+
+class _Watch:
+    """Decides whether a job has ended: from the results store, submitit's result file, or the SLURM queue."""
+
+    def __init__(self, lost_after_s: float) -> None:
+        self.lost_after_s = lost_after_s
+        self.gone_since: dict[str, float] = {}
+
+    def check(self, job: Job, request: RunRequest) -> Outcome | None:
+        store = ResultsStore(request.results_dir)
+        if isinstance(job, DebugJob):
+            # Runs the job here and now. (DebugJob.done() would open pdb on a failure, stalling notebooks.)
+            error = job.exception()
+        elif job.done():
+            error = job.exception()
+        else:
+            record = store.get(request.profile, request.key)
+            if record is not None:  # recorded; the job is only writing its result file
+                return Outcome(request, "finished", record, job_id=str(job.job_id))
+            return self._lost(job, request) if isinstance(job, SlurmJob) else None
+        record = store.get(request.profile, request.key)
+        if error is not None:
+            return Outcome(request, "failed", message=_summary(error, job), job_id=str(job.job_id))
+        if record is None:
+            expected = store.path(request.profile, request.key)
+            return Outcome(request, "failed", job_id=str(job.job_id),
+                           message=f"job {job.job_id} ended without a record in {expected} "
+                                   "(is the results folder shared with the node running the job?)")
+        return Outcome(request, "finished", record, job_id=str(job.job_id))
+
+    def _lost(self, job: Job, request: RunRequest) -> Outcome | None:
+        """``failed`` once a SLURM job has been out of the queue for ``lost_after_s`` without a result."""
+        if _in_slurm_queue(str(job.job_id)) is not False:
+            self.gone_since.pop(job.job_id, None)
+            return None
+        since = self.gone_since.setdefault(job.job_id, time.monotonic())
+        if time.monotonic() - since < self.lost_after_s:
+            return None
+        return Outcome(request, "failed", job_id=str(job.job_id),
+                       message=f"job {job.job_id} left the SLURM queue {self.lost_after_s:.0f} s ago without a result "
+                               f"(killed? its state is unknown without sacct); logs: {job.paths.stderr}; "
+                               "sweeping again resumes it from its checkpoint")
+
+
+def _in_slurm_queue(job_id: str) -> bool | None:
+    """Whether ``squeue`` lists the job; ``None`` when squeue cannot tell (not installed, no controller)."""
+    try:
+        out = subprocess.run(["squeue", "--noheader", "--jobs", job_id, "--format", "%T"],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode == 0:
+        return bool(out.stdout.strip())
+    return False if "invalid job id" in out.stderr.lower() else None
+
+
+def _summary(error: BaseException, job: Job) -> str:
+    """The error of an in-process job; for others the last exception line of the job's traceback (or
+    submitit's first line when the job left none) and where its logs are."""
+    if isinstance(job, DebugJob):
+        return f"{type(error).__name__}: {error}"
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    raised = [line for line in lines if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupted|Exit)\b", line)]
+    head = raised[-1] if raised else (lines[0] if lines else type(error).__name__)
+    return f"{head} (logs: {job.paths.stderr})"

@@ -1,0 +1,372 @@
+"""Paper number beside ours: the tables, claims, figures and summaries the book's notebooks show.
+
+Every function takes a :class:`~replicate.experiments.spec.TableSpec` and ``records_by_row`` (row label ->
+the run records of that row, one per seed, as the results store gives them; a record's ``metrics`` are
+fractions) and puts our numbers on the paper's scale (``spec.paper_scale``, 100 for AP printed in
+percent). Means are over seeds; the spread is the sample standard deviation (``ddof=1``), shown only
+with more than one seed. Rows the paper's table cites without our reproducing them
+(``Row.reproduce=False``) show the paper's number only.
+
+The notebooks stay thin: a table notebook calls :func:`render_table`, draws :func:`plot_paper_vs_ours`
+and saves :func:`headline` with :func:`save_headline`; the summary page reads them back with
+:func:`load_headlines` and :func:`summary_frame`; the provenance appendix uses :func:`provenance_frame`,
+:func:`bench_frame` and :func:`environment_frame`. A table notebook's body, after its ``parameters``
+cell (``profile``, ``executor``, ``seeds``, ``results_dir``, ``data_root``, ``run_missing``)::
+
+    spec = REGISTRY["mod"]["table3"]
+    runs = ensure_runs(spec, profile, executor, seeds, results_dir=results_dir, data_root=data_root or None,
+                       run_missing=run_missing)
+    report.save_headline(report.headline(spec, runs), results_dir, profile)
+    report.render_table(spec, runs, seeds)
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import pandas as pd
+
+from ..errors import ReplicateError
+from ..io import atomic_write_json, read_json
+from .spec import Row, TableSpec
+
+Record = Mapping[str, Any]
+RecordsByRow = Mapping[str, Sequence[Record]]
+
+MISSING = "missing"
+CITED_ONLY = "cited only"
+HEADLINES = "headlines"
+
+
+class HtmlFragment(str):
+    """HTML text that Jupyter (and myst-nb's ``glue``) renders as HTML rather than as a string."""
+
+    def _repr_html_(self) -> str:
+        return str(self)
+
+
+@dataclass(frozen=True)
+class RowStats:
+    """Our numbers for one row on the paper's scale: per-metric mean and spread over ``n`` seeds."""
+
+    n: int
+    mean: dict[str, float]
+    std: dict[str, float]  # NaN with a single seed
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    """One claim of the paper checked on our runs; margins are ``better - worse`` in the paper's units.
+
+    ``holds`` is ``None`` when either row has no runs of ours (missing, or cited only).
+    """
+
+    text: str
+    metric: str
+    better: str
+    worse: str
+    paper_margin: float | None
+    ours_margin: float | None
+    holds: bool | None
+
+
+def _metric_value(spec: TableSpec, record: Record, metric: str) -> float:
+    metrics = record.get("metrics") or {}
+    if metric not in metrics or metrics[metric] is None:
+        raise ReplicateError(f"{spec.key}: run {record.get('key', '?')!r} has no {metric!r} in its metrics "
+                             f"(has {sorted(metrics)})")
+    return float(metrics[metric]) * spec.paper_scale
+
+
+def row_stats(spec: TableSpec, row: Row, records: Sequence[Record]) -> RowStats | None:
+    """Mean and spread of ``records`` on the table's metrics, or ``None`` without runs to count."""
+    if not row.reproduce or not records:
+        return None
+    mean, std = {}, {}
+    for metric in spec.metrics:
+        values = [_metric_value(spec, r, metric) for r in records]
+        mean[metric] = statistics.fmean(values)
+        std[metric] = statistics.stdev(values) if len(values) > 1 else math.nan
+    return RowStats(len(records), mean, std)
+
+
+def _all_stats(spec: TableSpec, records_by_row: RecordsByRow) -> dict[str, RowStats | None]:
+    unknown = sorted(set(records_by_row) - {r.label for r in spec.rows})
+    if unknown:
+        raise ReplicateError(f"{spec.key}: records for rows {unknown} that the table does not have")
+    return {row.label: row_stats(spec, row, records_by_row.get(row.label, ())) for row in spec.rows}
+
+
+def _status(row: Row, stats: RowStats | None, seeds: int | None) -> str:
+    if not row.reproduce:
+        return CITED_ONLY
+    if stats is None:
+        return MISSING
+    return f"{stats.n}/{seeds} runs" if seeds else f"{stats.n} run{'s' if stats.n != 1 else ''}"
+
+
+def table_frame(spec: TableSpec, records_by_row: RecordsByRow, seeds: int | None = None) -> pd.DataFrame:
+    """One row per table row: ``"<metric> paper"``, ``"<metric> ours"``, ``"<metric> Δ"`` and ``status``.
+
+    Numbers are on the paper's scale; ``ours`` is the mean over seeds and ``Δ = ours - paper``; what is
+    not known is NaN. ``status`` is ``"n runs"`` (``"n/seeds runs"`` when ``seeds`` is given),
+    ``"missing"`` or ``"cited only"``.
+    """
+    stats = _all_stats(spec, records_by_row)
+    data = []
+    for row in spec.rows:
+        s = stats[row.label]
+        values: dict[str, Any] = {}
+        for metric in spec.metrics:
+            paper = float(row.paper.get(metric, math.nan))
+            ours = s.mean[metric] if s else math.nan
+            values.update({f"{metric} paper": paper, f"{metric} ours": ours, f"{metric} Δ": ours - paper})
+        values["status"] = _status(row, s, seeds)
+        data.append(values)
+    return pd.DataFrame(data, index=pd.Index([r.label for r in spec.rows], name="row"))
+
+
+def _fmt(value: float | None, signed: bool = False) -> str:
+    if value is None or math.isnan(value):
+        return "—"
+    return f"{value:+.1f}" if signed else f"{value:.1f}"
+
+
+def formatted_frame(spec: TableSpec, records_by_row: RecordsByRow, seeds: int | None = None) -> pd.DataFrame:
+    """:func:`table_frame` as text to one decimal, ``ours`` as ``mean ± std`` with more than one seed.
+
+    Columns are a two-level index (metric, ``paper`` | ``ours`` | ``Δ``) plus ``status``.
+    """
+    stats = _all_stats(spec, records_by_row)
+    frame = table_frame(spec, records_by_row, seeds)
+    columns = [(m, k) for m in spec.metrics for k in ("paper", "ours", "Δ")] + [("", "status")]
+    rows = []
+    for row in spec.rows:
+        s = stats[row.label]
+        cells = []
+        for metric in spec.metrics:
+            ours = _fmt(frame.at[row.label, f"{metric} ours"])
+            if s is not None and s.n > 1:
+                ours = f"{ours} ± {s.std[metric]:.1f}"
+            cells += [_fmt(frame.at[row.label, f"{metric} paper"]), ours,
+                      _fmt(frame.at[row.label, f"{metric} Δ"], signed=True)]
+        rows.append(cells + [frame.at[row.label, "status"]])
+    return pd.DataFrame(rows, index=frame.index, columns=pd.MultiIndex.from_tuples(columns))
+
+
+def claim_results(spec: TableSpec, records_by_row: RecordsByRow) -> list[ClaimResult]:
+    """Each of the table's claims on our runs: it holds when our mean of ``better`` exceeds ``worse``'s.
+
+    The paper's margin comes from its numbers of both rows where it prints them, else from the
+    claim's stated ``margin`` (``None`` when neither exists).
+    """
+    stats = _all_stats(spec, records_by_row)
+    results = []
+    for claim in spec.claims:
+        better, worse = spec.row(claim.better), spec.row(claim.worse)
+        if claim.metric in better.paper and claim.metric in worse.paper:
+            paper_margin: float | None = float(better.paper[claim.metric]) - float(worse.paper[claim.metric])
+        else:
+            paper_margin = claim.margin
+        sb, sw = stats[claim.better], stats[claim.worse]
+        ours_margin = sb.mean[claim.metric] - sw.mean[claim.metric] if sb and sw else None
+        holds = None if ours_margin is None else ours_margin > 0
+        results.append(ClaimResult(claim.text, claim.metric, claim.better, claim.worse,
+                                   paper_margin, ours_margin, holds))
+    return results
+
+
+def _delta_style(value: str) -> str:
+    """CSS for a ``Δ`` cell: green when ours is above the paper, red when below, nothing when unknown."""
+    if value == "—":
+        return ""
+    colour = "#1a7f37" if float(value) >= 0 else "#cf222e"
+    return f"color: {colour}; font-weight: 600"
+
+
+def styled_table(spec: TableSpec, records_by_row: RecordsByRow, seeds: int | None = None):
+    """:func:`formatted_frame` as a pandas Styler with the ``Δ`` columns coloured."""
+    frame = formatted_frame(spec, records_by_row, seeds)
+    deltas = [c for c in frame.columns if c[1] == "Δ"]
+    return (frame.style.map(_delta_style, subset=deltas)
+            .set_caption(html.escape(f"{spec.title} — {spec.source}"))
+            .set_table_styles([{"selector": "td, th", "props": "padding: 0.15em 0.6em; text-align: right"}])
+            .set_table_attributes('class="replicate-table"'))
+
+
+_MARK = {True: "✓", False: "✗", None: "—"}
+
+
+def render_claims(spec: TableSpec, records_by_row: RecordsByRow) -> HtmlFragment:
+    """The table's claims as an HTML list: ✓ holds on our runs, ✗ does not, — not checked."""
+    items = []
+    for c in claim_results(spec, records_by_row):
+        detail = f"paper {_fmt(c.paper_margin, signed=True)}, ours {_fmt(c.ours_margin, signed=True)} {c.metric}"
+        items.append(f"<li>{_MARK[c.holds]} {html.escape(c.text)} "
+                     f"<small>({html.escape(c.better)} vs {html.escape(c.worse)}: {detail})</small></li>")
+    if not items:
+        return HtmlFragment("<p>The paper draws no claims from this table.</p>")
+    return HtmlFragment('<ul class="replicate-claims">' + "".join(items) + "</ul>")
+
+
+def render_table(spec: TableSpec, records_by_row: RecordsByRow, seeds: int | None = None) -> HtmlFragment:
+    """The table (numbers to one decimal, ``Δ`` coloured) with its claims listed below, as HTML."""
+    table = styled_table(spec, records_by_row, seeds).to_html()
+    note = f"<p><em>{html.escape(spec.note)}</em></p>" if spec.note else ""
+    return HtmlFragment(table + note + "<p><strong>Claims</strong></p>" + render_claims(spec, records_by_row))
+
+
+def main_metric(spec: TableSpec) -> str:
+    """The metric a table is summarised by: AP when it is a column, else its first column."""
+    return "AP" if "AP" in spec.metrics else spec.metrics[0]
+
+
+def _json_number(value: float | None) -> float | None:
+    return None if value is None or math.isnan(value) else round(float(value), 4)
+
+
+def headline(spec: TableSpec, records_by_row: RecordsByRow) -> dict[str, Any]:
+    """A small JSON-able summary of one table for the book's summary page."""
+    metric = main_metric(spec)
+    frame = table_frame(spec, records_by_row)
+    claims = claim_results(spec, records_by_row)
+    return {
+        "key": spec.key,
+        "paper": spec.paper,
+        "table": spec.table,
+        "title": spec.title,
+        "source": spec.source,
+        "metric": metric,
+        "claims_holding": sum(c.holds is True for c in claims),
+        "claims_checked": sum(c.holds is not None for c in claims),
+        "claims_total": len(claims),
+        "rows": [{"label": label, "paper": _json_number(frame.at[label, f"{metric} paper"]),
+                  "ours": _json_number(frame.at[label, f"{metric} ours"]), "status": frame.at[label, "status"]}
+                 for label in frame.index],
+    }
+
+
+def headline_path(results_dir: str | Path, profile: str, key: str) -> Path:
+    """``<results_dir>/headlines/<profile>/<paper>.<table>.json`` for table key ``paper:table``."""
+    return Path(results_dir) / HEADLINES / profile / f"{key.replace(':', '.')}.json"
+
+
+def save_headline(summary: Mapping[str, Any], results_dir: str | Path, profile: str) -> Path:
+    """Write a :func:`headline` atomically where :func:`load_headlines` finds it; returns the file."""
+    return atomic_write_json(headline_path(results_dir, profile, summary["key"]), dict(summary), indent=1)
+
+
+def load_headlines(results_dir: str | Path, profile: str) -> list[dict[str, Any]]:
+    """Every saved headline of ``profile``, sorted by table key (none yet: an empty list)."""
+    folder = Path(results_dir) / HEADLINES / profile
+    found = [read_json(p, what="table headline") for p in sorted(folder.glob("*.json"))]
+    return sorted(found, key=lambda h: h["key"])
+
+
+def summary_frame(headlines: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per table: its title, the claims that hold on our runs, and the rows we have run."""
+    columns = ["table", "title", "metric", "claims holding", "claims checked", "claims", "rows run", "rows"]
+    data = []
+    for h in headlines:
+        rows = h["rows"]
+        data.append([h["key"], h["title"], h["metric"], h["claims_holding"], h["claims_checked"],
+                     h["claims_total"], sum(r["ours"] is not None for r in rows), len(rows)])
+    return pd.DataFrame(data, columns=columns)
+
+
+def _get(mapping: Mapping[str, Any] | None, *path: str) -> Any:
+    for name in path:
+        if not isinstance(mapping, Mapping) or name not in mapping:
+            return None
+        mapping = mapping[name]
+    return mapping
+
+
+def provenance_frame(records: Sequence[Record]) -> pd.DataFrame:
+    """One row per run record: what ran, from which code, where, when, and how fast it trained."""
+    columns = ["key", "model", "profile", "seed", "commit", "dirty", "device", "torch", "started", "finished",
+               "train img/s"]
+    data = []
+    for r in records:
+        commit = _get(r, "provenance", "commit")
+        data.append([r.get("key"), r.get("model"), r.get("profile"), r.get("seed"),
+                     commit[:10] if isinstance(commit, str) else None, _get(r, "provenance", "dirty"),
+                     _get(r, "provenance", "device"), _get(r, "provenance", "versions", "torch"),
+                     _get(r, "provenance", "started"), _get(r, "provenance", "finished"),
+                     _get(r, "timings", "train_imgs_per_s")])
+    return pd.DataFrame(data, columns=columns)
+
+
+def bench_frame(bench_dir: str | Path) -> pd.DataFrame:
+    """The ``replicate bench train-step`` results under ``bench_dir`` (``*.json``), one row per file."""
+    columns = ["file", "benchmark", "model", "batch size", "size", "ours median s", "torchvision median s",
+               "ratio", "device", "note"]
+    data = []
+    for path in sorted(Path(bench_dir).glob("*.json")):
+        b = read_json(path, what="benchmark result")
+        data.append([path.name, b.get("benchmark"), b.get("model"), b.get("batch_size"), b.get("size"),
+                     _get(b, "ours", "median_s"), _get(b, "torchvision", "median_s"), b.get("ratio"),
+                     _get(b, "provenance", "device"), b.get("note")])
+    return pd.DataFrame(data, columns=columns)
+
+
+def environment_frame() -> pd.DataFrame:
+    """The environment building the book: code version, library versions and device, one per row."""
+    from ..provenance import code_version, device_name, versions
+
+    info = {**code_version(), **versions(), "device": device_name()}
+    return pd.DataFrame({"value": [str(v) for v in info.values()]}, index=pd.Index(list(info), name="item"))
+
+
+def plot_paper_vs_ours(spec: TableSpec, records_by_row: RecordsByRow, metric: str = "AP"):
+    """Grouped bars per row: the paper's number and our mean (error bar: std over seeds)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    if metric not in spec.metrics:
+        raise ReplicateError(f"{spec.key}: metric {metric!r} is not a column of the table ({list(spec.metrics)})")
+    stats = _all_stats(spec, records_by_row)
+    labels = [r.label for r in spec.rows]
+    paper = [float(r.paper.get(metric, math.nan)) for r in spec.rows]
+    ours = [stats[lab].mean[metric] if stats[lab] else math.nan for lab in labels]
+    err = [stats[lab].std[metric] if stats[lab] and stats[lab].n > 1 else 0.0 for lab in labels]
+    x = np.arange(len(labels))
+    width = 0.38
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(labels) + 2), 3.6))
+    ax.bar(x - width / 2, paper, width, label="paper", color="#8c959f")
+    ax.bar(x + width / 2, ours, width, yerr=err, capsize=3, label="ours", color="#0969da")
+    ax.set_xticks(x, labels, rotation=20, ha="right")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{spec.source}: {metric}, paper vs ours")
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def _run_label(record: Record) -> str:
+    return str(record.get("key") or f"{record.get('model')} seed {record.get('seed')}")
+
+
+def plot_loss_curves(records: Sequence[Record], term: str = "loss"):
+    """One training curve of loss term ``term`` per record (``loss_summary[term]["curve"]``)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for record in records:
+        curve = _get(record, "loss_summary", term, "curve")
+        if not curve:
+            raise ReplicateError(f"run {record.get('key', '?')!r} has no {term!r} curve in its loss summary")
+        iters, values = zip(*curve)
+        ax.plot(iters, values, label=_run_label(record))
+    ax.set_xlabel("iteration")
+    ax.set_ylabel(term)
+    ax.set_title(f"training {term}")
+    if records:
+        ax.legend(frameon=False, fontsize="small")
+    fig.tight_layout()
+    return fig

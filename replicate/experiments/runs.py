@@ -1,0 +1,259 @@
+"""One run of a table row: what to train, training it in its work folder, and recording the result.
+
+A :class:`RunRequest` is everything a job needs, resolved when it is made (the model and training
+configs themselves, not just the table and row names), so that a job on another machine needs no paper
+spec registered. :func:`execute_run` is idempotent: a run that the results store already holds is
+returned as stored without training; otherwise it trains in ``WORK/runs/<profile>/<key>/`` (resuming
+from the checkpoint an interrupted attempt left there), and only a finished run is recorded: an
+interrupted one raises :class:`RunInterrupted` and leaves the store untouched.
+
+:func:`ensure_runs` is what the book's notebooks call: the records of a table's rows, running the
+missing ones first if asked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import socket
+import sys
+import warnings
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ..data.synth_spec import CLASSES
+from ..engine.config import PROFILE_SCHEDULES, TrainConfig
+from ..engine.train import train
+from ..errors import ReplicateError
+from ..io import atomic_write_json, read_json
+from ..models.detector import DetectorConfig
+from ..provenance import jsonable
+from .spec import TableSpec, run_config
+from .store import Record, ResultsStore, run_key
+
+COCO_CLASSES = 80
+CURVE_POINTS = 100  # at most this many (iteration, value) points per loss curve in a record
+RUN_INFO = "run.json"  # in a run's work folder: what the run is and when its first attempt started
+
+
+class RunInterrupted(ReplicateError):
+    """Training stopped on a signal and checkpointed; running the same request again resumes it."""
+
+
+def profile_num_classes(profile: str) -> int:
+    """Number of classes of a data profile's dataset (the generated ones share :data:`CLASSES`)."""
+    if profile not in PROFILE_SCHEDULES:
+        raise ReplicateError(f"unknown profile {profile!r}; choose from {sorted(PROFILE_SCHEDULES)}")
+    return COCO_CLASSES if profile == "coco" else len(CLASSES)
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """One run of one table row, picklable for a job: configs resolved, paths absolute."""
+
+    spec_key: str  # "paper:table" the run was requested for (one of possibly several)
+    row_label: str
+    profile: str
+    seed: int
+    model: DetectorConfig
+    train: TrainConfig  # its seed is ``seed``
+    data_root: str | None = None
+    results_dir: str = "results"
+    work_dir: str = "work"
+    device: str | None = None
+    command: tuple[str, ...] = ()  # the command that asked for the run (recorded in its provenance)
+
+    @property
+    def key(self) -> str:
+        return run_key(self.model, self.train, self.profile, self.seed)
+
+    @property
+    def run_dir(self) -> Path:
+        return run_dir(self.work_dir, self.profile, self.key)
+
+    def describe(self) -> str:
+        return f"{self.spec_key} row {self.row_label!r} seed {self.seed} (run {self.key})"
+
+
+def run_dir(work_dir: str | Path, profile: str, key: str) -> Path:
+    """The work folder of a run: checkpoint, log, detections, metrics.json and run.json."""
+    return Path(work_dir) / "runs" / profile / key
+
+
+def requests_for(spec: TableSpec, profile: str, seeds: int = 1, *, data_root: str | Path | None = None,
+                 results_dir: str | Path = "results", work_dir: str | Path = "work",
+                 device: str | None = None) -> list[RunRequest]:
+    """The runs of every reproduced row of ``spec`` (``Row.reproduce``) with seeds ``0 .. seeds - 1``."""
+    if seeds < 1:
+        raise ReplicateError(f"seeds must be >= 1 (got {seeds})")
+    num_classes = profile_num_classes(profile)
+    requests = []
+    for row in spec.rows:
+        if not row.reproduce:
+            continue
+        model, train_cfg = run_config(spec, row, profile, num_classes)
+        for seed in range(seeds):
+            requests.append(RunRequest(
+                spec.key, row.label, profile, seed, model, dataclasses.replace(train_cfg, seed=seed),
+                data_root=str(Path(data_root).resolve()) if data_root is not None else None,
+                results_dir=str(Path(results_dir).resolve()), work_dir=str(Path(work_dir).resolve()),
+                device=device, command=tuple(sys.argv)))
+    return requests
+
+
+def job_id() -> str | None:
+    """The submitit / SLURM job id of this process, if it runs as a job."""
+    if os.environ.get("SUBMITIT_EXECUTOR"):
+        import submitit
+
+        return str(submitit.JobEnvironment().job_id)
+    return os.environ.get("SLURM_JOB_ID")
+
+
+def execute_run(request: RunRequest) -> Record:
+    """The run's record: the stored one if it has finished, else train (or resume) it and record it.
+
+    Raises :class:`RunInterrupted` (nothing recorded) when training stops on SIGTERM/SIGUSR2.
+    """
+    store = ResultsStore(request.results_dir)
+    key = request.key
+    record = store.get(request.profile, key)
+    if record is not None:
+        return record
+    out = request.run_dir
+    info = _start_attempt(request, out)
+    print(f"run {request.describe()}: attempt {info['attempts']} in {out}", flush=True)
+    result = train(request.model, request.profile, out, request.train, data_root=request.data_root,
+                   device=request.device, progress=False)
+    if result["status"] != "finished":
+        raise RunInterrupted(f"run {request.describe()} interrupted at iteration {result['iteration']}/"
+                             f"{request.train.iters}; running it again resumes from {result['checkpoint']}")
+    record = build_record(request, result, info["started"])
+    path = store.put(record)
+    print(f"run {request.describe()}: finished, recorded in {path}", flush=True)
+    return record
+
+
+def _start_attempt(request: RunRequest, out: Path) -> dict[str, Any]:
+    """Update ``run.json`` in the work folder (first start kept, attempts counted) and return it."""
+    path = out / RUN_INFO
+    previous = read_json(path, what="run info") if path.is_file() else {}
+    info = {"key": request.key, "spec_key": request.spec_key, "row": request.row_label,
+            "profile": request.profile, "seed": request.seed, "model": request.model.name,
+            "iters": request.train.iters, "started": previous.get("started", utc_now()),
+            "attempts": previous.get("attempts", 0) + 1, "last_attempt": utc_now(),
+            "hostname": socket.gethostname(), "job_id": job_id()}
+    atomic_write_json(path, info, indent=1)
+    return info
+
+
+def build_record(request: RunRequest, result: dict[str, Any], started: str) -> Record:
+    """The store's record of a finished ``train()`` result (see :mod:`.store` for the fields).
+
+    The provenance is that of ``metrics.json`` without its copies of the configuration (the record
+    has it under ``config``), plus where and when the run ran and the command that asked for it.
+    """
+    out = request.run_dir
+    provenance = {k: v for k, v in result["provenance"].items() if k not in ("config", "train_config")}
+    provenance.update(hostname=socket.gethostname(), started=started, finished=utc_now(),
+                      command=list(request.command or sys.argv), job_id=job_id())
+    return {
+        "key": request.key,
+        "profile": request.profile,
+        "seed": request.seed,
+        "model": request.model.name,
+        "config": {"model": jsonable(request.model), "train": jsonable(request.train)},
+        "metrics": result["metrics"],
+        "loss_summary": loss_summary(out / "log.jsonl"),
+        "timings": result["timings"],
+        "provenance": provenance,
+        "work_dir": str(out),
+    }
+
+
+def loss_summary(log_path: Path, points: int = CURVE_POINTS) -> dict[str, dict[str, Any]]:
+    """Per loss term of ``log.jsonl`` (``loss`` and each ``loss_*``): the mean over the first and the
+    last 10% of iterations, the minimum, and the curve mean-pooled to at most ``points`` points
+    ``[mean iteration, mean value]``."""
+    lines = [json.loads(line) for line in log_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not lines:
+        raise ReplicateError(f"{log_path}: empty training log")
+    terms = ["loss"] + sorted(k for k in lines[0] if k.startswith("loss_"))
+    summary = {}
+    for term in terms:
+        pairs = [(line["iter"], line[term]) for line in lines if term in line]
+        values = [v for _, v in pairs]
+        tenth = max(1, math.ceil(len(values) / 10))
+        pool = math.ceil(len(pairs) / points)
+        chunks = [pairs[i:i + pool] for i in range(0, len(pairs), pool)]
+        summary[term] = {
+            "first": _mean(values[:tenth]),
+            "last": _mean(values[-tenth:]),
+            "min": min(values),
+            "curve": [[_mean([i for i, _ in c]), _mean([v for _, v in c])] for c in chunks],
+        }
+    return summary
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def ensure_runs(spec: TableSpec, profile: str, executor: str = "debug", seeds: int = 1, *,
+                results_dir: str | Path = "results", data_root: str | Path | None = None,
+                run_missing: bool = True, work_dir: str | Path = "work",
+                **launch_options: Any) -> dict[str, list[Record]]:
+    """Row label -> the stored records of that row (by seed) for the book's notebooks.
+
+    With ``run_missing`` the runs not yet in the store are run first through ``executor`` (``debug``:
+    in this process; ``local``: subprocesses; ``slurm``) and waited for; runs that fail are warned
+    about. Without it the missing runs are only warned about. Rows without records (not run, or cited
+    from the paper only) map to ``[]``. ``launch_options`` go to :func:`.launch.run_requests`.
+    """
+    requests = requests_for(spec, profile, seeds, data_root=data_root, results_dir=results_dir,
+                            work_dir=work_dir)
+    store = ResultsStore(results_dir)
+    missing = [r for r in requests if not store.finished(r.profile, r.key)]
+    if missing and run_missing:
+        from .launch import run_requests
+
+        outcomes = run_requests(missing, executor, **launch_options)
+        failed = [o for o in outcomes if o.status != "finished"]
+        if failed:
+            warnings.warn(f"{spec.key} on {profile}: {len(failed)} of {len(missing)} runs did not finish: "
+                          + "; ".join(f"{o.request.describe()}: {o.status} ({o.message})" for o in failed))
+    elif missing:
+        warnings.warn(f"{spec.key} on {profile}: {len(missing)} of {len(requests)} runs missing from "
+                      f"{store.root} (" + ", ".join(r.describe() for r in missing) + "); run `replicate sweep "
+                      f"{spec.key} --profile {profile} --seeds {seeds}` to produce them")
+    by_row: dict[str, list[Record]] = {row.label: [] for row in spec.rows}
+    for r in requests:
+        record = store.get(r.profile, r.key)
+        if record is not None:
+            by_row[r.row_label].append(record)
+    return by_row
+
+
+def unfinished_runs(work_dir: str | Path, store: ResultsStore, profile: str | None = None) -> list[dict[str, Any]]:
+    """The runs with a work folder but no record: their ``run.json`` plus ``iteration`` (the last one
+    logged) and ``updated`` (when the log last changed, ISO UTC), ordered by profile and key."""
+    out = []
+    for info_path in sorted((Path(work_dir) / "runs").glob(f"{profile or '*'}/*/{RUN_INFO}")):
+        info = read_json(info_path, what="run info")
+        if store.finished(info["profile"], info["key"]):
+            continue
+        log = info_path.parent / "log.jsonl"
+        lines = log.read_text(encoding="utf-8").splitlines() if log.is_file() else []
+        changed = log.stat().st_mtime if log.is_file() else info_path.stat().st_mtime
+        info.update(iteration=json.loads(lines[-1])["iter"] if lines else 0,
+                    updated=datetime.fromtimestamp(changed, timezone.utc).isoformat(timespec="seconds"))
+        out.append(info)
+    return out

@@ -1,0 +1,85 @@
+"""The results store: one small JSON record per finished run, named by the run's configuration.
+
+A run is a (model config, training config, data profile, seed); :func:`run_key` names it by the hash of
+exactly what determines its result, so that the same run asked for by two tables is trained once and a
+changed configuration is a new run. Records live at ``ROOT/<profile>/<key>.json`` (``results/`` by
+default: ``results/synthetic/`` is committed with the repository, ``results/smoke/`` is not). A record
+holds the run's metrics, a summary of its loss curves, timings and provenance; checkpoints, logs and
+detections stay in the run's work folder (``work/runs/<profile>/<key>/``), which the record names.
+
+Record fields: ``key``, ``profile``, ``seed``, ``model`` (preset name), ``config`` (``model`` and
+``train``, as JSON), ``metrics`` (COCO metrics as fractions), ``loss_summary`` (per loss term:
+``first``, ``last``, ``min``, ``curve``), ``timings``, ``provenance`` (that of ``metrics.json`` plus
+``hostname``, ``started``, ``finished``, ``command``, ``job_id``) and ``work_dir``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from ..engine.config import PROFILE_SCHEDULES, TrainConfig, weights_config
+from ..errors import ReplicateError
+from ..io import atomic_write_json, read_json
+from ..models.detector import DetectorConfig
+from ..provenance import config_hash, jsonable
+
+Record = dict[str, Any]
+RECORD_FIELDS = ("key", "profile", "seed", "model", "config", "metrics", "loss_summary", "timings",
+                 "provenance", "work_dir")
+
+
+def run_key(model_cfg: DetectorConfig, train_cfg: TrainConfig, profile: str, seed: int) -> str:
+    """The 12-hex-digit name of a run: the hash of its model config (with the head's type), its training
+    config without the fields that do not change results (``num_workers``, ``checkpoint_every``,
+    ``eval_at_end``; the seed is ``seed``), its data profile and its seed."""
+    train = weights_config(dataclasses.replace(train_cfg, seed=seed))
+    return config_hash({"model": jsonable(model_cfg), "head_type": type(model_cfg.head).__name__,
+                        "train": train, "profile": profile, "seed": seed})
+
+
+class ResultsStore:
+    """Run records under ``root``: ``root/<profile>/<key>.json``, written atomically."""
+
+    def __init__(self, root: str | Path = "results") -> None:
+        self.root = Path(root)
+
+    def path(self, profile: str, key: str) -> Path:
+        return self.root / profile / f"{key}.json"
+
+    def get(self, profile: str, key: str) -> Record | None:
+        """The record of run ``key``, or ``None`` if it has none; a malformed file is an error naming it."""
+        path = self.path(profile, key)
+        if not path.is_file():
+            return None
+        return _checked(read_json(path, what="run record"), path)
+
+    def finished(self, profile: str, key: str) -> bool:
+        return self.get(profile, key) is not None
+
+    def put(self, record: Record) -> Path:
+        """Write ``record`` (atomically) where :meth:`get` finds it; returns the file."""
+        missing = [f for f in RECORD_FIELDS if f not in record]
+        if missing:
+            raise ReplicateError(f"run record {record.get('key', '?')!r} lacks fields {missing}")
+        return atomic_write_json(self.path(record["profile"], record["key"]), jsonable(record), indent=1)
+
+    def records(self, profile: str | None = None) -> list[Record]:
+        """Every record (of one profile, or of every data profile), ordered by profile and key.
+
+        Only the profiles' folders are read: ``results/`` also holds other results (``bench/``)."""
+        folders = [self.root / p for p in ([profile] if profile else sorted(PROFILE_SCHEDULES))]
+        return [_checked(read_json(path, what="run record"), path)
+                for folder in folders for path in sorted(folder.glob("*.json"))]
+
+
+def _checked(record: Any, path: Path) -> Record:
+    if not isinstance(record, dict):
+        raise ReplicateError(f"{path}: a run record must be a JSON object, got {type(record).__name__}")
+    missing = [f for f in RECORD_FIELDS if f not in record]
+    if missing:
+        raise ReplicateError(f"{path}: not a run record (missing fields {missing})")
+    if record["key"] != path.stem:
+        raise ReplicateError(f"{path}: record of run {record['key']!r} stored under another run's name")
+    return record

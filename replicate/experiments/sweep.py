@@ -1,0 +1,161 @@
+"""Sweeps: every run of a paper (``mod``) or of one of its tables (``mod:table3``) on a data profile.
+
+:func:`sweep` resolves the target against :data:`~.spec.REGISTRY`, makes the runs of every reproduced
+row for seeds ``0 .. seeds - 1``, counts a run shared by several tables once (same key), skips the
+runs the results store already holds and submits the others as one job array (:mod:`.launch`).
+Running the same sweep again therefore only does what is left: after an interruption, a failure or a
+changed row. :func:`table_status` is the per-row view behind ``replicate list``.
+
+Paper specs register themselves when their module is imported; :func:`load_papers` imports every
+module of :data:`PAPERS_PACKAGE` (once it exists) so that the command line knows them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ReplicateError
+from .launch import run_requests
+from .runs import RunRequest, requests_for
+from .spec import REGISTRY, TableSpec
+from .store import ResultsStore
+
+PAPERS_PACKAGE = "replicate.experiments.papers"
+STATUSES = ("finished", "running", "failed", "missing")
+
+
+def load_papers() -> dict[str, dict[str, TableSpec]]:
+    """Import the paper modules (registering their specs) and return :data:`~.spec.REGISTRY`."""
+    if importlib.util.find_spec(PAPERS_PACKAGE) is not None:
+        package = importlib.import_module(PAPERS_PACKAGE)
+        for module in pkgutil.iter_modules(package.__path__):
+            importlib.import_module(f"{PAPERS_PACKAGE}.{module.name}")
+    return REGISTRY
+
+
+def known_targets() -> list[str]:
+    return [f"{paper}:{table}" for paper in sorted(REGISTRY) for table in sorted(REGISTRY[paper])]
+
+
+def resolve_target(target: str) -> list[TableSpec]:
+    """The tables of ``PAPER`` or the one table of ``PAPER:TABLE``; unknown ones are an error listing the known."""
+    load_papers()
+    paper, _, table = target.partition(":")
+    tables = REGISTRY.get(paper, {})
+    if tables and not table:
+        return [tables[t] for t in sorted(tables)]
+    if table in tables:
+        return [tables[table]]
+    known = ", ".join(known_targets()) or "none registered"
+    raise ReplicateError(f"unknown sweep target {target!r}: give PAPER or PAPER:TABLE; known tables: {known}")
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """One table row's run in a sweep report."""
+
+    key: str
+    table: str
+    row: str
+    seed: int
+    status: str  # one of STATUSES
+    ap: float | None = None  # COCO AP as a fraction
+    message: str = ""
+
+
+@dataclass
+class SweepReport:
+    target: str
+    profile: str
+    executor: str
+    runs: list[RunStatus] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        """Distinct runs per status (a run shared by several tables counts once)."""
+        by_key = {r.key: r.status for r in self.runs}
+        return {s: sum(1 for v in by_key.values() if v == s) for s in STATUSES}
+
+    def format(self) -> str:
+        """A text table: one line per table row and seed, then the counts."""
+        header = ("key", "table", "row", "seed", "status", "AP")
+        lines = [(r.key, r.table, r.row, str(r.seed), r.status, f"{100 * r.ap:.1f}" if r.ap is not None else "-")
+                 for r in self.runs]
+        widths = [max(len(x) for x in col) for col in zip(header, *lines)]
+        text = ["  ".join(x.ljust(w) for x, w in zip(row, widths)).rstrip() for row in [header, *lines]]
+        text += [f"  {r.key}: {r.message}" for r in self.runs if r.status == "failed" and r.message]
+        counts = ", ".join(f"{n} {s}" for s, n in self.counts().items() if n)
+        return "\n".join(text + [f"{self.target} on {self.profile}: {counts or 'no runs'}"])
+
+
+def sweep(target: str, profile: str, executor: str = "local", seeds: int = 1, *, cluster: Any = None,
+          results_dir: str | Path = "results", work_dir: str | Path = "work", data_root: str | Path | None = None,
+          wait: bool = True, dry_run: bool = False, log: Callable[[str], None] = print,
+          **launch_options: Any) -> SweepReport:
+    """Run what is missing of ``target`` (``PAPER`` or ``PAPER:TABLE``) on ``profile``; see the module doc.
+
+    ``cluster``: a cluster profile name or YAML path (:mod:`.clusters`), or submitit parameters as a
+    mapping. ``dry_run``: report what would run, submit nothing. ``launch_options`` go to
+    :func:`.launch.run_requests` (``parallelism``, ``timeout_s``, resources such as ``gpus_per_node``).
+    """
+    requests = [r for spec in resolve_target(target)
+                for r in requests_for(spec, profile, seeds, data_root=data_root, results_dir=results_dir,
+                                      work_dir=work_dir)]
+    store = ResultsStore(results_dir)
+    unique: dict[str, RunRequest] = {}
+    for r in requests:
+        unique.setdefault(r.key, r)
+    records = {key: store.get(profile, key) for key in unique}
+    to_run = [r for key, r in unique.items() if records[key] is None]
+    log(f"{target} on {profile}: {len(unique)} runs ({len(requests)} table rows x seeds), "
+        f"{len(unique) - len(to_run)} finished, {len(to_run)} to run")
+    status = {key: ("finished", "") for key, rec in records.items() if rec is not None}
+    if dry_run:
+        for r in to_run:
+            log(f"would run {r.describe()} in {r.run_dir}")
+            status[r.key] = ("missing", "dry run")
+    else:
+        if executor == "slurm" and isinstance(cluster, (str, Path)):
+            cluster = _load_cluster(cluster)
+        for outcome in run_requests(to_run, executor, cluster=cluster, wait=wait, log=log, **launch_options):
+            status[outcome.request.key] = (outcome.status, outcome.message)
+            records[outcome.request.key] = outcome.record
+    report = SweepReport(target, profile, "dry run" if dry_run else executor)
+    for r in requests:
+        record = records[r.key]
+        ap = (record.get("metrics") or {}).get("AP") if record else None
+        state, message = status[r.key]
+        report.runs.append(RunStatus(r.key, r.spec_key, r.row_label, r.seed, state, ap, message))
+    return report
+
+
+def _load_cluster(name_or_path: str | Path) -> Any:
+    """A cluster profile from ``slurm/clusters/`` (name) or a YAML file (path)."""
+    try:
+        from .clusters import load_cluster
+    except ImportError:
+        raise ReplicateError(f"--cluster {name_or_path}: cluster profiles (replicate.experiments.clusters) "
+                             "are not available in this version") from None
+    return load_cluster(str(name_or_path))
+
+
+def table_status(spec: TableSpec, profile: str, seeds: int = 1, *,
+                 results_dir: str | Path = "results") -> list[tuple[str, str]]:
+    """(row label, status) of every row of ``spec``: ``finished n/seeds``, ``missing`` or ``cited only``."""
+    store = ResultsStore(results_dir)
+    by_row: dict[str, list[bool]] = {}
+    for r in requests_for(spec, profile, seeds, results_dir=results_dir):
+        by_row.setdefault(r.row_label, []).append(store.finished(profile, r.key))
+    out = []
+    for row in spec.rows:
+        done = by_row.get(row.label)
+        if done is None:
+            out.append((row.label, "cited only"))
+        else:
+            out.append((row.label, f"finished {sum(done)}/{seeds}" if any(done) else "missing"))
+    return out

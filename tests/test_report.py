@@ -1,0 +1,170 @@
+"""Report rendering on hand-built specs and run records, against hand-computed numbers."""
+
+import json
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from replicate.errors import ReplicateError  # noqa: E402
+from replicate.experiments import report  # noqa: E402
+from replicate.experiments.spec import Claim, Row, TableSpec  # noqa: E402
+
+SPEC = TableSpec(
+    paper="mod", table="table9", title="Ablation", source="MOD, Table 9 (p. 1)", metrics=("AP", "AP50"),
+    rows=(
+        Row("base", "fcos", paper={"AP": 38.6, "AP50": 57.4}),
+        Row("+RFA", "fcos", paper={"AP": 39.4, "AP50": 58.0}),
+        Row("+APS", "fcos", paper={"AP": 40.0}),
+        Row("R101", "fcos", paper={"AP": 42.0, "AP50": 61.0}, reproduce=False),
+    ),
+    claims=(
+        Claim("RFA helps", better="+RFA", worse="base"),
+        Claim("APS helps more", better="+APS", worse="+RFA", margin=0.6),
+        Claim("R101 beats base", better="R101", worse="base", metric="AP50"),
+        Claim("base beats RFA on AP50", better="base", worse="+RFA", metric="AP50"),
+    ),
+)
+
+
+def record(label: str, seed: int, ap: float, ap50: float) -> dict:
+    return {
+        "key": f"{label}-s{seed}", "profile": "smoke", "seed": seed, "model": "fcos", "config": {},
+        "metrics": {"AP": ap, "AP50": ap50, "AP75": 0.1},
+        "loss_summary": {"loss": {"first": 2.0, "last": 1.0, "min": 1.0, "curve": [[0, 2.0], [10, 1.5], [20, 1.0]]}},
+        "timings": {"train_imgs_per_s": 12.5, "inference_fps": 30.0},
+        "provenance": {"commit": "0123456789abcdef", "dirty": False, "versions": {"torch": "2.14.1"},
+                       "device": "cpu", "started": "2026-01-01T00:00:00", "finished": "2026-01-01T00:01:00"},
+        "work_dir": "/tmp/x",
+    }
+
+
+RECORDS = {
+    "base": [record("base", 0, 0.300, 0.500), record("base", 1, 0.320, 0.520)],  # AP 31.0 ± 1.414
+    "+RFA": [record("+RFA", 0, 0.335, 0.505)],  # AP 33.5
+}
+
+
+def test_table_frame_means_scaling_deltas_and_status():
+    frame = report.table_frame(SPEC, RECORDS, seeds=2)
+    assert list(frame.index) == ["base", "+RFA", "+APS", "R101"]
+    assert frame.at["base", "AP paper"] == 38.6
+    assert frame.at["base", "AP ours"] == pytest.approx(31.0)
+    assert frame.at["base", "AP Δ"] == pytest.approx(31.0 - 38.6)
+    assert frame.at["base", "AP50 ours"] == pytest.approx(51.0)
+    assert frame.at["+RFA", "AP ours"] == pytest.approx(33.5)
+    assert frame.at["+RFA", "AP50 Δ"] == pytest.approx(50.5 - 58.0)
+    assert math.isnan(frame.at["+APS", "AP ours"]) and math.isnan(frame.at["+APS", "AP Δ"])
+    assert math.isnan(frame.at["+APS", "AP50 paper"])
+    assert math.isnan(frame.at["R101", "AP ours"]) and frame.at["R101", "AP paper"] == 42.0
+    assert list(frame["status"]) == ["2/2 runs", "1/2 runs", "missing", "cited only"]
+    assert report.table_frame(SPEC, RECORDS).at["+RFA", "status"] == "1 run"
+
+
+def test_formatted_frame_shows_spread_only_with_several_seeds():
+    text = report.formatted_frame(SPEC, RECORDS)
+    assert text.loc["base", ("AP", "ours")] == f"31.0 ± {math.sqrt(2):.1f}"
+    assert text.loc["base", ("AP", "Δ")] == "-7.6"
+    assert text.loc["+RFA", ("AP", "ours")] == "33.5"
+    assert text.loc["+RFA", ("AP", "paper")] == "39.4"
+    assert text.loc["+APS", ("AP", "ours")] == "—" and text.loc["+APS", ("AP50", "paper")] == "—"
+    assert text.loc["R101", ("", "status")] == "cited only"
+
+
+def test_claims_hold_fail_or_stay_unknown():
+    results = {c.text: c for c in report.claim_results(SPEC, RECORDS)}
+    rfa = results["RFA helps"]
+    assert rfa.paper_margin == pytest.approx(0.8) and rfa.ours_margin == pytest.approx(2.5) and rfa.holds is True
+    aps = results["APS helps more"]  # paper numbers of both rows: 40.0 - 39.4; ours: +APS missing
+    assert aps.paper_margin == pytest.approx(0.6) and aps.ours_margin is None and aps.holds is None
+    cited = results["R101 beats base"]  # base has no AP50 margin stated; R101 is cited only
+    assert cited.paper_margin == pytest.approx(61.0 - 57.4) and cited.holds is None
+    fails = results["base beats RFA on AP50"]
+    assert fails.ours_margin == pytest.approx(51.0 - 50.5) and fails.holds is True
+    reversed_records = {"base": RECORDS["base"], "+RFA": [record("+RFA", 0, 0.2, 0.6)]}
+    assert {c.text: c.holds for c in report.claim_results(SPEC, reversed_records)}["RFA helps"] is False
+
+
+def test_claim_margin_falls_back_to_the_stated_margin():
+    spec = TableSpec(paper="p", table="t", title="T", source="S", metrics=("AP",),
+                     rows=(Row("a", "fcos"), Row("b", "fcos", paper={"AP": 1.0})),
+                     claims=(Claim("a beats b", better="a", worse="b", margin=1.5),))
+    (result,) = report.claim_results(spec, {})
+    assert result.paper_margin == 1.5 and result.ours_margin is None and result.holds is None
+
+
+def test_unknown_rows_and_missing_metrics_are_errors():
+    with pytest.raises(ReplicateError, match="does not have"):
+        report.table_frame(SPEC, {"nope": []})
+    broken = record("base", 0, 0.3, 0.5)
+    del broken["metrics"]["AP50"]
+    with pytest.raises(ReplicateError, match="base-s0.*AP50"):
+        report.table_frame(SPEC, {"base": [broken]})
+
+
+def test_render_table_and_claims_html():
+    html = report.render_table(SPEC, RECORDS)
+    assert html._repr_html_() == str(html)
+    assert "<table" in html and "MOD, Table 9 (p. 1)" in html and "31.0 ± 1.4" in html
+    assert "#cf222e" in html  # a negative Δ in red
+    claims = report.render_claims(SPEC, RECORDS)
+    assert claims.count("<li>") == 4 and claims.count("✓") == 2 and claims.count("—") >= 2
+    assert "paper +0.8, ours +2.5 AP" in claims
+
+
+def test_headline_round_trips_through_the_results_folder(tmp_path):
+    summary = report.headline(SPEC, RECORDS)
+    assert summary["key"] == "mod:table9" and summary["metric"] == "AP"
+    assert (summary["claims_holding"], summary["claims_checked"], summary["claims_total"]) == (2, 2, 4)
+    assert summary["rows"][0] == {"label": "base", "paper": 38.6, "ours": 31.0, "status": "2 runs"}
+    assert summary["rows"][2] == {"label": "+APS", "paper": 40.0, "ours": None, "status": "missing"}
+    json.dumps(summary, allow_nan=False)
+    path = report.save_headline(summary, tmp_path, "smoke")
+    assert path == tmp_path / "headlines" / "smoke" / "mod.table9.json"
+    assert report.load_headlines(tmp_path, "smoke") == [summary]
+    assert report.load_headlines(tmp_path, "coco") == []
+    frame = report.summary_frame([summary])
+    assert frame.iloc[0].to_dict() == {"table": "mod:table9", "title": "Ablation", "metric": "AP",
+                                       "claims holding": 2, "claims checked": 2, "claims": 4,
+                                       "rows run": 2, "rows": 4}
+
+
+def test_provenance_frame():
+    records = RECORDS["base"] + [{"key": "bare", "model": "atss", "profile": "smoke", "seed": 0}]
+    frame = report.provenance_frame(records)
+    assert list(frame["key"]) == ["base-s0", "base-s1", "bare"]
+    first = frame.iloc[0]
+    assert first["commit"] == "0123456789" and first["torch"] == "2.14.1" and first["train img/s"] == 12.5
+    assert first["device"] == "cpu" and not first["dirty"] and first["finished"] == "2026-01-01T00:01:00"
+    assert pd.isna(frame.iloc[2]["commit"])
+
+
+def test_bench_and_environment_frames(tmp_path):
+    (tmp_path / "train-step_fcos_cpu.json").write_text(json.dumps({
+        "benchmark": "train-step", "model": "fcos", "batch_size": 2, "size": [512, 512],
+        "ours": {"median_s": 0.5}, "torchvision": {"median_s": 0.4}, "ratio": 1.25, "note": "",
+        "provenance": {"device": "cpu"}}))
+    frame = report.bench_frame(tmp_path)
+    assert frame.iloc[0]["ratio"] == 1.25 and frame.iloc[0]["torchvision median s"] == 0.4
+    assert report.bench_frame(tmp_path / "none").empty
+    env = report.environment_frame()
+    assert {"commit", "torch", "device"} <= set(env.index)
+
+
+def test_figures_draw():
+    fig = report.plot_paper_vs_ours(SPEC, RECORDS, metric="AP")
+    fig.canvas.draw()
+    assert len(fig.axes[0].patches) == 2 * len(SPEC.rows)
+    fig2 = report.plot_loss_curves(RECORDS["base"], term="loss")
+    fig2.canvas.draw()
+    assert len(fig2.axes[0].lines) == 2
+    plt.close("all")
+    with pytest.raises(ReplicateError, match="not a column"):
+        report.plot_paper_vs_ours(SPEC, RECORDS, metric="APs")
+    with pytest.raises(ReplicateError, match="loss_cls"):
+        report.plot_loss_curves(RECORDS["base"], term="loss_cls")

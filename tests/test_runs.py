@@ -1,0 +1,304 @@
+"""Run orchestration: run keys, the results store, execute_run, sweeps (debug and local executors), the CLI."""
+
+import dataclasses
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import torch
+from submitit.slurm.slurm import SlurmJob
+
+from replicate.cli import main
+from replicate.engine.config import schedule_for, with_overrides
+from replicate.errors import ReplicateError
+from replicate.experiments import launch, runs
+from replicate.experiments import sweep as sweep_module
+from replicate.experiments.launch import make_executor, run_requests
+from replicate.experiments.runs import RunInterrupted, ensure_runs, execute_run, requests_for
+from replicate.experiments.spec import REGISTRY, Row, TableSpec, apply_overrides, register
+from replicate.experiments.store import ResultsStore, run_key
+from replicate.experiments.sweep import sweep
+from replicate.models.zoo import model_config
+
+pytestmark = pytest.mark.filterwarnings("ignore:no detections in")  # 4 iterations detect nothing
+
+TINY = {"iters": 4}
+TABLE1 = TableSpec(
+    "demo", "table1", "Demo table", "demo, Table 1 (p. 1)", ("AP",),
+    rows=(Row("fcos", "fcos", train_overrides=TINY),
+          Row("fcos_giou", "fcos", model_overrides={"head.quality": "giou"}, train_overrides=TINY),
+          Row("cited", "fcos", paper={"AP": 40.0}, reproduce=False)))
+TABLE2 = TableSpec("demo", "table2", "Demo table", "demo, Table 2 (p. 2)", ("AP",),
+                   rows=(Row("baseline", "fcos", train_overrides=TINY),))  # the same run as table1's fcos
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: deterministic reductions, and no oversubscription on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def demo():
+    """The demo paper registered for this module; the registry is restored afterwards."""
+    sweep_module.load_papers()  # the real papers register once, outside what is restored
+    saved = {paper: dict(tables) for paper, tables in REGISTRY.items()}
+    yield [register(TABLE1), register(TABLE2)]
+    REGISTRY.clear()
+    REGISTRY.update(saved)
+
+
+@pytest.fixture(scope="module")
+def swept(demo, smoke_root, tmp_path_factory):
+    """The demo paper swept once in this process (debug executor): (report, results dir, work dir, log)."""
+    root = tmp_path_factory.mktemp("sweep")
+    lines = []
+    report = sweep("demo", "smoke", "debug", results_dir=root / "results", work_dir=root / "work",
+                   data_root=smoke_root, log=lines.append)
+    return report, root / "results", root / "work", lines
+
+
+def demo_request(swept, label="fcos", **changes):
+    _, results, work, _ = swept
+    request = next(r for r in requests_for(TABLE1, "smoke", results_dir=results, work_dir=work) if r.row_label == label)
+    return dataclasses.replace(request, **changes)
+
+
+def no_training(*args, **kwargs):
+    raise AssertionError("train() called for a finished run")
+
+
+# ------------------------------------------------------------------------------------------------ run keys
+def test_run_key_is_stable_and_names_what_changes_results():
+    model, train = model_config("fcos", "smoke", 10), schedule_for("smoke")
+    key = run_key(model, train, "smoke", 0)
+    code = ("from replicate.engine.config import schedule_for; from replicate.models.zoo import model_config; "
+            "from replicate.experiments.store import run_key; "
+            "print(run_key(model_config('fcos', 'smoke', 10), schedule_for('smoke'), 'smoke', 0))")
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": "123"})
+    assert other.stdout.strip() == key and len(key) == 12
+    a = apply_overrides(model, {"head.quality": "giou", "head.center_radius": 2.0})
+    b = apply_overrides(model, {"head.center_radius": 2.0, "head.quality": "giou"})
+    assert run_key(a, train, "smoke", 0) == run_key(b, train, "smoke", 0) != key
+    runtime_only = with_overrides(train, num_workers=3, checkpoint_every=7, eval_at_end=False)
+    assert run_key(model, runtime_only, "smoke", 0) == key
+    assert run_key(model, with_overrides(train, seed=5), "smoke", 0) == key  # the run's seed is the argument
+    assert len({key, run_key(model, train, "smoke", 1), run_key(model, train, "synthetic", 0),
+                run_key(model, with_overrides(train, iters=4), "smoke", 0)}) == 4
+
+
+# --------------------------------------------------------------------------------------------------- store
+def fake_record(key="0123456789ab", profile="smoke"):
+    return {"key": key, "profile": profile, "seed": 0, "model": "fcos", "config": {}, "metrics": {"AP": 0.5},
+            "loss_summary": {}, "timings": {}, "provenance": {}, "work_dir": "w"}
+
+
+def test_store_put_get_and_records(tmp_path):
+    store = ResultsStore(tmp_path)
+    assert store.get("smoke", "0123456789ab") is None and not store.finished("smoke", "0123456789ab")
+    path = store.put(fake_record())
+    assert path == tmp_path / "smoke" / "0123456789ab.json"
+    assert store.get("smoke", "0123456789ab") == fake_record() and store.finished("smoke", "0123456789ab")
+    store.put(fake_record("ba9876543210", "synthetic"))
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "train-step.json").write_text("{}")  # other results beside the profiles' folders
+    assert [r["key"] for r in store.records()] == ["0123456789ab", "ba9876543210"]
+    assert [r["key"] for r in store.records("synthetic")] == ["ba9876543210"]
+    assert sorted(p.name for p in (tmp_path / "smoke").iterdir()) == ["0123456789ab.json"]  # no temp files left
+    with pytest.raises(ReplicateError, match="lacks fields"):
+        store.put({"key": "x", "profile": "smoke"})
+
+
+def test_store_malformed_record_names_the_file(tmp_path):
+    store = ResultsStore(tmp_path)
+    path = tmp_path / "smoke" / "0123456789ab.json"
+    path.parent.mkdir()
+    path.write_text('{"key": ')
+    with pytest.raises(ReplicateError, match=f"{path}: malformed JSON"):
+        store.get("smoke", "0123456789ab")
+    path.write_text("[]")
+    with pytest.raises(ReplicateError, match=f"{path}: a run record must be a JSON object"):
+        store.records("smoke")
+
+
+# ------------------------------------------------------------------------------------- execute_run, sweeps
+def test_sweep_runs_the_missing_runs_once(swept, monkeypatch):
+    report, results, work, lines = swept
+    assert "demo on smoke: 2 runs (3 table rows x seeds), 0 finished, 2 to run" in lines
+    assert [(r.table, r.row, r.status) for r in report.runs] == [
+        ("demo:table1", "fcos", "finished"), ("demo:table1", "fcos_giou", "finished"),
+        ("demo:table2", "baseline", "finished")]
+    assert report.runs[0].key == report.runs[2].key != report.runs[1].key  # shared across tables: run once
+    assert report.counts() == {"finished": 2, "running": 0, "failed": 0, "missing": 0}
+    assert all(r.ap is not None for r in report.runs)
+    monkeypatch.setattr(runs, "train", no_training)
+    again = []
+    second = sweep("demo", "smoke", "debug", results_dir=results, work_dir=work, log=again.append)
+    assert again == ["demo on smoke: 2 runs (3 table rows x seeds), 2 finished, 0 to run"]
+    assert [r.status for r in second.runs] == ["finished"] * 3
+
+
+def test_record_holds_metrics_losses_and_provenance(swept):
+    _, results, work, _ = swept
+    request = demo_request(swept)
+    record = ResultsStore(results).get("smoke", request.key)
+    assert record["seed"] == 0 and record["model"] == "fcos" and record["config"]["train"]["iters"] == 4
+    assert set(record["metrics"]) >= {"AP", "AP50", "AR100"}
+    summary = record["loss_summary"]
+    log = [json.loads(line) for line in (request.run_dir / "log.jsonl").read_text().splitlines()]
+    assert set(summary) == {"loss"} | {k for k in log[0] if k.startswith("loss_")} and len(summary) >= 3
+    assert summary["loss"]["first"] == log[0]["loss"] and summary["loss"]["last"] == log[-1]["loss"]
+    assert summary["loss"]["min"] == min(line["loss"] for line in log)
+    assert summary["loss"]["curve"] == [[line["iter"], line["loss"]] for line in log]
+    prov = record["provenance"]
+    assert prov["hostname"] and prov["started"] <= prov["finished"] and prov["config_hash"]
+    assert isinstance(prov["command"], list) and "job_id" in prov
+    assert record["work_dir"] == str(request.run_dir) and (request.run_dir / "checkpoint.pt").is_file()
+
+
+def test_loss_curve_is_mean_pooled(tmp_path):
+    log = tmp_path / "log.jsonl"
+    log.write_text("".join(json.dumps({"iter": i, "loss": float(i), "loss_cls": 1.0}) + "\n" for i in range(1, 251)))
+    summary = runs.loss_summary(log)
+    curve = summary["loss"]["curve"]
+    assert len(curve) == 84 and curve[0] == [2.0, 2.0] and curve[-1] == [250.0, 250.0]  # bins of 3
+    assert summary["loss"]["first"] == sum(range(1, 26)) / 25 and summary["loss"]["last"] == sum(range(226, 251)) / 25
+    assert summary["loss_cls"]["min"] == 1.0
+
+
+def test_execute_run_of_a_finished_run_is_a_no_op(swept, monkeypatch):
+    request = demo_request(swept)
+    path = ResultsStore(request.results_dir).path("smoke", request.key)
+    before = path.stat().st_mtime_ns
+    monkeypatch.setattr(runs, "train", no_training)
+    assert execute_run(request) == ResultsStore(request.results_dir).get("smoke", request.key)
+    assert path.stat().st_mtime_ns == before
+
+
+def test_interrupted_run_is_not_recorded_and_resumes(swept, tmp_path, monkeypatch):
+    finished = ResultsStore(swept[1]).get("smoke", demo_request(swept).key)
+    request = demo_request(swept, results_dir=str(tmp_path / "results"), work_dir=str(tmp_path / "work"))
+    monkeypatch.setattr(runs, "train", functools.partial(runs.train, stop_after=2))
+    with pytest.raises(RunInterrupted, match="interrupted at iteration 2/4; running it again resumes"):
+        execute_run(request)
+    assert ResultsStore(request.results_dir).get("smoke", request.key) is None
+    assert (request.run_dir / "checkpoint.pt").is_file()
+    [pending] = runs.unfinished_runs(request.work_dir, ResultsStore(request.results_dir))
+    assert (pending["key"], pending["iteration"], pending["iters"], pending["row"]) == (request.key, 2, 4, "fcos")
+    monkeypatch.undo()
+    record = execute_run(request)
+    assert record["metrics"] == finished["metrics"]
+    for term, summary in finished["loss_summary"].items():
+        assert record["loss_summary"][term] == summary, term  # the resumed log equals the uninterrupted one
+    assert json.loads((request.run_dir / "run.json").read_text())["attempts"] == 2
+
+
+def test_ensure_runs(swept, tmp_path):
+    _, results, work, _ = swept
+    with pytest.warns(UserWarning, match="2 of 2 runs missing"):
+        assert ensure_runs(TABLE1, "smoke", run_missing=False, results_dir=tmp_path) == \
+            {"fcos": [], "fcos_giou": [], "cited": []}
+    assert not list(tmp_path.iterdir())  # nothing ran
+    found = ensure_runs(TABLE1, "smoke", run_missing=False, results_dir=results, work_dir=work)
+    assert [len(v) for v in found.values()] == [1, 1, 0] and found["fcos"][0]["key"] == demo_request(swept).key
+
+
+def test_dry_run_submits_nothing(demo, tmp_path, monkeypatch):
+    monkeypatch.setattr(sweep_module, "run_requests", no_training)
+    report = sweep("demo:table1", "smoke", "local", results_dir=tmp_path / "results", work_dir=tmp_path / "work",
+                   dry_run=True, log=lambda line: None)
+    assert [r.status for r in report.runs] == ["missing", "missing"] and report.executor == "dry run"
+    assert not list(tmp_path.iterdir())
+
+
+def test_local_executor_requeues_an_interrupted_run_and_records_it(demo, smoke_root, tmp_path):
+    """One subprocess job, sent SIGTERM mid-training (as SLURM does): it checkpoints, submitit requeues it,
+    the second attempt resumes, and the record is read back."""
+    spec = TableSpec("demo", "long", "Longer", "demo", ("AP",),
+                     rows=(Row("fcos", "fcos", train_overrides={"iters": 12}),))
+    results, work = tmp_path / "results", tmp_path / "work"
+    [request] = requests_for(spec, "smoke", data_root=smoke_root, results_dir=results, work_dir=work)
+
+    def interrupt_once_training():
+        info, log, deadline = request.run_dir / "run.json", request.run_dir / "log.jsonl", time.monotonic() + 120
+        while time.monotonic() < deadline and not (log.is_file() and log.read_text().strip()):
+            time.sleep(0.05)
+        os.kill(int(json.loads(info.read_text())["job_id"]), signal.SIGTERM)  # the job's controller forwards it
+
+    thread = threading.Thread(target=interrupt_once_training, daemon=True)
+    thread.start()
+    [outcome] = run_requests([request], "local", timeout_s=240, log=lambda line: None)
+    thread.join(timeout=1)
+    assert outcome.status == "finished", outcome.message
+    assert outcome.record == ResultsStore(results).get("smoke", request.key)
+    info = json.loads((request.run_dir / "run.json").read_text())
+    assert info["attempts"] == 2
+    log = [json.loads(line)["iter"] for line in (request.run_dir / "log.jsonl").read_text().splitlines()]
+    assert log == list(range(1, 13))
+    stdout = "".join(p.read_text() for p in (work / "submitit").rglob("*_log.out"))
+    assert "handing over to submitit to requeue" in stdout
+    assert outcome.record["provenance"]["job_id"] == info["job_id"]
+
+
+def test_slurm_executor_parameters(tmp_path):
+    ex = make_executor("slurm", tmp_path / "%j", cluster={"slurm_partition": "gpu", "gpus_per_node": 4},
+                       array_parallelism=2, cpus_per_task=6)
+    script = ex._executor._make_submission_file_text("python -m x", "uid")
+    for line in ("--partition=gpu", "--gpus-per-node=4", "--cpus-per-task=6", "--signal=USR2@120", "--time=1440"):
+        assert f"#SBATCH {line}" in script
+    assert ex._executor.parameters["array_parallelism"] == 2
+    with pytest.raises(ReplicateError, match="unknown executor 'pbs'"):
+        make_executor("pbs", tmp_path)
+    with pytest.raises(ReplicateError, match="only possible with the slurm executor"):
+        run_requests([demo_request_for(tmp_path)], "local", wait=False)
+
+
+def demo_request_for(tmp_path):
+    return requests_for(TABLE1, "smoke", results_dir=tmp_path / "results", work_dir=tmp_path / "work")[0]
+
+
+def test_a_slurm_job_gone_from_the_queue_fails_instead_of_hanging(tmp_path, monkeypatch):
+    request = demo_request_for(tmp_path)
+    job = SlurmJob(tmp_path / "%j", "4242_0")
+    monkeypatch.setattr(job, "done", lambda force_check=False: False)  # no sacct: never known to be done
+    monkeypatch.setattr(launch, "_in_slurm_queue", lambda job_id: True)
+    watch = launch._Watch(lost_after_s=0.0)
+    assert watch.check(job, request) is None  # queued or running
+    monkeypatch.setattr(launch, "_in_slurm_queue", lambda job_id: False)
+    outcome = watch.check(job, request)
+    assert outcome.status == "failed" and "4242_0 left the SLURM queue" in outcome.message
+    ResultsStore(request.results_dir).put(fake_record(request.key))
+    assert watch.check(job, request).status == "finished"  # the store knows better than the queue
+
+
+# ------------------------------------------------------------------------------------------------------ CLI
+def test_cli_list_status_and_sweep(swept, smoke_root, capsys):
+    _, results, work, _ = swept
+    assert main(["list", "--profile", "smoke", "--results", str(results)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["paper", "table", "row", "smoke"]
+    assert ["demo", "table1", "fcos", "finished", "1/1"] in [line.split() for line in out]
+    assert ["demo", "table1", "cited", "cited", "only"] in [line.split() for line in out]
+    assert main(["status", "--results", str(results), "--work", str(work)]) == 0
+    out = capsys.readouterr().out
+    assert demo_request(swept).key in out and out.count("finished") == 2
+    assert main(["sweep", "demo", "--executor", "debug", "--profile", "smoke", "--results", str(results),
+                 "--work", str(work), "--data-root", str(smoke_root)]) == 0
+    out = capsys.readouterr().out
+    assert "2 finished, 0 to run" in out and "demo on smoke: 2 finished" in out
+
+
+def test_cli_unknown_target(demo, capsys):
+    assert main(["sweep", "nope", "--profile", "smoke", "--executor", "debug"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("replicate: error: unknown sweep target 'nope'") and "demo:table1, demo:table2" in err
