@@ -4,6 +4,8 @@ import pytest
 
 from replicate.data import synth
 
+pytest_plugins = ["slurm_cluster"]
+
 
 @pytest.fixture(scope="session")
 def smoke_root(tmp_path_factory) -> Path:

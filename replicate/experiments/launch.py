@@ -21,6 +21,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -46,6 +47,9 @@ POLL_S = {"debug": 0.0, "local": 1.0, "slurm": 30.0}
 SIGNAL_DELAY_S = 120  # SLURM sends SIGUSR2 this long before the time limit (time to checkpoint)
 
 
+REQUEUE_EXIT = 3  # exit status of an attempt that handed over to its requeued successor
+
+
 class TrainJob(submitit.helpers.Checkpointable):
     """The callable of every job: :func:`~.runs.execute_run` of its request, requeued when interrupted."""
 
@@ -53,7 +57,17 @@ class TrainJob(submitit.helpers.Checkpointable):
         try:
             return execute_run(request)
         except RunInterrupted as exc:
-            if os.environ.get("SUBMITIT_EXECUTOR") in ("local", "slurm"):  # submitit's handlers are installed
+            executor = os.environ.get("SUBMITIT_EXECUTOR")
+            if executor == "slurm":
+                # SIGTERM comes from SLURM itself (scontrol requeue, preemption): SLURM already requeues the
+                # job and submitit's own requeue would fail and be recorded as the job's error. SIGUSR2 (time
+                # limit) needs a requeue. Ask for one, accept "already requeuing", and leave without a result
+                # (SystemExit is not recorded by submitit) so the requeued attempt produces it.
+                job_id = os.environ.get("SLURM_JOB_ID", "")
+                print(f"{exc}; requeueing SLURM job {job_id}", flush=True)
+                subprocess.run(["scontrol", "requeue", job_id], capture_output=True, timeout=60, check=False)
+                sys.exit(REQUEUE_EXIT)
+            if executor == "local":  # submitit's handlers are installed
                 print(f"{exc}; handing over to submitit to requeue", flush=True)
                 # The engine's handler took the signal (and restored submitit's on return): raise it again
                 # so that submitit checkpoints (see checkpoint below) and requeues, or gives up with an error.
