@@ -302,3 +302,21 @@ def test_cli_unknown_target(demo, capsys):
     assert main(["sweep", "nope", "--profile", "smoke", "--executor", "debug"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("replicate: error: unknown sweep target 'nope'") and "demo:table1, demo:table2" in err
+
+
+def test_plan_counts_missing_runs_and_estimates_time(demo, tmp_path):
+    from replicate.experiments.sweep import DEFAULT_RUN_MINUTES, plan
+
+    p = plan("smoke", seeds=2, results_dir=tmp_path)
+    assert (p.total, p.missing, p.measured) == (4, 4, False)
+    assert p.minutes_per_run == DEFAULT_RUN_MINUTES["smoke"]
+    assert "4 of 4 run(s) missing for smoke" in p.describe("smoke")
+
+
+def test_plan_after_a_sweep_has_nothing_missing_and_measures(swept):
+    from replicate.experiments.sweep import plan
+
+    _, results, _, _ = swept
+    p = plan("smoke", results_dir=results)
+    assert (p.total, p.missing, p.measured) == (2, 0, True) and p.minutes_per_run > 0
+    assert p.describe("smoke") == "all 2 run(s) of the registered tables are in the store for smoke"

@@ -174,6 +174,9 @@ def build_book(profile: str = "synthetic", data_root: str | os.PathLike | None =
     if only:
         pairs = [p for p in pairs if any(s in str(p[0]) for s in only)]
     ensure_kernel()
+    from ..experiments.sweep import plan
+
+    print(plan(profile, seeds or 1, results_dir=root / RESULTS).describe(profile), flush=True)
     print(f"executing {len(pairs)} notebook(s) with profile {profile}, {jobs} at a time", flush=True)
     parameters = {"profile": profile, "data_root": str(cfg.root.resolve()), "results_dir": str(root / RESULTS)}
     parameters.update({k: v for k, v in {"executor": executor, "seeds": seeds}.items() if v is not None})

@@ -159,3 +159,39 @@ def table_status(spec: TableSpec, profile: str, seeds: int = 1, *,
         else:
             out.append((row.label, f"finished {sum(done)}/{seeds}" if any(done) else "missing"))
     return out
+
+
+# Rough minutes per run when no finished run of the profile is in the store to measure from:
+# smoke ~20 s on 2 CPU cores (tests/test_smoke_training.py); synthetic 3000 iterations at batch 16 on
+# one GPU; coco the 1x schedule on 8 GPUs (mmdetection's ~0.2 s/iteration x 90k iterations).
+DEFAULT_RUN_MINUTES = {"smoke": 0.5, "synthetic": 20.0, "coco": 300.0}
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    total: int
+    missing: int
+    minutes_per_run: float
+    measured: bool  # minutes_per_run from finished runs of the store (else a default guess)
+
+    def describe(self, profile: str) -> str:
+        if self.missing == 0:
+            return f"all {self.total} run(s) of the registered tables are in the store for {profile}"
+        how = "measured from finished runs" if self.measured else "a rough guess"
+        return (f"{self.missing} of {self.total} run(s) missing for {profile}; about "
+                f"{self.missing * self.minutes_per_run:.0f} min of training ({self.minutes_per_run:.1f} min per run, "
+                f"{how})")
+
+
+def plan(profile: str, seeds: int = 1, *, results_dir: str | Path = "results") -> RunPlan:
+    """How many runs of every registered table are missing on ``profile``, and roughly how long they take."""
+    load_papers()
+    store = ResultsStore(results_dir)
+    keys = {r.key for papers in REGISTRY.values() for spec in papers.values()
+            for r in requests_for(spec, profile, seeds, results_dir=results_dir)}
+    missing = sum(not store.finished(profile, k) for k in keys)
+    seconds = [rec["timings"].get("train_seconds") for rec in store.records(profile)]
+    seconds = sorted(s for s in seconds if s)
+    if seconds:
+        return RunPlan(len(keys), missing, seconds[len(seconds) // 2] / 60, True)
+    return RunPlan(len(keys), missing, DEFAULT_RUN_MINUTES.get(profile, 60.0), False)
