@@ -175,6 +175,8 @@ class RunPlan:
     measured: bool  # minutes_per_run from finished runs of the store (else a default guess)
 
     def describe(self, profile: str) -> str:
+        if self.total == 0:
+            return f"no table runs are registered yet for {profile}"
         if self.missing == 0:
             return f"all {self.total} run(s) of the registered tables are in the store for {profile}"
         how = "measured from finished runs" if self.measured else "a rough guess"
