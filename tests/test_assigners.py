@@ -338,3 +338,13 @@ def test_batched_equals_per_image():
     a = _check_parity(lambda g, l, v, ig, iv: atss_assign(anchors, npl, g, l, v, ignore_boxes=ig, ignore_valid=iv), targets)
     assert int(a.num_pos) > 0
     assert (a.gt_index[1] < 0).all()  # image without GT: nothing positive
+
+
+def test_matched_boxes_gathers_each_priors_ground_truth():
+    from replicate.models.assigners import Assignment
+
+    gt = torch.tensor([[[0.0, 0.0, 1.0, 1.0], [2.0, 2.0, 3.0, 3.0]]])
+    a = Assignment(gt_index=torch.tensor([[1, -1, 0]]), labels=torch.tensor([[4, -1, 2]]), max_iou=torch.zeros(1, 3))
+    assert a.matched_boxes(gt)[0, 0].tolist() == [2.0, 2.0, 3.0, 3.0]
+    assert a.matched_boxes(gt)[0, 2].tolist() == [0.0, 0.0, 1.0, 1.0]
+    assert a.matched_boxes(torch.zeros(1, 0, 4)).shape == (1, 3, 4)  # no ground truth at all

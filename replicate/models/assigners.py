@@ -79,6 +79,13 @@ class Assignment:
         """0-d long tensor: number of positives over the whole batch (no host sync)."""
         return self.pos_mask.sum()
 
+    def matched_boxes(self, gt_boxes: Tensor) -> Tensor:
+        """(B, A, 4): the matched ground-truth box of every prior (meaningful for positives only)."""
+        idx = self.gt_index.clamp(min=0)
+        if gt_boxes.shape[1] == 0:
+            return gt_boxes.new_zeros(*idx.shape, 4)
+        return torch.gather(gt_boxes, 1, idx[..., None].expand(-1, -1, 4))
+
 
 # ----------------------------------------------------------------------------- helpers
 

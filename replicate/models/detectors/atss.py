@@ -130,12 +130,7 @@ class OneAnchorHead(nn.Module):
                       ignore_iof=self.cfg.ignore_iof)
         a = atss_assign(anchors, [len(l) for l in levels], gt_boxes, gt_labels.to(anchors.device),
                         gt_valid.to(anchors.device), topk=self.cfg.topk, **kw)
-        idx = a.gt_index.clamp(min=0)
-        if gt_boxes.shape[1] == 0:
-            matched = gt_boxes.new_zeros(*idx.shape, 4)
-        else:
-            matched = torch.gather(gt_boxes, 1, idx[..., None].expand(-1, -1, 4))
-        return a, matched
+        return a, a.matched_boxes(gt_boxes)
 
 
 class ATSSHead(OneAnchorHead):

@@ -124,12 +124,7 @@ class FCOSHead(nn.Module):
         a = fcos_assign(points, strides, level, gt_boxes, gt_labels, gt_valid, scale_ranges=c.scale_ranges,
                         center_sampling=c.center_sampling, center_radius=c.center_radius,
                         ignore_boxes=ig_boxes, ignore_valid=ig_valid)
-        idx = a.gt_index.clamp(min=0)
-        if gt_boxes.shape[1] == 0:
-            matched = gt_boxes.new_zeros(*idx.shape, 4)
-        else:
-            matched = torch.gather(gt_boxes, 1, idx[..., None].expand(-1, -1, 4))
-        return a, matched
+        return a, a.matched_boxes(gt_boxes)
 
     def loss(self, outs: dict[str, list[Tensor]], targets: list[dict], batch_hw: tuple[int, int]) -> dict[str, Tensor]:
         pts, strides, level = self.points(outs["cls"])

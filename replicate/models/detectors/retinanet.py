@@ -101,12 +101,7 @@ class RetinaNetHead(nn.Module):
         a = max_iou_assign(anchors, gt_boxes, gt_labels, gt_valid, pos_iou=c.pos_iou, neg_iou=c.neg_iou,
                            min_pos_iou=c.min_pos_iou, low_quality=c.low_quality,
                            ignore_boxes=ig_boxes, ignore_valid=ig_valid)
-        idx = a.gt_index.clamp(min=0)
-        if gt_boxes.shape[1] == 0:
-            matched = gt_boxes.new_zeros(*idx.shape, 4)
-        else:
-            matched = torch.gather(gt_boxes, 1, idx[..., None].expand(-1, -1, 4))
-        return a, matched
+        return a, a.matched_boxes(gt_boxes)
 
     def classification_loss(self, cls: Tensor, a: Assignment, num_pos: Tensor) -> Tensor:
         """Focal loss over non-ignored anchors, normalised by the number of positives (Sec. 3.3)."""
