@@ -14,7 +14,8 @@ from replicate.models import zoo
 from replicate.models.detector import build_detector
 from replicate.models.detectors.atss import ATSSHeadConfig, atss
 from replicate.models.detectors.gfl import GFLHeadConfig, gfl
-from replicate.models.detectors.gflv2 import GFLv2HeadConfig, gflv2, quality_focal_loss_prob
+from replicate.models.detectors.gflv2 import GFLv2HeadConfig, gflv2
+from replicate.models.losses import quality_focal_loss_prob
 from replicate.models.losses import quality_focal_loss
 from replicate.models.postprocess import TestConfig
 from replicate.models.priors import AnchorConfig

@@ -26,13 +26,7 @@ from replicate.models.zoo import model_config
 TIMING_KEYS = ("time", "data_time", "imgs_per_s")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: deterministic reductions, and no oversubscription on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def short(iters: int, **changes) -> TrainConfig:

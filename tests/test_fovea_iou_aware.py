@@ -24,13 +24,8 @@ from replicate.models._utils import flatten_levels
 STRIDES = (8, 16, 32, 64, 128)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine, 2 OpenMP threads run these small convs many times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SIZES_128 = [(16, 16), (8, 8), (4, 4), (2, 2), (1, 1)]  # a 128x128 input
 OFFSETS_128 = [0, 256, 320, 336, 340, 341]
 

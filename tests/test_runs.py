@@ -11,7 +11,6 @@ import threading
 import time
 
 import pytest
-import torch
 from submitit.slurm.slurm import SlurmJob
 
 from replicate.cli import main
@@ -38,13 +37,7 @@ TABLE2 = TableSpec("demo", "table2", "Demo table", "demo, Table 2 (p. 2)", ("AP"
                    rows=(Row("baseline", "fcos", train_overrides=TINY),))  # the same run as table1's fcos
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: deterministic reductions, and no oversubscription on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ __all__ = [
     "reduce_loss",
     "sigmoid_focal_loss",
     "quality_focal_loss",
+    "quality_focal_loss_prob",
     "distribution_focal_loss",
     "aligned_box_iou",
     "iou_loss",
@@ -108,21 +109,46 @@ def quality_focal_loss(
     to ``s^beta * BCE(s, 0)``).  The per-sample loss is summed over classes -> (...).
     ``weight`` (...) weights samples.
     """
-    num_classes = logits.shape[-1]
-    if labels.shape != logits.shape[:-1] or scores.shape != logits.shape[:-1]:
-        raise ValueError(
-            f"labels {tuple(labels.shape)} and scores {tuple(scores.shape)} must match "
-            f"logits' leading shape {tuple(logits.shape[:-1])}"
-        )
-    labels = labels.long()
-    if labels.numel() and (labels.min() < 0 or labels.max() > num_classes):
-        raise ValueError(f"labels must lie in [0, {num_classes}] ({num_classes} = background)")
-    onehot = F.one_hot(labels, num_classes + 1)[..., :num_classes].to(logits.dtype)
-    soft = onehot * scores.to(logits.dtype).unsqueeze(-1)
+    soft = _quality_soft_target(logits, labels, scores)
     sigma = torch.sigmoid(logits)
     bce = F.binary_cross_entropy_with_logits(logits, soft, reduction="none")
     loss = (bce * (soft - sigma).abs().pow(beta)).sum(dim=-1)
     return reduce_loss(loss, weight, reduction, avg_factor)
+
+
+def quality_focal_loss_prob(
+    prob: Tensor,
+    labels: Tensor,
+    scores: Tensor,
+    beta: float = 2.0,
+    reduction: str = "none",
+    weight: Tensor | None = None,
+    avg_factor: float | Tensor | None = None,
+    eps: float = 1e-12,
+) -> Tensor:
+    """:func:`quality_focal_loss` on probabilities ``sigma`` (..., C) instead of logits (GFLv2, whose
+    joint score ``cls x DGQP`` is a product of probabilities). The logs are taken of ``sigma``
+    clamped to ``[eps, 1 - eps]``, computed in float32."""
+    p = prob.float()
+    soft = _quality_soft_target(p, labels, scores)
+    bce = -(soft * p.clamp(min=eps).log() + (1.0 - soft) * (1.0 - p).clamp(min=eps).log())
+    loss = (bce * (soft - p).abs().pow(beta)).sum(dim=-1)
+    return reduce_loss(loss, weight, reduction, avg_factor)
+
+
+def _quality_soft_target(pred: Tensor, labels: Tensor, scores: Tensor) -> Tensor:
+    """QFL's soft target (..., C): ``scores`` at the labelled class, 0 elsewhere (label C = background)."""
+    num_classes = pred.shape[-1]
+    if labels.shape != pred.shape[:-1] or scores.shape != pred.shape[:-1]:
+        raise ValueError(
+            f"labels {tuple(labels.shape)} and scores {tuple(scores.shape)} must match "
+            f"the predictions' leading shape {tuple(pred.shape[:-1])}"
+        )
+    labels = labels.long()
+    if labels.numel() and (labels.min() < 0 or labels.max() > num_classes):
+        raise ValueError(f"labels must lie in [0, {num_classes}] ({num_classes} = background)")
+    onehot = F.one_hot(labels, num_classes + 1)[..., :num_classes].to(pred.dtype)
+    return onehot * scores.to(pred.dtype).unsqueeze(-1)
 
 
 def distribution_focal_loss(

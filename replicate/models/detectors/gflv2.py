@@ -29,13 +29,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...errors import ReplicateError
 from .._utils import flatten_levels, init_normal
 from ..detector import DetectorConfig
-from ..losses import reduce_loss
+from ..losses import quality_focal_loss_prob
 from ..postprocess import TestConfig
 from .atss import ATSS_NECK
 from .gfl import GFLHead, GFLHeadConfig
@@ -50,31 +49,6 @@ class GFLv2HeadConfig(GFLHeadConfig):
 
     def build(self, in_channels: int, num_classes: int) -> "GFLv2Head":
         return GFLv2Head(self, in_channels, num_classes)
-
-
-def quality_focal_loss_prob(
-    prob: Tensor,
-    labels: Tensor,
-    scores: Tensor,
-    beta: float = 2.0,
-    reduction: str = "none",
-    weight: Tensor | None = None,
-    avg_factor: float | Tensor | None = None,
-    eps: float = 1e-12,
-) -> Tensor:
-    """Quality Focal Loss (GFL Eq. 5) on probabilities ``sigma`` (..., C) instead of logits:
-    ``-|y - sigma|^beta ((1 - y) log(1 - sigma) + y log sigma)`` with the soft target ``y`` at the
-    labelled class (``labels`` in [0, C], C = background) and 0 elsewhere; summed over classes.
-    The logs are taken of ``sigma`` clamped to ``[eps, 1 - eps]`` (computed in float32)."""
-    C = prob.shape[-1]
-    if labels.shape != prob.shape[:-1] or scores.shape != prob.shape[:-1]:
-        raise ValueError(f"labels {tuple(labels.shape)} and scores {tuple(scores.shape)} must match "
-                         f"the leading shape {tuple(prob.shape[:-1])}")
-    p = prob.float()
-    soft = F.one_hot(labels.long(), C + 1)[..., :C].float() * scores.float().unsqueeze(-1)
-    bce = -(soft * p.clamp(min=eps).log() + (1.0 - soft) * (1.0 - p).clamp(min=eps).log())
-    loss = (bce * (soft - p).abs().pow(beta)).sum(dim=-1)
-    return reduce_loss(loss, weight, reduction, avg_factor)
 
 
 class GFLv2Head(GFLHead):
