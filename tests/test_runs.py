@@ -20,7 +20,8 @@ from replicate.experiments import launch, runs
 from replicate.experiments import sweep as sweep_module
 from replicate.experiments.launch import make_executor, run_requests
 from replicate.experiments.runs import RunInterrupted, ensure_runs, execute_run, requests_for
-from replicate.experiments.spec import REGISTRY, Row, TableSpec, apply_overrides, register
+from replicate.experiments.spec import REGISTRY, Row, TableSpec, register
+from replicate.models.zoo import apply_overrides
 from replicate.experiments.store import ResultsStore, run_key
 from replicate.experiments.sweep import sweep
 from replicate.models.zoo import model_config

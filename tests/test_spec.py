@@ -2,7 +2,7 @@
 
 import pytest
 
-from replicate.experiments.spec import Claim, Row, SpecError, TableSpec, apply_overrides, run_config, validate
+from replicate.experiments.spec import Claim, Row, SpecError, TableSpec, run_config, validate
 
 
 def _spec(rows=None, claims=(), metrics=("AP", "AP50")):
@@ -45,7 +45,7 @@ def test_bad_overrides_name_the_row_and_field():
 
 
 def test_list_values_become_tuples():
-    from replicate.models.zoo import model_config
+    from replicate.models.zoo import apply_overrides, model_config
 
     cfg = apply_overrides(model_config("fcos"), {"head.tower_dcn": [0], "head.strides": [8, 16, 32, 64, 128]})
     assert cfg.head.tower_dcn == (0,) and isinstance(cfg.head.strides, tuple)

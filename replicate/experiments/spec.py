@@ -14,7 +14,6 @@ modules; :func:`validate` checks one and raises :class:`SpecError` naming the ta
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,35 +121,16 @@ def validate(spec: TableSpec) -> None:
             raise SpecError(f"{where}: claim {c.text!r} uses metric {c.metric!r}, not a column of the table")
 
 
-def apply_overrides(obj: Any, overrides: dict[str, Any], where: str = "") -> Any:
-    """A frozen dataclass with dotted-path fields replaced: ``{"head.quality": "giou"}``."""
-    for path, value in overrides.items():
-        obj = _replace_path(obj, path.split("."), value, where, path)
-    return obj
-
-
-def _replace_path(obj: Any, parts: list[str], value: Any, where: str, path: str) -> Any:
-    if not dataclasses.is_dataclass(obj):
-        raise SpecError(f"{where}: override {path!r}: {type(obj).__name__} has no fields")
-    names = {f.name for f in dataclasses.fields(obj)}
-    if parts[0] not in names:
-        raise SpecError(f"{where}: override {path!r}: {type(obj).__name__} has no field {parts[0]!r}; "
-                        f"fields are {sorted(names)}")
-    if len(parts) == 1:
-        current = getattr(obj, parts[0])
-        if isinstance(current, tuple) and isinstance(value, list):
-            value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
-        return dataclasses.replace(obj, **{parts[0]: value})
-    return dataclasses.replace(obj, **{parts[0]: _replace_path(getattr(obj, parts[0]), parts[1:], value, where, path)})
-
-
 def run_config(spec: TableSpec, row: Row, profile: str, num_classes: int | None = None):
     """(DetectorConfig, TrainConfig) of one row on a data profile."""
     from ..engine.config import schedule_for, with_overrides
     from ..models.zoo import model_config
 
     where = f"{spec.key}, row {row.label!r}"
-    model = apply_overrides(model_config(row.model, profile, num_classes), row.model_overrides, where)
+    try:
+        model = model_config(row.model, profile, num_classes, row.model_overrides, where)
+    except ReplicateError as exc:
+        raise SpecError(str(exc)) from None
     try:
         train = with_overrides(schedule_for(profile), **row.train_overrides)
     except ReplicateError as exc:

@@ -4,7 +4,8 @@ As in the papers' (mmdetection) recipes: with ImageNet weights, BatchNorm is fro
 (``FrozenBatchNorm2d``) and the stem plus stage 1 do not train (``frozen_stages=1``). Optional DCNv2
 replaces the 3x3 convolution of every block in the chosen stages (c3-c5 in the papers' DCN rows).
 ``narrow`` is a small ResNet (one BasicBlock per stage, widths 32-256) trained from scratch on CPU
-for the smoke and synthetic profiles.
+for the smoke and synthetic profiles; ``narrow_deep`` has two blocks per stage, the small profiles'
+stand-in for the deeper backbones (ResNet-101 / ResNeXt-101 rows).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ _TORCHVISION = {
     "resnext101_64x4d": resnet.resnext101_64x4d,
 }
 NARROW_WIDTHS = (32, 64, 128, 256)
-BACKBONES = (*_TORCHVISION, "narrow")
+NARROW_BLOCKS = {"narrow": 1, "narrow_deep": 2}  # BasicBlocks per stage
+BACKBONES = (*_TORCHVISION, *NARROW_BLOCKS)
 
 
 @dataclass(frozen=True)
@@ -42,8 +44,8 @@ class BackboneConfig:
     weights: str | None = None  # local file: torchvision, detectron2 or mmdetection format
 
 
-def _narrow_resnet(norm_layer) -> resnet.ResNet:
-    """A ResNet with torchvision's BasicBlock, one block per stage and widths NARROW_WIDTHS."""
+def _narrow_resnet(norm_layer, blocks: int = 1) -> resnet.ResNet:
+    """A ResNet with torchvision's BasicBlock, ``blocks`` blocks per stage and widths NARROW_WIDTHS."""
     model = resnet.ResNet(resnet.BasicBlock, [1, 1, 1, 1], norm_layer=norm_layer)
     w = NARROW_WIDTHS
     model.conv1 = nn.Conv2d(3, w[0], 7, 2, 3, bias=False)
@@ -54,7 +56,9 @@ def _narrow_resnet(norm_layer) -> resnet.ResNet:
         down = None
         if stride != 1 or inplanes != planes:
             down = nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride, bias=False), norm_layer(planes))
-        setattr(model, f"layer{i + 1}", nn.Sequential(resnet.BasicBlock(inplanes, planes, stride, down, norm_layer=norm_layer)))
+        layer = [resnet.BasicBlock(inplanes, planes, stride, down, norm_layer=norm_layer)]
+        layer += [resnet.BasicBlock(planes, planes, norm_layer=norm_layer) for _ in range(blocks - 1)]
+        setattr(model, f"layer{i + 1}", nn.Sequential(*layer))
         inplanes = planes
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
@@ -77,8 +81,8 @@ class Backbone(nn.Module):
         if cfg.norm not in ("frozen_bn", "bn"):
             raise ReplicateError(f"unknown backbone norm {cfg.norm!r}; use 'frozen_bn' or 'bn'")
         norm_layer = FrozenBatchNorm2d if cfg.norm == "frozen_bn" else nn.BatchNorm2d
-        if cfg.name == "narrow":
-            body = _narrow_resnet(norm_layer)
+        if cfg.name in NARROW_BLOCKS:
+            body = _narrow_resnet(norm_layer, NARROW_BLOCKS[cfg.name])
         else:
             body = _TORCHVISION[cfg.name](weights=None, norm_layer=norm_layer)
         del body.fc, body.avgpool  # the ImageNet classifier; its weights in a checkpoint are skipped

@@ -7,7 +7,10 @@ levels, run class-wise NMS and keep the ``max_per_image`` (100) best detections.
 
 Quality branches (centerness, IoU, GIoU, the RetinaNet-Conf object confidence) enter through
 :func:`fuse_scores`. The references differ on whether the threshold applies to the raw class
-probability or the fused score; :class:`TestConfig.threshold_on` selects it.
+probability or the fused score; :class:`TestConfig.threshold_on` selects it. Two switches serve the
+RetinaNet-Conf tables: ``quality_thr`` drops candidates whose quality is not above it (its Table 4
+"obj>0.5" filter), and ``fusion_min_priors`` reproduces its released code, which forms the product only
+on levels with more than 1000 priors (elsewhere the score stays ``p^(1-alpha)``, i.e. quality 1).
 Everything is batched: one top-k per level for the whole batch and a single ``batched_nms`` call
 with (image, class) groups.
 """
@@ -37,6 +40,8 @@ class TestConfig:
     fusion: str = "none"  # how a quality branch combines with the class probability, see fuse_scores
     fusion_alpha: float = 0.5  # exponent of the quality term for fusion="power"
     threshold_on: str = "cls"  # "cls": score_thr on the class probability; "fused": on the fused score
+    quality_thr: float | None = None  # keep only candidates whose quality exceeds it (RetinaNet-Conf "obj>0.5")
+    fusion_min_priors: int = 0  # fuse only on levels with more priors than this; quality = 1 on the others
 
     def __post_init__(self) -> None:
         if self.fusion not in FUSIONS:
@@ -96,9 +101,16 @@ def postprocess(
     for lvl, p in enumerate(cls_prob):
         C = p.shape[-1]
         q = None if quality is None else quality[lvl]
+        if q is not None and p.shape[1] <= cfg.fusion_min_priors:
+            q = torch.ones_like(q)
         fused = fuse_scores(p, q, cfg.fusion, cfg.fusion_alpha)
-        gate = p if cfg.threshold_on == "cls" else fused
-        ranked = fused.masked_fill(gate <= cfg.score_thr, -1.0).reshape(B, -1)
+        drop = (p if cfg.threshold_on == "cls" else fused) <= cfg.score_thr
+        if cfg.quality_thr is not None:
+            if quality is None:
+                raise ReplicateError("quality_thr needs a quality branch")
+            qq = quality[lvl]
+            drop = drop | (qq.unsqueeze(-1) if qq.dim() == p.dim() - 1 else qq).le(cfg.quality_thr)
+        ranked = fused.masked_fill(drop, -1.0).reshape(B, -1)
         k = min(cfg.pre_nms_topk, ranked.shape[1])
         top, flat = ranked.topk(k, dim=1)  # (B, k)
         keep = top > -1.0

@@ -8,8 +8,9 @@ frozen) and the FPN/head are narrower, so a run fits a CPU; the head's design is
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import replace
-from typing import Callable
+from typing import Any, Callable
 
 from ..errors import ReplicateError
 from .backbone import BackboneConfig
@@ -21,6 +22,7 @@ from .detectors.gfl import gfl
 from .detectors.gflv2 import gflv2
 from .detectors.iou_aware_retinanet import iou_aware_retinanet
 from .detectors.retinanet import ONE_ANCHOR, RetinaNetHeadConfig
+from .detectors.retinanet_conf import retinanet_conf
 from .postprocess import TestConfig
 
 FCOS_NECK = NeckConfig(extra_from="output", relu_before_extra=True)
@@ -66,29 +68,64 @@ MODELS: dict[str, Callable[[], DetectorConfig]] = {
     "gflv2": gflv2,
     "foveabox": foveabox,
     "iou_aware_retinanet": iou_aware_retinanet,
+    "retinanet_conf": retinanet_conf,
 }
 
 PROFILE_WIDTHS = {"smoke": (64, 2), "synthetic": (128, 4)}  # (FPN/head channels, tower convs)
 
 
-def model_config(name: str, profile: str = "coco", num_classes: int | None = None) -> DetectorConfig:
-    """The preset ``name`` adapted to a data profile (``coco`` leaves it unchanged)."""
+DEEP_BACKBONES = ("resnet101", "resnext101_32x8d", "resnext101_64x4d")  # -> narrow_deep on small profiles
+
+
+def model_config(name: str, profile: str = "coco", num_classes: int | None = None,
+                 overrides: dict[str, Any] | None = None, where: str = "") -> DetectorConfig:
+    """The preset ``name`` with ``overrides`` (dotted paths, see :func:`apply_overrides`) adapted to a
+    data profile (``coco`` leaves it unchanged).
+
+    On the small profiles the backbone becomes the narrow ResNet trained from scratch (``narrow_deep``
+    for the 101-layer backbones, keeping any DCN stages) and the FPN/head widths are scaled down; the
+    overrides are applied before this, so a row asking for ``backbone.name = resnet101`` gets the deeper
+    narrow backbone there.
+    """
     if name not in MODELS:
         raise ReplicateError(f"unknown model {name!r}; choose from {sorted(MODELS)} (see `replicate models`)")
-    cfg = MODELS[name]()
+    cfg = apply_overrides(MODELS[name](), overrides or {}, where or name)
     if num_classes is not None:
         cfg = replace(cfg, num_classes=num_classes)
     if profile in PROFILE_WIDTHS:
         width, convs = PROFILE_WIDTHS[profile]
+        narrow = "narrow_deep" if cfg.backbone.name in DEEP_BACKBONES else "narrow"
         cfg = replace(
             cfg,
-            backbone=BackboneConfig(name="narrow", norm="bn", frozen_stages=-1),
+            backbone=BackboneConfig(name=narrow, norm="bn", frozen_stages=-1, dcn_stages=cfg.backbone.dcn_stages),
             neck=replace(cfg.neck, out_channels=width),
             head=replace(cfg.head, feat_channels=width, num_convs=convs),
         )
     elif profile != "coco":
         raise ReplicateError(f"unknown profile {profile!r}; choose from ['coco', 'smoke', 'synthetic']")
     return cfg
+
+
+def apply_overrides(obj: Any, overrides: dict[str, Any], where: str = "") -> Any:
+    """A frozen dataclass with dotted-path fields replaced: ``{"head.quality": "giou"}``."""
+    for path, value in overrides.items():
+        obj = _replace_path(obj, path.split("."), value, where, path)
+    return obj
+
+
+def _replace_path(obj: Any, parts: list[str], value: Any, where: str, path: str) -> Any:
+    if not dataclasses.is_dataclass(obj):
+        raise ReplicateError(f"{where}: override {path!r}: {type(obj).__name__} has no fields")
+    names = {f.name for f in dataclasses.fields(obj)}
+    if parts[0] not in names:
+        raise ReplicateError(f"{where}: override {path!r}: {type(obj).__name__} has no field {parts[0]!r}; "
+                             f"fields are {sorted(names)}")
+    if len(parts) == 1:
+        current = getattr(obj, parts[0])
+        if isinstance(current, tuple) and isinstance(value, list):
+            value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+        return dataclasses.replace(obj, **{parts[0]: value})
+    return dataclasses.replace(obj, **{parts[0]: _replace_path(getattr(obj, parts[0]), parts[1:], value, where, path)})
 
 
 def describe(name: str) -> str:

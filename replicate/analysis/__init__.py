@@ -1,0 +1,1 @@
+"""Analyses of trained detectors: the classification/localization misalignment statistics of RetinaNet-Conf."""
