@@ -22,6 +22,7 @@ from replicate.experiments.launch import make_executor, run_requests
 from replicate.experiments.runs import RunInterrupted, ensure_runs, execute_run, requests_for
 from replicate.experiments.spec import REGISTRY, Row, TableSpec, register
 from replicate.models.zoo import apply_overrides
+from replicate.engine.rescore import test_key
 from replicate.experiments.store import ResultsStore, run_key
 from replicate.experiments.sweep import sweep
 from replicate.models.zoo import model_config
@@ -94,7 +95,7 @@ def test_run_key_is_stable_and_names_what_changes_results():
 # --------------------------------------------------------------------------------------------------- store
 def fake_record(key="0123456789ab", profile="smoke"):
     return {"key": key, "profile": profile, "seed": 0, "model": "fcos", "config": {}, "metrics": {"AP": 0.5},
-            "loss_summary": {}, "timings": {}, "provenance": {}, "work_dir": "w"}
+            "test": {}, "evaluations": {}, "loss_summary": {}, "timings": {}, "provenance": {}, "work_dir": "w"}
 
 
 def test_store_put_get_and_records(tmp_path):
@@ -158,6 +159,34 @@ def test_record_holds_metrics_losses_and_provenance(swept):
     assert prov["hostname"] and prov["started"] <= prov["finished"] and prov["config_hash"]
     assert isinstance(prov["command"], list) and "job_id" in prov
     assert record["work_dir"] == str(request.run_dir) and (request.run_dir / "checkpoint.pt").is_file()
+
+
+def test_test_time_variants_share_the_trained_run(swept, smoke_root, monkeypatch):
+    """Rows differing only in their test config reuse the trained run: no training, one evaluation pass."""
+    _, results, work, _ = swept
+    spec = TableSpec("demo", "variants", "Variants", "demo, Table 3", ("AP", "AR100"),
+                     rows=(Row("own", "fcos", train_overrides=TINY),
+                           Row("low thr", "fcos", model_overrides={"test.score_thr": 0.001, "test.fusion": "none"},
+                               train_overrides=TINY)))
+    own, low = requests_for(spec, "smoke", results_dir=results, work_dir=work)
+    assert own.key == low.key == demo_request(swept).key and own.model.test != low.model.test
+    [merged] = runs.merge_requests([own, low])
+    assert merged.all_tests == (own.model.test, low.model.test)
+    monkeypatch.setattr(runs, "train", no_training)
+    by_row = ensure_runs(spec, "smoke", "debug", results_dir=results, work_dir=work, data_root=smoke_root)
+    record = ResultsStore(results).get("smoke", own.key)
+    assert set(record["evaluations"]) == {test_key(own.model.test), test_key(low.model.test)}
+    assert by_row["own"][0]["metrics"] == record["metrics"]  # the training run's own evaluation
+    assert by_row["low thr"][0]["test"]["score_thr"] == 0.001
+    # one pass re-scoring the raw outputs gives what the training run's evaluation gave
+    from replicate.engine.rescore import evaluate_variants
+
+    again = evaluate_variants(own.run_dir, own.model, "smoke", [own.model.test], data_root=smoke_root)
+    assert again[test_key(own.model.test)]["metrics"] == record["metrics"]
+    own_dets = json.loads((own.run_dir / "detections.json").read_text())
+    low_dets = json.loads(open(record["evaluations"][test_key(low.model.test)]["detections"]).read())
+    assert len(low_dets) > len(own_dets)  # the lower threshold keeps more boxes
+    assert runs.is_complete(ResultsStore(results), merged)
 
 
 def test_loss_curve_is_mean_pooled(tmp_path):
@@ -271,7 +300,11 @@ def test_a_slurm_job_gone_from_the_queue_fails_instead_of_hanging(tmp_path, monk
     monkeypatch.setattr(launch, "_in_slurm_queue", lambda job_id: False)
     outcome = watch.check(job, request)
     assert outcome.status == "failed" and "4242_0 left the SLURM queue" in outcome.message
-    ResultsStore(request.results_dir).put(fake_record(request.key))
+    record = fake_record(request.key)
+    ResultsStore(request.results_dir).put(record)
+    assert watch.check(job, request).status == "failed"  # recorded but never evaluated: still lost
+    record["evaluations"] = {test_key(request.model.test): {"test": {}, "metrics": {"AP": 0.5}}}
+    ResultsStore(request.results_dir).put(record)
     assert watch.check(job, request).status == "finished"  # the store knows better than the queue
 
 

@@ -14,12 +14,15 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
 
 from ..data.batching import Collate
 from ..evaluation import to_coco_results
+from ..models.postprocess import TestConfig
 from .checkpoint import unwrap
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+EVAL_BATCH_SIZE = 2  # images per process at test time (mmdetection's samples_per_gpu for test)
 
 
 def autocast(device: torch.device, amp: str | None):
@@ -37,27 +40,46 @@ def predict_dataset(model: torch.nn.Module, dataset, batch_size: int, device: to
     Timings: ``inference_seconds`` (wall time of the loop, data loading included),
     ``inference_fps`` (images / that time) and ``images``. The model is put in eval mode.
     """
+    results, timings = predict_variants(model, dataset, batch_size, device, [None], indices=indices,
+                                        num_workers=num_workers, amp=amp)
+    return results[0], timings
+
+
+def predict_variants(model: torch.nn.Module, dataset, batch_size: int, device: torch.device | str,
+                     tests: Sequence[TestConfig | None], *, indices: Sequence[int] | None = None,
+                     num_workers: int = 0, amp: str | None = None,
+                     progress: bool = False) -> tuple[list[list[dict[str, Any]]], dict[str, float]]:
+    """COCO results under each test config of ``tests`` (``None``: the model's own) from one pass.
+
+    Each batch goes through the network once and every test config re-scores the same raw head outputs
+    (:meth:`replicate.models.detector.Detector.predict_variants`). Timings as :func:`predict_dataset`.
+    """
     device = torch.device(device)
     net = unwrap(model).eval()
     subset = Subset(dataset, list(indices)) if indices is not None else dataset
     loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=Collate(), pin_memory=device.type == "cuda")
-    image_ids, boxes, scores, labels = [], [], [], []
+    image_ids, scales = [], []
+    per_test: list[tuple[list, list, list]] = [([], [], []) for _ in tests]
     start = time.perf_counter()
     with torch.inference_mode():
-        for batch in loader:
+        for batch in tqdm(loader, disable=not progress, desc="predict", dynamic_ncols=True):
             images = batch.images.to(device, non_blocking=True)
             with autocast(device, amp):
-                dets = net.predict(images, batch.image_sizes)
-            for det, target in zip(dets, batch.targets):
+                variants = net.predict_variants(images, batch.image_sizes, tests)
+            for target in batch.targets:
                 sy, sx = target["scale_factor"]
                 image_ids.append(target["image_id"])
-                boxes.append(det["boxes"].float().cpu() / torch.tensor([sx, sy, sx, sy]))
-                scores.append(det["scores"].float().cpu())
-                labels.append(det["labels"].cpu())
+                scales.append(torch.tensor([sx, sy, sx, sy]))
+            for (boxes, scores, labels), dets in zip(per_test, variants):
+                for det, scale in zip(dets, scales[-len(dets):]):
+                    boxes.append(det["boxes"].float().cpu() / scale)
+                    scores.append(det["scores"].float().cpu())
+                    labels.append(det["labels"].cpu())
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
-    results = to_coco_results(image_ids, boxes, scores, labels, dataset.label_to_cat_id)
+    results = [to_coco_results(image_ids, boxes, scores, labels, dataset.label_to_cat_id)
+               for boxes, scores, labels in per_test]
     n = len(subset)
     return results, {"inference_seconds": seconds, "inference_fps": n / seconds if seconds > 0 else 0.0, "images": n}

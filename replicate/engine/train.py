@@ -52,18 +52,17 @@ from ..data.profiles import build_dataset, data_config, ensure_data
 from ..errors import ReplicateError
 from ..evaluation import evaluate, write_detections
 from ..io import atomic_write_json, atomic_write_text, dump_json
-from ..models.detector import DetectorConfig, build_detector
+from ..models.detector import DetectorConfig, build_detector, weights_fields
 from ..models.zoo import MODELS, model_config
 from ..provenance import config_hash, jsonable, provenance
 from . import distributed as du
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, restore, save_checkpoint
 from .config import TrainConfig, schedule_for, weights_config
-from .inference import autocast, predict_dataset
+from .inference import EVAL_BATCH_SIZE, autocast, predict_dataset
 from .sampler import EpochDataset, IterationBatchSampler
 from .schedule import lr_at
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
-EVAL_BATCH_SIZE = 2  # images per process at test time (mmdetection's samples_per_gpu for test)
 
 
 def seed_everything(seed: int) -> None:
@@ -205,8 +204,7 @@ def train(model: str | DetectorConfig, profile: str, out_dir: str | Path, train_
     du.barrier()
     train_set = build_dataset(data, "train", train=True, seed=cfg.seed)
     model_cfg = _resolve_model(model, profile, len(train_set.cat_ids))
-    config = {"model": jsonable(model_cfg), "head_type": type(model_cfg.head).__name__, "profile": profile,
-              "train": weights_config(cfg)}
+    config = {"model": weights_fields(model_cfg), "profile": profile, "train": weights_config(cfg)}
     chash = config_hash(config)
 
     seed_everything(cfg.seed)
@@ -313,6 +311,7 @@ def _finish(net: nn.Module, model_cfg: DetectorConfig, profile: str, data, cfg: 
         "model": model_cfg.name,
         "profile": profile,
         "metrics": metrics,
+        "test": jsonable(model_cfg.test),
         "timings": timings,
         "provenance": {**provenance(config, device=dev, world_size=world), "train_config": jsonable(cfg)},
     }

@@ -36,7 +36,7 @@ from submitit.local.debug import DebugJob
 from submitit.slurm.slurm import SlurmJob
 
 from ..errors import ReplicateError
-from .runs import RunInterrupted, RunRequest, execute_run
+from .runs import RunInterrupted, RunRequest, execute_run, missing_tests
 from .store import Record, ResultsStore
 
 EXECUTORS = ("local", "slurm", "debug")
@@ -205,7 +205,8 @@ class _Watch:
             error = job.exception()
         else:
             record = store.get(request.profile, request.key)
-            if record is not None:  # recorded; the job is only writing its result file
+            if record is not None and not missing_tests(record, request.all_tests):
+                # recorded and evaluated; the job is only writing its result file
                 return Outcome(request, "finished", record, job_id=str(job.job_id))
             return self._lost(job, request) if isinstance(job, SlurmJob) else None
         record = store.get(request.profile, request.key)

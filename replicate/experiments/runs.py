@@ -23,14 +23,17 @@ import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ..data.synth_spec import CLASSES
 from ..engine.config import PROFILE_SCHEDULES, TrainConfig
+from ..engine.checkpoint import CHECKPOINT_NAME
+from ..engine.rescore import evaluate_variants, test_key
 from ..engine.train import train
 from ..errors import ReplicateError
 from ..io import atomic_write_json, read_json
 from ..models.detector import DetectorConfig
+from ..models.postprocess import TestConfig
 from ..provenance import jsonable
 from .spec import TableSpec, run_config
 from .store import Record, ResultsStore, run_key
@@ -70,10 +73,20 @@ class RunRequest:
     work_dir: str = "work"
     device: str | None = None
     command: tuple[str, ...] = ()  # the command that asked for the run (recorded in its provenance)
+    tests: tuple[TestConfig, ...] = ()  # further test configs to evaluate the trained model under
 
     @property
     def key(self) -> str:
         return run_key(self.model, self.train, self.profile, self.seed)
+
+    @property
+    def all_tests(self) -> tuple[TestConfig, ...]:
+        """The model's own test config, then the further ones, without repeats."""
+        out: list[TestConfig] = []
+        for t in (self.model.test, *self.tests):
+            if t not in out:
+                out.append(t)
+        return tuple(out)
 
     @property
     def run_dir(self) -> Path:
@@ -109,6 +122,43 @@ def requests_for(spec: TableSpec, profile: str, seeds: int = 1, *, data_root: st
     return requests
 
 
+def merge_requests(requests: Sequence[RunRequest]) -> list[RunRequest]:
+    """One request per run (key), in first-seen order, carrying every test config its rows ask for.
+
+    Rows that differ only in their test config (score fusion, thresholds) share one trained model; the
+    merged request trains it once and evaluates it under each of their test configs.
+    """
+    merged: dict[str, RunRequest] = {}
+    for r in requests:
+        first = merged.setdefault(r.key, r)
+        if r is not first:
+            extra = tuple(t for t in r.all_tests if t not in first.all_tests)
+            merged[r.key] = dataclasses.replace(first, tests=first.tests + extra)
+    return list(merged.values())
+
+
+def missing_tests(record: Record | None, tests: Sequence[TestConfig]) -> list[TestConfig]:
+    """The configs of ``tests`` that ``record`` has no evaluation for (all of them without a record)."""
+    if record is None:
+        return list(tests)
+    have = record.get("evaluations") or {}
+    return [t for t in tests if test_key(t) not in have]
+
+
+def is_complete(store: ResultsStore, request: RunRequest) -> bool:
+    """Whether the store holds the run, evaluated under every test config the request asks for."""
+    return not missing_tests(store.get(request.profile, request.key), request.all_tests)
+
+
+def row_view(record: Record, test: TestConfig) -> Record | None:
+    """The record as one table row sees it: ``metrics`` are those under the row's test config (and
+    ``test`` names it), or ``None`` when the run has not been evaluated under it."""
+    evaluation = (record.get("evaluations") or {}).get(test_key(test))
+    if evaluation is None:
+        return None
+    return {**record, "metrics": evaluation["metrics"], "test": evaluation["test"]}
+
+
 def job_id() -> str | None:
     """The submitit / SLURM job id of this process, if it runs as a job."""
     if os.environ.get("SUBMITIT_EXECUTOR"):
@@ -124,21 +174,30 @@ def execute_run(request: RunRequest) -> Record:
     Raises :class:`RunInterrupted` (nothing recorded) when training stops on SIGTERM/SIGUSR2.
     """
     store = ResultsStore(request.results_dir)
-    key = request.key
-    record = store.get(request.profile, key)
-    if record is not None:
-        return record
-    out = request.run_dir
-    info = _start_attempt(request, out)
-    print(f"run {request.describe()}: attempt {info['attempts']} in {out}", flush=True)
-    result = train(request.model, request.profile, out, request.train, data_root=request.data_root,
-                   device=request.device, progress=False)
-    if result["status"] != "finished":
-        raise RunInterrupted(f"run {request.describe()} interrupted at iteration {result['iteration']}/"
-                             f"{request.train.iters}; running it again resumes from {result['checkpoint']}")
-    record = build_record(request, result, info["started"])
-    path = store.put(record)
-    print(f"run {request.describe()}: finished, recorded in {path}", flush=True)
+    record = store.get(request.profile, request.key)
+    if record is None:
+        out = request.run_dir
+        info = _start_attempt(request, out)
+        print(f"run {request.describe()}: attempt {info['attempts']} in {out}", flush=True)
+        result = train(request.model, request.profile, out, request.train, data_root=request.data_root,
+                       device=request.device, progress=False)
+        if result["status"] != "finished":
+            raise RunInterrupted(f"run {request.describe()} interrupted at iteration {result['iteration']}/"
+                                 f"{request.train.iters}; running it again resumes from {result['checkpoint']}")
+        record = build_record(request, result, info["started"])
+        path = store.put(record)
+        print(f"run {request.describe()}: finished, recorded in {path}", flush=True)
+    todo = missing_tests(record, request.all_tests)
+    if todo:
+        if not (request.run_dir / CHECKPOINT_NAME).is_file():
+            raise ReplicateError(f"run {request.describe()} lacks evaluations under {len(todo)} test config(s) "
+                                 f"and its checkpoint {request.run_dir / CHECKPOINT_NAME} is gone; remove "
+                                 f"{store.path(request.profile, request.key)} to train it again")
+        print(f"run {request.describe()}: evaluating {len(todo)} test-time variant(s)", flush=True)
+        evaluations = evaluate_variants(request.run_dir, request.model, request.profile, todo,
+                                        data_root=request.data_root, device=request.device)
+        record = {**record, "evaluations": {**record["evaluations"], **evaluations}}
+        store.put(record)
     return record
 
 
@@ -172,6 +231,10 @@ def build_record(request: RunRequest, result: dict[str, Any], started: str) -> R
         "model": request.model.name,
         "config": {"model": jsonable(request.model), "train": jsonable(request.train)},
         "metrics": result["metrics"],
+        "test": jsonable(request.model.test),
+        "evaluations": ({test_key(request.model.test): {"test": jsonable(request.model.test),
+                                                         "metrics": result["metrics"]}}
+                        if result["metrics"] is not None else {}),
         "loss_summary": loss_summary(out / "log.jsonl"),
         "timings": result["timings"],
         "provenance": provenance,
@@ -221,7 +284,7 @@ def ensure_runs(spec: TableSpec, profile: str, executor: str = "debug", seeds: i
     requests = requests_for(spec, profile, seeds, data_root=data_root, results_dir=results_dir,
                             work_dir=work_dir)
     store = ResultsStore(results_dir)
-    missing = [r for r in requests if not store.finished(r.profile, r.key)]
+    missing = [r for r in merge_requests(requests) if not is_complete(store, r)]
     if missing and run_missing:
         from .launch import run_requests
 
@@ -237,8 +300,9 @@ def ensure_runs(spec: TableSpec, profile: str, executor: str = "debug", seeds: i
     by_row: dict[str, list[Record]] = {row.label: [] for row in spec.rows}
     for r in requests:
         record = store.get(r.profile, r.key)
-        if record is not None:
-            by_row[r.row_label].append(record)
+        view = row_view(record, r.model.test) if record is not None else None
+        if view is not None:
+            by_row[r.row_label].append(view)
     return by_row
 
 

@@ -8,7 +8,9 @@ holds the run's metrics, a summary of its loss curves, timings and provenance; c
 detections stay in the run's work folder (``work/runs/<profile>/<key>/``), which the record names.
 
 Record fields: ``key``, ``profile``, ``seed``, ``model`` (preset name), ``config`` (``model`` and
-``train``, as JSON), ``metrics`` (COCO metrics as fractions), ``loss_summary`` (per loss term:
+``train``, as JSON), ``metrics`` (COCO metrics as fractions, under the test config ``test`` the run was
+trained with), ``evaluations`` (test-config key -> ``test`` and ``metrics``: every test-time variant the
+trained model was evaluated under, see :mod:`replicate.engine.rescore`), ``loss_summary`` (per loss term:
 ``first``, ``last``, ``min``, ``curve``), ``timings``, ``provenance`` (that of ``metrics.json`` plus
 ``hostname``, ``started``, ``finished``, ``command``, ``job_id``) and ``work_dir``.
 """
@@ -22,21 +24,22 @@ from typing import Any
 from ..engine.config import PROFILE_SCHEDULES, TrainConfig, weights_config
 from ..errors import ReplicateError
 from ..io import atomic_write_json, read_json
-from ..models.detector import DetectorConfig
+from ..models.detector import DetectorConfig, weights_fields
 from ..provenance import config_hash, jsonable
 
 Record = dict[str, Any]
-RECORD_FIELDS = ("key", "profile", "seed", "model", "config", "metrics", "loss_summary", "timings",
-                 "provenance", "work_dir")
+RECORD_FIELDS = ("key", "profile", "seed", "model", "config", "metrics", "test", "evaluations", "loss_summary",
+                 "timings", "provenance", "work_dir")
 
 
 def run_key(model_cfg: DetectorConfig, train_cfg: TrainConfig, profile: str, seed: int) -> str:
-    """The 12-hex-digit name of a run: the hash of its model config (with the head's type), its training
-    config without the fields that do not change results (``num_workers``, ``checkpoint_every``,
-    ``eval_at_end``; the seed is ``seed``), its data profile and its seed."""
+    """The 12-hex-digit name of a run: the hash of its model config without the test config (with the
+    head's type; :func:`~replicate.models.detector.weights_fields`), its training config without the
+    fields that do not change results (``num_workers``, ``checkpoint_every``, ``eval_at_end``; the seed
+    is ``seed``), its data profile and its seed. Test-time variants of one trained model share its key
+    and are kept in its record's ``evaluations``."""
     train = weights_config(dataclasses.replace(train_cfg, seed=seed))
-    return config_hash({"model": jsonable(model_cfg), "head_type": type(model_cfg.head).__name__,
-                        "train": train, "profile": profile, "seed": seed})
+    return config_hash({"model": weights_fields(model_cfg), "train": train, "profile": profile, "seed": seed})
 
 
 class ResultsStore:

@@ -22,7 +22,7 @@ from typing import Any
 
 from ..errors import ReplicateError
 from .launch import run_requests
-from .runs import RunRequest, requests_for
+from .runs import is_complete, merge_requests, missing_tests, requests_for, row_view
 from .spec import REGISTRY, TableSpec
 from .store import ResultsStore
 
@@ -107,14 +107,12 @@ def sweep(target: str, profile: str, executor: str = "local", seeds: int = 1, *,
                 for r in requests_for(spec, profile, seeds, data_root=data_root, results_dir=results_dir,
                                       work_dir=work_dir)]
     store = ResultsStore(results_dir)
-    unique: dict[str, RunRequest] = {}
-    for r in requests:
-        unique.setdefault(r.key, r)
+    unique = {r.key: r for r in merge_requests(requests)}
     records = {key: store.get(profile, key) for key in unique}
-    to_run = [r for key, r in unique.items() if records[key] is None]
+    to_run = [r for key, r in unique.items() if missing_tests(records[key], r.all_tests)]
     log(f"{target} on {profile}: {len(unique)} runs ({len(requests)} table rows x seeds), "
         f"{len(unique) - len(to_run)} finished, {len(to_run)} to run")
-    status = {key: ("finished", "") for key, rec in records.items() if rec is not None}
+    status = {key: ("finished", "") for key, r in unique.items() if not missing_tests(records[key], r.all_tests)}
     if dry_run:
         for r in to_run:
             log(f"would run {r.describe()} in {r.run_dir}")
@@ -127,8 +125,8 @@ def sweep(target: str, profile: str, executor: str = "local", seeds: int = 1, *,
             records[outcome.request.key] = outcome.record
     report = SweepReport(target, profile, "dry run" if dry_run else executor)
     for r in requests:
-        record = records[r.key]
-        ap = (record.get("metrics") or {}).get("AP") if record else None
+        view = row_view(records[r.key], r.model.test) if records[r.key] else None
+        ap = (view["metrics"] or {}).get("AP") if view else None
         state, message = status[r.key]
         report.runs.append(RunStatus(r.key, r.spec_key, r.row_label, r.seed, state, ap, message))
     return report
@@ -150,7 +148,7 @@ def table_status(spec: TableSpec, profile: str, seeds: int = 1, *,
     store = ResultsStore(results_dir)
     by_row: dict[str, list[bool]] = {}
     for r in requests_for(spec, profile, seeds, results_dir=results_dir):
-        by_row.setdefault(r.row_label, []).append(store.finished(profile, r.key))
+        by_row.setdefault(r.row_label, []).append(is_complete(store, r))
     out = []
     for row in spec.rows:
         done = by_row.get(row.label)
@@ -189,11 +187,11 @@ def plan(profile: str, seeds: int = 1, *, results_dir: str | Path = "results") -
     """How many runs of every registered table are missing on ``profile``, and roughly how long they take."""
     load_papers()
     store = ResultsStore(results_dir)
-    keys = {r.key for papers in REGISTRY.values() for spec in papers.values()
-            for r in requests_for(spec, profile, seeds, results_dir=results_dir)}
-    missing = sum(not store.finished(profile, k) for k in keys)
+    runs = merge_requests([r for papers in REGISTRY.values() for spec in papers.values()
+                           for r in requests_for(spec, profile, seeds, results_dir=results_dir)])
+    missing = sum(not is_complete(store, r) for r in runs)
     seconds = [rec["timings"].get("train_seconds") for rec in store.records(profile)]
     seconds = sorted(s for s in seconds if s)
     if seconds:
-        return RunPlan(len(keys), missing, seconds[len(seconds) // 2] / 60, True)
-    return RunPlan(len(keys), missing, DEFAULT_RUN_MINUTES.get(profile, 60.0), False)
+        return RunPlan(len(runs), missing, seconds[len(seconds) // 2] / 60, True)
+    return RunPlan(len(runs), missing, DEFAULT_RUN_MINUTES.get(profile, 60.0), False)

@@ -12,12 +12,13 @@ The head owns its priors, assignment, losses and decoding (one file per detector
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import ReplicateError
+from ..provenance import jsonable
 from .backbone import BackboneConfig, build_backbone
 from .fpn import FPN
 from .postprocess import TestConfig
@@ -88,10 +89,28 @@ class Detector(nn.Module):
     @torch.no_grad()
     def predict(self, images: Tensor, image_sizes: list[tuple[int, int]] | None = None,
                 test: TestConfig | None = None) -> list[dict[str, Tensor]]:
+        return self.predict_variants(images, image_sizes, [test])[0]
+
+    @torch.no_grad()
+    def predict_variants(self, images: Tensor, image_sizes: list[tuple[int, int]] | None,
+                         tests: Sequence[TestConfig | None]) -> list[list[dict[str, Tensor]]]:
+        """Detections under each test config (``None``: the model's own) from one forward pass.
+
+        Returns one list of per-image detections per entry of ``tests``: re-scoring variants (score
+        fusion, its exponent, quality filters, NMS settings) share the raw head outputs.
+        """
         if image_sizes is None:
             image_sizes = [tuple(images.shape[-2:])] * images.shape[0]
         outs = self.head(self.features(images))
-        return self.head.predict(outs, list(image_sizes), test or self.cfg.test)
+        return [self.head.predict(outs, list(image_sizes), test or self.cfg.test) for test in tests]
+
+
+def weights_fields(cfg: DetectorConfig) -> dict[str, Any]:
+    """The model config as JSON without its test config: what determines the trained weights (a run's
+    name and its checkpoints' config hash), so that test-time variants share one trained model."""
+    fields = jsonable(cfg)
+    del fields["test"]
+    return {**fields, "head_type": type(cfg.head).__name__}
 
 
 def build_detector(cfg: DetectorConfig | str, **overrides) -> Detector:
