@@ -219,3 +219,27 @@ def test_postprocess_quality_filter_and_small_level_switch_by_hand():
     assert run(fusion_min_priors=1) == [0.4243, 0.5196, 0.6364, 0.8]
     with pytest.raises(ReplicateError, match="quality_thr needs a quality branch"):
         postprocess(probs, decode, [(100, 100)], TestConfig(quality_thr=0.5))
+
+
+# ----------------------------------------------------------------------------- the paper's tables
+def test_tables_transcribe_the_paper_and_share_trained_runs():
+    from replicate.engine.rescore import test_key
+    from replicate.experiments.papers import retinanet_conf as paper
+    from replicate.experiments.runs import merge_requests, requests_for
+
+    assert paper.printed("0.357 0.529 - 0.176", ("AP", "AP50", "AP75", "APs")) == {"AP": 35.7, "AP50": 52.9, "APs": 17.6}
+    t1, t5, t6 = paper.TABLE1, paper.TABLE5, paper.TABLE6
+    assert t1.row("RetinaNet-Conf").paper["AR100"] == 52.6 and len(t5.rows) == 20
+    assert t5.row("IoU-aware Net, alpha=0.3").paper["AR100"] == 53.4  # printed "0534"
+    t4 = requests_for(paper.TABLE4, "smoke")
+    [one] = merge_requests(t4)
+    assert len(one.all_tests) == 6 and len({test_key(t) for t in one.all_tests}) == 6
+    assert len(merge_requests(requests_for(t5, "smoke"))) == 2
+    # Table 1's RetinaNet-Conf (ranked by cls) is the same trained model as Table 4's
+    assert requests_for(t1, "smoke")[2].key == one.key
+    r101_2x = requests_for(t6, "smoke")[-1]
+    assert r101_2x.model.backbone.name == "narrow_deep" and r101_2x.train.iters == 200
+    coco = requests_for(t6, "coco")[-1]
+    assert coco.model.backbone.name == "resnet101" and coco.train.scale == "1000x600"
+    assert (coco.train.iters, coco.train.steps) == (180_000, (120_000, 165_000))
+    assert sum(not r.reproduce for r in t6.rows) == 7

@@ -49,3 +49,13 @@ def test_list_values_become_tuples():
 
     cfg = apply_overrides(model_config("fcos"), {"head.tower_dcn": [0], "head.strides": [8, 16, 32, 64, 128]})
     assert cfg.head.tower_dcn == (0,) and isinstance(cfg.head.strides, tuple)
+
+
+def test_row_schedule_is_validated_and_lengthens_the_profile_schedule():
+    from replicate.engine.config import lengthened, schedule_for
+
+    with pytest.raises(SpecError, match="unknown schedule '3x'"):
+        validate(_spec(rows=(Row("a", "fcos", schedule="3x"),)))
+    two = lengthened(schedule_for("synthetic"), "2x")
+    assert (two.iters, two.steps, two.warmup_iters) == (6000, (4000, 5500), 500)
+    assert lengthened(schedule_for("smoke"), "1x") == schedule_for("smoke")

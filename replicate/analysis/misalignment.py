@@ -265,17 +265,25 @@ def plot_scatter(
     Top row: all candidates (score > ``score_thr``) before NMS; bottom row: the NMS survivors.
     ``images`` are indices into ``preds``.
     """
-    import matplotlib.pyplot as plt
-
     if len(preds) == 0:
         raise ReplicateError("plot_scatter needs at least one image of predictions, got none")
     bad = [i for i in images if not -len(preds) <= i < len(preds)]
     if bad or not images:
         raise ReplicateError(f"images must be non-empty indices into the {len(preds)} predictions, got {tuple(images)}")
-    fig, axes = plt.subplots(2, len(images), figsize=(3.2 * len(images), 6.0), squeeze=False, sharex=True, sharey=True)
-    for col, index in enumerate(images):
-        cands = candidates(preds[index], score_thr, nms_iou, pre_nms_topk, class_aware_iou)
-        titles = (f"Image{index % len(preds) + 1}, before NMS (cls>{score_thr:g})", f"after NMS (IoU {nms_iou:g})")
+    frames = [candidates(preds[i], score_thr, nms_iou, pre_nms_topk, class_aware_iou) for i in images]
+    return plot_candidates(frames, [f"Image{i % len(preds) + 1}" for i in images], score_thr, nms_iou)
+
+
+def plot_candidates(frames: Sequence[pd.DataFrame], names: Sequence[str], score_thr: float = 0.05,
+                    nms_iou: float = 0.5):
+    """Figure 1 from :func:`candidates` tables (one per image, titled by ``names``)."""
+    import matplotlib.pyplot as plt
+
+    if not frames or len(frames) != len(names):
+        raise ReplicateError(f"plot_candidates needs one name per candidate table, got {len(frames)} and {len(names)}")
+    fig, axes = plt.subplots(2, len(frames), figsize=(3.2 * len(frames), 6.0), squeeze=False, sharex=True, sharey=True)
+    for col, (cands, name) in enumerate(zip(frames, names)):
+        titles = (f"{name}, before NMS (cls>{score_thr:g})", f"after NMS (IoU {nms_iou:g})")
         for row, (shown, title) in enumerate(zip((cands, cands[cands["kept"]]), titles)):
             ax = axes[row, col]
             ax.scatter(shown["iou"], shown["score"], s=4, alpha=0.5, color="tab:blue")

@@ -48,6 +48,7 @@ class TrainConfig:
     seed: int = 0
     bias_lr_mult: float = 1.0  # lr multiplier of bias parameters (mmdetection's paramwise_cfg)
     bias_decay_mult: float = 1.0  # weight-decay multiplier of bias parameters
+    scale: str | None = None  # a SCALE_PRESETS name for training and test images; None: the profile's own
 
     def __post_init__(self) -> None:
         problems = []
@@ -67,6 +68,11 @@ class TrainConfig:
             problems.append(f"grad_clip must be > 0 or None (got {self.grad_clip})")
         if self.amp not in AMP_DTYPES:
             problems.append(f"amp must be one of {list(AMP_DTYPES)} (got {self.amp!r})")
+        if self.scale is not None:
+            from ..data.profiles import SCALE_PRESETS
+
+            if self.scale not in SCALE_PRESETS:
+                problems.append(f"scale must be one of {sorted(SCALE_PRESETS)} or None (got {self.scale!r})")
         if self.checkpoint_every < 0 or self.num_workers < 0:
             problems.append("checkpoint_every and num_workers must be >= 0")
         if problems:
@@ -116,6 +122,23 @@ def with_overrides(cfg: TrainConfig, *, scale_schedule: bool = False, **changes:
         changes["steps"] = tuple(round(s * factor) for s in cfg.steps)
         changes.setdefault("warmup_iters", max(1, round(cfg.warmup_iters * factor)))
     return replace(cfg, **changes)
+
+
+SCHEDULE_LENGTHS = {"1x": None, "2x": (2, (16 / 24, 22 / 24))}
+"""Longer schedules relative to a profile's 1x: length factor and lr steps as fractions of the new length
+(mmdetection's ``schedule_2x.py``: 24 epochs, steps at epochs 16 and 22)."""
+
+
+def lengthened(cfg: TrainConfig, schedule: str) -> TrainConfig:
+    """``cfg`` (a profile's 1x schedule) stretched to ``schedule`` (``"1x"``: unchanged, ``"2x"``); the warmup
+    is kept. On COCO 2x is 180k iterations with steps at 120k and 165k."""
+    if schedule not in SCHEDULE_LENGTHS:
+        raise ReplicateError(f"unknown schedule length {schedule!r}; choose from {sorted(SCHEDULE_LENGTHS)}")
+    if SCHEDULE_LENGTHS[schedule] is None:
+        return cfg
+    factor, fractions = SCHEDULE_LENGTHS[schedule]
+    iters = cfg.iters * factor
+    return replace(cfg, iters=iters, steps=tuple(round(iters * f) for f in fractions))
 
 
 def weights_config(cfg: TrainConfig) -> dict[str, Any]:

@@ -57,17 +57,20 @@ def load_trained(run_dir: str | Path, model_cfg: DetectorConfig) -> torch.nn.Mod
 
 
 def evaluate_variants(run_dir: str | Path, model_cfg: DetectorConfig, profile: str, tests: Sequence[TestConfig], *,
-                      data_root: str | Path | None = None, device: str | torch.device | None = None,
-                      progress: bool = False) -> dict[str, dict[str, Any]]:
+                      data_root: str | Path | None = None, scale: str | None = None,
+                      device: str | torch.device | None = None, progress: bool = False) -> dict[str, dict[str, Any]]:
     """``test_key -> {"test", "metrics", "detections", "inference"}`` for each config of ``tests``.
 
-    Detections are written to ``run_dir/detections-<test_key>.json`` (COCO results format).
+    ``scale``: the run's ``TrainConfig.scale`` (test images are read at it). Detections are written to
+    ``run_dir/detections-<test_key>.json`` (COCO results format).
     """
     if not tests:
         return {}
     dev = resolve_device(device)
     net = load_trained(run_dir, model_cfg).to(dev)
     data = data_config(profile, data_root)
+    if scale is not None:
+        data = data.with_scale(scale)
     ensure_data(data, progress=progress)
     val_set = build_dataset(data, "val", train=False)
     results, timings = predict_variants(net, val_set, EVAL_BATCH_SIZE, dev, list(tests), progress=progress)

@@ -199,6 +199,8 @@ def train(model: str | DetectorConfig, profile: str, out_dir: str | Path, train_
     dev = resolve_device(device)
     main, world = du.is_main(), du.world_size()
     data = data_config(profile, data_root)
+    if cfg.scale is not None:
+        data = data.with_scale(cfg.scale)
     if main:
         ensure_data(data, progress=progress)
     du.barrier()

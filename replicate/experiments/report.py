@@ -348,6 +348,32 @@ def plot_paper_vs_ours(spec: TableSpec, records_by_row: RecordsByRow, metric: st
     return fig
 
 
+def plot_series(spec: TableSpec, records_by_row: RecordsByRow, series: Mapping[str, Sequence[tuple[float, str]]],
+                metric: str = "AP", xlabel: str = ""):
+    """Rows of a sweep as lines: per series name, ``(x, row label)`` points; the paper dashed, ours solid
+    (error bars: std over seeds)."""
+    import matplotlib.pyplot as plt
+
+    if metric not in spec.metrics:
+        raise ReplicateError(f"{spec.key}: metric {metric!r} is not a column of the table ({list(spec.metrics)})")
+    stats = _all_stats(spec, records_by_row)
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for i, (name, points) in enumerate(series.items()):
+        colour = f"C{i}"
+        xs = [x for x, _ in points]
+        paper = [float(spec.row(label).paper.get(metric, math.nan)) for _, label in points]
+        ours = [stats[label].mean[metric] if stats[label] else math.nan for _, label in points]
+        err = [stats[label].std[metric] if stats[label] and stats[label].n > 1 else 0.0 for _, label in points]
+        ax.plot(xs, paper, "--", marker="o", color=colour, alpha=0.6, label=f"{name} (paper)")
+        ax.errorbar(xs, ours, yerr=err, marker="s", color=colour, capsize=3, label=f"{name} (ours)")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(metric)
+    ax.set_title(f"{spec.source}: {metric}")
+    ax.legend(frameon=False, fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
 def _run_label(record: Record) -> str:
     return str(record.get("key") or f"{record.get('model')} seed {record.get('seed')}")
 

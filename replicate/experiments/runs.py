@@ -14,16 +14,18 @@ missing ones first if asked.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import math
 import os
 import socket
 import sys
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from ..data.synth_spec import CLASSES
 from ..engine.config import PROFILE_SCHEDULES, TrainConfig
@@ -173,6 +175,27 @@ def execute_run(request: RunRequest) -> Record:
 
     Raises :class:`RunInterrupted` (nothing recorded) when training stops on SIGTERM/SIGUSR2.
     """
+    with run_lock(request.run_dir):
+        return _execute_locked(request)
+
+
+@contextmanager
+def run_lock(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder/.lock`` (POSIX ``flock``; waits for the holder).
+
+    Two processes asking for the same run (two notebooks of the book built in parallel, two sweeps)
+    would otherwise train it twice into one folder; the second one waits, then finds the record.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _execute_locked(request: RunRequest) -> Record:
     store = ResultsStore(request.results_dir)
     record = store.get(request.profile, request.key)
     if record is None:
@@ -195,7 +218,8 @@ def execute_run(request: RunRequest) -> Record:
                                  f"{store.path(request.profile, request.key)} to train it again")
         print(f"run {request.describe()}: evaluating {len(todo)} test-time variant(s)", flush=True)
         evaluations = evaluate_variants(request.run_dir, request.model, request.profile, todo,
-                                        data_root=request.data_root, device=request.device)
+                                        data_root=request.data_root, scale=request.train.scale,
+                                        device=request.device)
         record = {**record, "evaluations": {**record["evaluations"], **evaluations}}
         store.put(record)
     return record

@@ -5,8 +5,9 @@ text in ``../shared/papers/``), the metric columns, one :class:`Row` per table r
 :class:`Claim` s the paper draws from it. Paper numbers are transcribed as printed (COCO AP in
 percent, e.g. ``38.6``); ours are fractions in the results store and are put on the paper's scale
 when rendered. A row becomes one run per seed: :func:`run_config` resolves the model preset with the
-row's overrides for a data profile, and the training schedule of that profile with the row's
-training overrides.
+row's overrides for a data profile, and the training schedule of that profile (1x, or 2x with
+``Row.schedule``) with the table's overrides for that profile and the row's training overrides. Rows
+that differ only in the model's ``test.*`` settings share one trained run (re-scored, not retrained).
 
 Specs are registered per paper in :data:`REGISTRY` (``paper -> table id -> TableSpec``) by the paper
 modules; :func:`validate` checks one and raises :class:`SpecError` naming the table and the problem.
@@ -34,6 +35,7 @@ class Row:
     model: str  # a preset of replicate.models.zoo.MODELS
     model_overrides: dict[str, Any] = field(default_factory=dict)  # dotted paths: {"head.quality": "giou"}
     train_overrides: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields: {"iters": 180000}
+    schedule: str = "1x"  # "1x" or "2x": the profile's schedule or twice as long (engine.config.lengthened)
     paper: dict[str, float] = field(default_factory=dict)  # metric -> the paper's number, as printed
     reproduce: bool = True  # False: cited from the paper only (other backbones, test-dev, ...)
     note: str = ""
@@ -65,6 +67,8 @@ class TableSpec:
     claims: tuple[Claim, ...] = ()
     paper_scale: float = 100.0  # paper's unit per fraction (COCO AP printed in percent)
     note: str = ""
+    profile_train_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # profile -> TrainConfig
+    # changes for every row on that profile: the paper's recipe where it differs, e.g. {"coco": {"scale": "1000x600"}}
 
     @property
     def key(self) -> str:
@@ -92,6 +96,7 @@ def register(spec: TableSpec) -> TableSpec:
 
 def validate(spec: TableSpec) -> None:
     """Raise :class:`SpecError` naming the table and the problem if ``spec`` is malformed."""
+    from ..engine.config import SCHEDULE_LENGTHS
     from ..models.zoo import MODELS
 
     where = spec.key
@@ -107,6 +112,9 @@ def validate(spec: TableSpec) -> None:
     for r in spec.rows:
         if r.model not in MODELS:
             raise SpecError(f"{where}, row {r.label!r}: unknown model {r.model!r}; choose from {sorted(MODELS)}")
+        if r.schedule not in SCHEDULE_LENGTHS:
+            raise SpecError(f"{where}, row {r.label!r}: unknown schedule {r.schedule!r}; "
+                            f"choose from {sorted(SCHEDULE_LENGTHS)}")
         extra = sorted(set(r.paper) - set(spec.metrics))
         if extra:
             raise SpecError(f"{where}, row {r.label!r}: paper numbers for metrics {extra} not in the table's columns")
@@ -123,7 +131,7 @@ def validate(spec: TableSpec) -> None:
 
 def run_config(spec: TableSpec, row: Row, profile: str, num_classes: int | None = None):
     """(DetectorConfig, TrainConfig) of one row on a data profile."""
-    from ..engine.config import schedule_for, with_overrides
+    from ..engine.config import lengthened, schedule_for, with_overrides
     from ..models.zoo import model_config
 
     where = f"{spec.key}, row {row.label!r}"
@@ -132,7 +140,8 @@ def run_config(spec: TableSpec, row: Row, profile: str, num_classes: int | None 
     except ReplicateError as exc:
         raise SpecError(str(exc)) from None
     try:
-        train = with_overrides(schedule_for(profile), **row.train_overrides)
+        train = lengthened(schedule_for(profile), row.schedule)
+        train = with_overrides(train, **{**spec.profile_train_overrides.get(profile, {}), **row.train_overrides})
     except ReplicateError as exc:
         raise SpecError(f"{where}: {exc}") from None
     return model, train

@@ -1,0 +1,121 @@
+"""The misalignment analysis of a trained run: dense predictions on a few val images, summarised and cached.
+
+:func:`dense_predictions` sends val images through an anchor-based detector (RetinaNet and its
+variants: a head with ``anchors`` and a box ``coder``) and returns the dense per-anchor predictions in
+the resized image's frame, with the ground truth in the same frame. :func:`misalignment_summary` is what
+the book's notebook calls: the count table (RetinaNet-Conf Table 1) over the first ``images`` val images
+and the candidate tables of the first ``scatter_images`` (its Figure 1), read from
+``<results_dir>/analysis/<profile>/misalignment-<run key>.json`` when present, else computed from the
+run's final checkpoint and written there (atomically), so that a committed summary builds the book
+without the checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+import torch
+
+from ..data.batching import Collate
+from ..data.profiles import build_dataset, data_config, ensure_data
+from ..engine.rescore import load_trained
+from ..errors import ReplicateError
+from ..io import atomic_write_json, read_json
+from ..models._utils import flatten_levels
+from ..models.detector import DetectorConfig
+from .misalignment import ImagePredictions, candidates, count_table
+
+ANALYSIS = "analysis"
+
+
+@torch.no_grad()
+def dense_predictions(model: torch.nn.Module, dataset, indices: Sequence[int],
+                      device: str | torch.device = "cpu") -> list[ImagePredictions]:
+    """Per image of ``dataset[indices]``: anchors, class probabilities and decoded boxes of every anchor."""
+    head = model.head
+    if not (hasattr(head, "anchors") and hasattr(head, "coder")):
+        raise ReplicateError(f"dense predictions need an anchor-based head (RetinaNet family), got "
+                             f"{type(head).__name__}")
+    model = model.eval().to(device)
+    batch = Collate()([dataset[i] for i in indices])
+    outs = model(batch.images.to(device))
+    anchors = torch.cat(head.anchors(outs["cls"]))
+    probs = flatten_levels(outs["cls"], head.num_classes).sigmoid()
+    reg = flatten_levels(outs["reg"], 4)
+    preds = []
+    for i, target in enumerate(batch.targets):
+        boxes = head.coder.decode(anchors, reg[i])
+        preds.append(ImagePredictions(anchors.cpu(), probs[i].cpu(), boxes.cpu(), target["boxes"].float().cpu(),
+                                      target["labels"].cpu(), image_id=int(target["image_id"])))
+    return preds
+
+
+def summary_path(results_dir: str | Path, profile: str, key: str) -> Path:
+    return Path(results_dir) / ANALYSIS / profile / f"misalignment-{key}.json"
+
+
+def misalignment_summary(record: dict[str, Any], model_cfg: DetectorConfig, profile: str, *,
+                         results_dir: str | Path = "results", data_root: str | Path | None = None,
+                         scale: str | None = None, images: int = 10, scatter_images: int = 3,
+                         score_thr: float = 0.05, nms_iou: float = 0.5) -> dict[str, Any]:
+    """``{"counts": DataFrame, "candidates": [DataFrame], "image_ids": [...], "key": run key}`` of a run.
+
+    Cached per run key (see the module docstring); the cache is recomputed when its settings differ.
+    """
+    settings = {"images": images, "scatter_images": scatter_images, "score_thr": score_thr, "nms_iou": nms_iou}
+    path = summary_path(results_dir, profile, record["key"])
+    if path.is_file():
+        cached = read_json(path, what="misalignment summary")
+        if cached.get("settings") == settings:
+            return _from_json(cached)
+    run_dir = Path(record["work_dir"])
+    if not (run_dir / "checkpoint.pt").is_file():
+        raise ReplicateError(f"no misalignment summary in {path} and no checkpoint in {run_dir} to compute it "
+                             f"from; run the table's runs again to produce it")
+    data = data_config(profile, data_root)
+    if scale is not None:
+        data = data.with_scale(scale)
+    ensure_data(data, progress=False)
+    val_set = build_dataset(data, "val", train=False)
+    n = min(images, len(val_set))
+    net = load_trained(run_dir, model_cfg)
+    preds = [p for start in range(0, n, 2)
+             for p in dense_predictions(net, val_set, range(start, min(start + 2, n)))]
+    counts = count_table(preds, score_thr=score_thr, nms_iou=nms_iou)
+    frames = [candidates(p, score_thr, nms_iou) for p in preds[:scatter_images]]
+    document = {
+        "key": record["key"],
+        "settings": settings,
+        "image_ids": [p.image_id for p in preds],
+        "counts": {"index": [list(i) for i in counts.index], "columns": list(counts.columns),
+                   "data": counts.to_numpy().tolist()},
+        "candidates": [f.to_dict(orient="list") for f in frames],
+        "provenance": record.get("provenance", {}),
+    }
+    atomic_write_json(path, document)
+    return _from_json(document)
+
+
+def _from_json(document: dict[str, Any]) -> dict[str, Any]:
+    c = document["counts"]
+    counts = pd.DataFrame(c["data"], index=pd.MultiIndex.from_tuples([tuple(i) for i in c["index"]],
+                                                                     names=["stage", "condition"]),
+                          columns=c["columns"], dtype="int64")
+    frames = [pd.DataFrame(f) for f in document["candidates"]]
+    return {"counts": counts, "candidates": frames, "image_ids": document["image_ids"], "key": document["key"]}
+
+
+def row_misalignment(spec, label: str, profile: str, records: Sequence[dict[str, Any]], *,
+                     results_dir: str | Path = "results", data_root: str | Path | None = None,
+                     **options: Any) -> dict[str, Any] | None:
+    """:func:`misalignment_summary` of the first run (seed 0) of table row ``label``; ``None`` without runs."""
+    from ..experiments.runs import profile_num_classes
+    from ..experiments.spec import run_config
+
+    if not records:
+        return None
+    model, train = run_config(spec, spec.row(label), profile, profile_num_classes(profile))
+    return misalignment_summary(records[0], model, profile, results_dir=results_dir, data_root=data_root,
+                                scale=train.scale, **options)

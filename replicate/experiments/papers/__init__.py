@@ -1,0 +1,1 @@
+"""One module per paper registering its tables (:class:`~replicate.experiments.spec.TableSpec`)."""
