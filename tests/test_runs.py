@@ -331,13 +331,20 @@ def test_cli_unknown_target(demo, capsys):
     assert err.startswith("replicate: error: unknown sweep target 'nope'") and "demo:table1, demo:table2" in err
 
 
+def _real_paper_runs(seeds: int) -> int:
+    """Runs of the project's own registered papers (registered beside the demo paper here)."""
+    return len(runs.merge_requests([r for paper, tables in REGISTRY.items() if paper != "demo"
+                                    for spec in tables.values() for r in requests_for(spec, "smoke", seeds)]))
+
+
 def test_plan_counts_missing_runs_and_estimates_time(demo, tmp_path):
     from replicate.experiments.sweep import DEFAULT_RUN_MINUTES, plan
 
     p = plan("smoke", seeds=2, results_dir=tmp_path)
-    assert (p.total, p.missing, p.measured) == (4, 4, False)
+    n = 4 + _real_paper_runs(2)
+    assert (p.total, p.missing, p.measured) == (n, n, False)
     assert p.minutes_per_run == DEFAULT_RUN_MINUTES["smoke"]
-    assert "4 of 4 run(s) missing for smoke" in p.describe("smoke")
+    assert f"{n} of {n} run(s) missing for smoke" in p.describe("smoke")
 
 
 def test_plan_after_a_sweep_has_nothing_missing_and_measures(swept):
@@ -345,5 +352,7 @@ def test_plan_after_a_sweep_has_nothing_missing_and_measures(swept):
 
     _, results, _, _ = swept
     p = plan("smoke", results_dir=results)
-    assert (p.total, p.missing, p.measured) == (2, 0, True) and p.minutes_per_run > 0
-    assert p.describe("smoke") == "all 2 run(s) of the registered tables are in the store for smoke"
+    real = _real_paper_runs(1)
+    assert (p.total, p.missing, p.measured) == (2 + real, real, True) and p.minutes_per_run > 0
+    if not real:
+        assert p.describe("smoke") == "all 2 run(s) of the registered tables are in the store for smoke"
