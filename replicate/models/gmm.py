@@ -1,0 +1,171 @@
+"""Batched EM for many independent one-dimensional, two-component Gaussian mixtures.
+
+Label assigners such as PAA (Kim & Lee 2020) and MOD's Aligned Points Sampler fit one small
+two-component mixture per ground truth. The released codes call scikit-learn once per ground truth::
+
+    GaussianMixture(n_components=2, weights_init=[.5, .5], means_init=[[min], [max]],
+                    precisions_init=[[[.1]], [[.1]]])
+
+:func:`gmm2_fit` fits G such mixtures at once: the groups are the rows of a padded (G, N) tensor and
+a ``valid`` mask says which entries are data. It follows scikit-learn's EM step for step, so the
+fitted parameters and predicted labels agree with it:
+
+* initialisation from the given weights, means and precisions (no k-means);
+* each iteration is an E-step with the current parameters, then an M-step where
+  ``n_k = sum(resp) + 10 * eps``, ``mean_k = sum(resp * x) / n_k``,
+  ``var_k = sum(resp * (x - mean_k)^2) / n_k + reg_covar`` and ``weight_k = n_k / sum(n)``;
+* the lower bound of an iteration is the mean per-point log-likelihood of its E-step; a group stops
+  when the bound changes by less than ``tol`` (its parameters then stay frozen) and the loop ends
+  once every group has stopped or after ``iters`` iterations;
+* predictions use the final parameters; ties go to component 0.
+
+Arithmetic is done in float64 (scikit-learn keeps float32 input in float32, so tiny differences in
+the last digits are expected). A group with a single valid point, or whose values are all equal,
+ends with both means at that value and variance ``reg_covar``; every point is then predicted in
+component 0. An empty group gives finite parameters that should simply be ignored.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from replicate.errors import ReplicateError
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+@dataclass
+class GMM2:
+    """Fitted parameters of G two-component 1-D Gaussian mixtures (float64).
+
+    Attributes:
+        weights: (G, 2) mixing weights, each row sums to 1.
+        means: (G, 2) component means; component 0 starts at the group minimum.
+        variances: (G, 2) component variances (``reg_covar`` included).
+        n_iter: number of EM iterations run (the largest over the groups).
+        converged: (G,) bool, whether the group met ``tol`` before ``iters``.
+    """
+
+    weights: Tensor
+    means: Tensor
+    variances: Tensor
+    n_iter: int
+    converged: Tensor
+
+    def component_log_prob(self, x: Tensor) -> Tensor:
+        """Log-density of each point under each component, without the weights: (G, N, 2)."""
+        return _component_log_prob(x.to(self.means.dtype), self.means, self.variances)
+
+    def weighted_log_prob(self, x: Tensor) -> Tensor:
+        """``log weight_k + log N(x | mean_k, var_k)`` for each point and component: (G, N, 2)."""
+        return self.component_log_prob(x) + self.weights.log().unsqueeze(1)
+
+    def score_samples(self, x: Tensor) -> Tensor:
+        """Log-likelihood of each point under the whole mixture: (G, N) (scikit-learn's ``score_samples``)."""
+        return torch.logsumexp(self.weighted_log_prob(x), dim=-1)
+
+    def responsibilities(self, x: Tensor) -> Tensor:
+        """Posterior probability of each component for each point: (G, N, 2)."""
+        return torch.softmax(self.weighted_log_prob(x), dim=-1)
+
+    def predict(self, x: Tensor) -> Tensor:
+        """Most probable component (0 or 1) of each point: (G, N) long; ties go to component 0."""
+        return self.weighted_log_prob(x).argmax(dim=-1)
+
+
+def _component_log_prob(x: Tensor, means: Tensor, variances: Tensor) -> Tensor:
+    """Gaussian log-density of x (G, N) under means/variances (G, 2): (G, N, 2)."""
+    diff = x.unsqueeze(-1) - means.unsqueeze(1)
+    var = variances.unsqueeze(1)
+    return -0.5 * (_LOG_2PI + var.log() + diff * diff / var)
+
+
+def _initial_means(x: Tensor, valid: Tensor) -> Tensor:
+    """[min, max] of the valid values of each group (0 for empty groups): (G, 2)."""
+    low = torch.where(valid, x, torch.full_like(x, math.inf)).amin(dim=1)
+    high = torch.where(valid, x, torch.full_like(x, -math.inf)).amax(dim=1)
+    empty = ~valid.any(dim=1)
+    low = torch.where(empty, torch.zeros_like(low), low)
+    high = torch.where(empty, torch.zeros_like(high), high)
+    return torch.stack([low, high], dim=1)
+
+
+def _e_step(x: Tensor, valid: Tensor, weights: Tensor, means: Tensor, variances: Tensor) -> tuple[Tensor, Tensor]:
+    """Responsibilities (G, N, 2), zero on invalid points, and the mean log-likelihood (G,) per group."""
+    weighted = _component_log_prob(x, means, variances) + weights.log().unsqueeze(1)
+    norm = torch.logsumexp(weighted, dim=-1)
+    resp = torch.exp(weighted - norm.unsqueeze(-1)) * valid.unsqueeze(-1)
+    count = valid.sum(dim=1).clamp(min=1)
+    bound = torch.where(valid, norm, torch.zeros_like(norm)).sum(dim=1) / count
+    return resp, bound
+
+
+def _m_step(x: Tensor, resp: Tensor, reg_covar: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Weights, means and variances (each (G, 2)) from responsibilities, as scikit-learn computes them."""
+    nk = resp.sum(dim=1) + 10.0 * torch.finfo(x.dtype).eps
+    means = (resp * x.unsqueeze(-1)).sum(dim=1) / nk
+    diff = x.unsqueeze(-1) - means.unsqueeze(1)
+    variances = (resp * diff * diff).sum(dim=1) / nk + reg_covar
+    weights = nk / nk.sum(dim=1, keepdim=True)
+    return weights, means, variances
+
+
+def _check_inputs(x: Tensor, valid: Tensor, iters: int) -> None:
+    """Raise :class:`ReplicateError` for inputs :func:`gmm2_fit` cannot use."""
+    if x.dim() != 2:
+        raise ReplicateError(f"gmm2_fit: x must be (G, N), got shape {tuple(x.shape)}")
+    if valid.shape != x.shape:
+        raise ReplicateError(f"gmm2_fit: valid has shape {tuple(valid.shape)}, x has {tuple(x.shape)}")
+    if valid.dtype != torch.bool:
+        raise ReplicateError(f"gmm2_fit: valid must be a bool tensor, got {valid.dtype}")
+    if iters < 1:
+        raise ReplicateError(f"gmm2_fit: iters must be >= 1, got {iters}")
+
+
+def gmm2_fit(
+    x: Tensor,
+    valid: Tensor,
+    iters: int = 100,
+    tol: float = 1e-6,
+    reg_covar: float = 1e-6,
+    means_init: Tensor | None = None,
+    var_init: float = 10.0,
+) -> GMM2:
+    """Fit G independent two-component 1-D Gaussian mixtures with EM, all groups at once.
+
+    Args:
+        x: (G, N) values; entries where ``valid`` is False are ignored.
+        valid: (G, N) bool, which entries of each group are data.
+        iters: maximum number of EM iterations (scikit-learn's ``max_iter``).
+        tol: a group stops when its mean log-likelihood changes by less than this.
+        reg_covar: added to every variance in the M-step.
+        means_init: optional (G, 2) initial means; default ``[min, max]`` of each group's valid values.
+        var_init: initial variance of both components (precision 0.1 -> variance 10).
+
+    Returns:
+        The fitted :class:`GMM2`; weights start at [0.5, 0.5].
+    """
+    _check_inputs(x, valid, iters)
+    x64 = torch.where(valid, x, torch.zeros_like(x)).to(torch.float64)
+    groups = x.shape[0]
+    means = _initial_means(x64, valid) if means_init is None else means_init.to(x64)
+    weights = torch.full((groups, 2), 0.5, dtype=torch.float64, device=x.device)
+    variances = torch.full((groups, 2), float(var_init), dtype=torch.float64, device=x.device)
+    active = torch.ones(groups, dtype=torch.bool, device=x.device)
+    bound = torch.full((groups,), -math.inf, dtype=torch.float64, device=x.device)
+    n_iter = 0
+    while n_iter < iters and bool(active.any()):
+        n_iter += 1
+        resp, new_bound = _e_step(x64, valid, weights, means, variances)
+        new_weights, new_means, new_variances = _m_step(x64, resp, reg_covar)
+        keep = active.unsqueeze(1)
+        weights = torch.where(keep, new_weights, weights)
+        means = torch.where(keep, new_means, means)
+        variances = torch.where(keep, new_variances, variances)
+        active = active & ~((new_bound - bound).abs() < tol)
+        bound = new_bound
+    return GMM2(weights=weights, means=means, variances=variances, n_iter=n_iter, converged=~active)
