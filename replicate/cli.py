@@ -65,7 +65,7 @@ def _cmd_book(args: argparse.Namespace) -> int:
     from .book.build import build_book
 
     index = build_book(profile=args.profile, data_root=args.data_root, jobs=args.jobs, only=args.only,
-                       executor=args.executor, seeds=args.seeds)
+                       executor=args.executor, seeds=args.seeds, run_missing=args.run_missing)
     print(f"book built: {index}")
     return 0
 
@@ -223,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", choices=["local", "slurm", "debug"], default=None,
                    help="where table notebooks launch their missing runs (default: the notebooks' own)")
     p.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 per table row (default: the notebooks' own)")
+    p.add_argument("--run-missing", action=argparse.BooleanOptionalAction, default=None,
+                   help="train the runs the results store lacks (default: only on the smoke profile; synthetic and "
+                        "coco runs take hours on a CPU: produce them with `replicate sweep`)")
     p.set_defaults(func=_cmd_book)
 
     p = sub.add_parser(

@@ -77,6 +77,31 @@ def test_summary_stage_runs_after_the_tables(tmp_path, smoke_root):
     assert any("found 42" in o.get("text", "") for o in outputs)
 
 
+@pytest.mark.parametrize("profile, run_missing, expected", [("smoke", None, True), ("synthetic", None, False),
+                                                            ("smoke", False, False)])
+def test_table_notebooks_train_missing_runs_only_on_smoke_by_default(tmp_path, monkeypatch, profile, run_missing,
+                                                                    expected):
+    root = _mini_project(tmp_path, {"table": "print('run_missing', run_missing)"})
+    nb_path = root / "notebooks" / "table.ipynb"
+    nb = nbformat.read(nb_path, 4)
+    nb.cells[0].source += "\nrun_missing: bool = True"
+    nbformat.write(nb, nb_path)
+    seen = {}
+
+    def fake_execute_all(pairs, parameters, cwd, jobs):
+        seen.update(parameters)
+        return []
+
+    import replicate.book.build as build
+    import replicate.data.profiles as profiles
+
+    monkeypatch.setattr(build, "execute_all", fake_execute_all)
+    monkeypatch.setattr(build, "build_html", lambda book: book / "index.html")
+    monkeypatch.setattr(profiles, "ensure_data", lambda cfg: None)  # no dataset is generated
+    build_book(profile=profile, data_root=tmp_path / "data", root=root, run_missing=run_missing)
+    assert seen["run_missing"] is expected and seen["profile"] == profile
+
+
 def test_toc_page_without_notebook_is_an_error(tmp_path):
     root = _mini_project(tmp_path, {"gone": "pass"})
     (root / "notebooks" / "gone.ipynb").unlink()
