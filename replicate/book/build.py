@@ -14,7 +14,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,13 +133,30 @@ def failed_in_output(path: Path) -> bool:
     return bool(nb.metadata.get("papermill", {}).get("exception"))
 
 
+@contextmanager
+def kernel_threads(jobs: int) -> Iterator[None]:
+    """``OMP_NUM_THREADS`` = cores / ``jobs`` for the kernels started meanwhile (they inherit it), unless set.
+
+    Kernels in parallel then share the cores instead of oversubscribing them: two kernels training with
+    all cores each made smoke runs several times slower.
+    """
+    if "OMP_NUM_THREADS" in os.environ:
+        yield
+        return
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // max(1, jobs)))
+    try:
+        yield
+    finally:
+        del os.environ["OMP_NUM_THREADS"]
+
+
 def execute_all(pairs: list[tuple[Path, Path]], parameters: dict, cwd: Path, jobs: int) -> list[NotebookRun]:
     """Execute the notebooks stage by stage (see :func:`execution_stage`), ``jobs`` at a time within one."""
     stages: dict[int, list[NotebookRun]] = {}
     for src, out in pairs:
         stages.setdefault(execution_stage(src), []).append(NotebookRun(src, out))
     done = []
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+    with kernel_threads(jobs), ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         for stage in sorted(stages):
             done += list(pool.map(lambda r: execute_notebook(r, parameters, cwd), stages[stage]))
     for run in done:
