@@ -15,6 +15,21 @@ def smoke_root(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def smoke_book(tmp_path_factory, smoke_root) -> Path:
+    """The whole book built once per test session on the smoke profile, in a copy of the project (its
+    table notebooks train their smoke runs there); returns that copy's root."""
+    import shutil
+
+    from replicate.book.build import build_book, project_root
+
+    root = tmp_path_factory.mktemp("book") / "proj"
+    shutil.copytree(project_root() / "book", root / "book", ignore=shutil.ignore_patterns("_build", "executed"))
+    shutil.copytree(project_root() / "notebooks", root / "notebooks")
+    build_book(profile="smoke", data_root=smoke_root, root=root)
+    return root
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One intra-op thread for a module: deterministic reductions, and no OpenMP oversubscription
