@@ -24,9 +24,10 @@ def test_smoke_model_trains_and_predicts(name):
     model = build_detector(model_config(name, "smoke", num_classes=10))
     images = torch.randn(2, 3, 192, 288)
     losses = model(images, _targets())
-    assert losses and all(k.startswith("loss") for k in losses)
+    assert losses and all(k.startswith(("loss", "stat_")) for k in losses)
     assert all(torch.isfinite(v) and v.dim() == 0 for v in losses.values()), losses
-    sum(losses.values()).backward()
+    assert not any(v.requires_grad for k, v in losses.items() if k.startswith("stat_"))
+    sum(v for k, v in losses.items() if k.startswith("loss")).backward()
     trained = [p for p in model.parameters() if p.requires_grad]
     assert sum(p.grad is not None and p.grad.abs().sum() > 0 for p in trained) > 0.9 * len(trained)
 

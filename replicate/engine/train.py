@@ -3,7 +3,8 @@
 ``train(model, profile, out_dir, train_cfg)`` writes to ``out_dir``:
 
 * ``log.jsonl``: one JSON line per iteration (``iter`` = iterations completed, ``epoch``, ``lr``,
-  ``loss``, each ``loss_*`` term, ``grad_norm`` when clipping, ``time``, ``data_time``, ``imgs_per_s``).
+  ``loss``, each ``loss_*`` term, each ``stat_*`` statistic a head reports (logged, not optimised),
+  ``grad_norm`` when clipping, ``time``, ``data_time``, ``imgs_per_s``).
   Losses are the global batch's (averaged over processes). On resume the log is cut back to the
   checkpoint's iteration, so a resumed run's log equals an uninterrupted one's apart from timings.
 * ``checkpoint.pt``: every ``checkpoint_every`` iterations, at the end, and when interrupted.
@@ -252,7 +253,7 @@ def train(model: str | DetectorConfig, profile: str, out_dir: str | Path, train_
                     group["lr"] = lr * group["lr_mult"]
                 with autocast(dev, cfg.amp):
                     losses = ddp(images, batch.targets)
-                total = sum(losses.values())
+                total = sum(v for k, v in losses.items() if k.startswith("loss"))
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(total).backward()
                 record: dict[str, Any] = {"iter": iteration + 1, "epoch": sampler.epoch_of(iteration), "lr": lr}
@@ -262,7 +263,7 @@ def train(model: str | DetectorConfig, profile: str, out_dir: str | Path, train_
                 scaler.step(optimizer)
                 scaler.update()
                 terms, stopping = _reduce_for_log(losses, stop.is_set() or iteration + 1 == stop_after)
-                loss = sum(terms.values())
+                loss = sum(v for k, v in terms.items() if k.startswith("loss"))
                 if not math.isfinite(loss):
                     raise ReplicateError(f"training diverged: loss {loss} at iteration {iteration + 1} "
                                          f"({terms}); lower --lr or enable gradient clipping")

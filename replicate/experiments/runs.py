@@ -267,13 +267,13 @@ def build_record(request: RunRequest, result: dict[str, Any], started: str) -> R
 
 
 def loss_summary(log_path: Path, points: int = CURVE_POINTS) -> dict[str, dict[str, Any]]:
-    """Per loss term of ``log.jsonl`` (``loss`` and each ``loss_*``): the mean over the first and the
+    """Per loss term of ``log.jsonl`` (``loss``, each ``loss_*`` and each ``stat_*`` statistic): the mean over the first and the
     last 10% of iterations, the minimum, and the curve mean-pooled to at most ``points`` points
     ``[mean iteration, mean value]``."""
     lines = [json.loads(line) for line in log_path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not lines:
         raise ReplicateError(f"{log_path}: empty training log")
-    terms = ["loss"] + sorted(k for k in lines[0] if k.startswith("loss_"))
+    terms = ["loss"] + sorted(k for k in lines[0] if k.startswith(("loss_", "stat_")))
     summary = {}
     for term in terms:
         pairs = [(line["iter"], line[term]) for line in lines if term in line]

@@ -14,8 +14,9 @@ from .dcn import ModulatedDeformConv2d
 
 
 def conv_tower(in_channels: int, channels: int, num_convs: int, norm: str | None = "gn",
-               dcn: tuple[int, ...] = ()) -> nn.Sequential:
-    """``num_convs`` x (3x3 conv -> [GroupNorm(32)] -> ReLU); conv indices in ``dcn`` are DCNv2.
+               dcn: tuple[int, ...] = (), modulated: bool = True) -> nn.Sequential:
+    """``num_convs`` x (3x3 conv -> [GroupNorm(32)] -> ReLU); conv indices in ``dcn`` are deformable
+    (DCNv2, or DCNv1 with ``modulated=False``).
 
     With GroupNorm the convs carry no bias (the norm has one), as in mmdetection's ConvModule.
     """
@@ -26,7 +27,7 @@ def conv_tower(in_channels: int, channels: int, num_convs: int, norm: str | None
         cin = in_channels if i == 0 else channels
         bias = norm is None
         if i in dcn:
-            layers.append(ModulatedDeformConv2d(cin, channels, 3, 1, 1, bias=bias))
+            layers.append(ModulatedDeformConv2d(cin, channels, 3, 1, 1, bias=bias, modulated=modulated))
         else:
             layers.append(nn.Conv2d(cin, channels, 3, padding=1, bias=bias))
         if norm == "gn":

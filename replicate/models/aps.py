@@ -50,6 +50,7 @@ Everything is batched over all GTs of a batch (no loop over GTs); costs are used
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -58,16 +59,19 @@ from replicate.errors import ReplicateError
 from replicate.models.gmm import gmm2_fit
 
 SCORES = ("paper", "code")
+CRITERIA = ("comb", "cls", "reg")  # the cost Eqs. 4-5 rank by (Table 1: comb = L_cls + L_reg, the paper's)
 CODE_GMM_SCALE = 10.0
 GMM_TOL = 1e-3
 GMM_ITERS = 100
 
 
 def _check_select_inputs(cost_cls: Tensor, cost_reg: Tensor, candidate: Tensor, level_of_point: Tensor,
-                         num_levels: int, topk: int, num_levels_kept: int, score: str) -> None:
+                         num_levels: int, topk: int, num_levels_kept: int, score: str, criterion: str) -> None:
     """Raise :class:`ReplicateError` for arguments :func:`aps_select` cannot use."""
     if score not in SCORES:
         raise ReplicateError(f"aps_select: unknown score {score!r}; expected one of {SCORES}")
+    if criterion not in CRITERIA:
+        raise ReplicateError(f"aps_select: unknown criterion {criterion!r}; expected one of {CRITERIA}")
     if cost_cls.dim() != 2:
         raise ReplicateError(f"aps_select: cost_cls must be (M, P), got shape {tuple(cost_cls.shape)}")
     for name, tensor in (("cost_reg", cost_reg), ("candidate", candidate)):
@@ -108,6 +112,28 @@ def _keep_levels(values: Tensor, valid: Tensor, num_levels_kept: int) -> tuple[T
     mean = torch.where(count > 0, total / count.clamp(min=1), torch.full_like(total, math.inf))
     kept_mean, kept = mean.topk(min(num_levels_kept, mean.shape[1]), dim=1, largest=False)
     return kept, kept_mean.isfinite()
+
+
+def _criterion_cost(cost_cls: Tensor, cost_reg: Tensor, criterion: str) -> Tensor:
+    return {"comb": lambda: cost_cls + cost_reg, "cls": lambda: cost_cls, "reg": lambda: cost_reg}[criterion]()
+
+
+def aps_levels(cost_cls: Tensor, cost_reg: Tensor, candidate: Tensor, level_of_point: Tensor, num_levels: int,
+               topk: int = 9, num_levels_kept: int = 2, criterion: str = "comb") -> Tensor:
+    """Eqs. 3-5 alone: the (M, num_levels) bool mask of the levels each GT keeps (at most
+    ``num_levels_kept``, only levels with candidates). Used without the spatial step for Table 1 and
+    Table 5's "scale-level only" row."""
+    _check_select_inputs(cost_cls, cost_reg, candidate, level_of_point, num_levels, topk, num_levels_kept, "paper",
+                         criterion)
+    num_gt = cost_cls.shape[0]
+    mask = torch.zeros(num_gt, num_levels + 1, dtype=torch.bool, device=cost_cls.device)
+    if num_gt == 0 or cost_cls.shape[1] == 0:
+        return mask[:, :num_levels]
+    cost = _criterion_cost(cost_cls.detach(), cost_reg.detach(), criterion)
+    values, _, level_valid = _level_topk(cost, candidate, level_of_point, num_levels, topk)
+    kept, kept_ok = _keep_levels(values, level_valid, num_levels_kept)
+    mask.scatter_(1, torch.where(kept_ok, kept, torch.full_like(kept, num_levels)), True)
+    return mask[:, :num_levels]
 
 
 def _masked_softmax(x: Tensor, valid: Tensor) -> Tensor:
@@ -152,6 +178,7 @@ def aps_select(
     num_levels_kept: int = 2,
     score: str = "paper",
     gmm_scale: float | None = None,
+    criterion: str = "comb",
 ) -> Tensor:
     """Select the APS positives of every GT of a batch at once (before conflicts between GTs).
 
@@ -167,17 +194,21 @@ def aps_select(
         num_levels_kept: number of levels kept by Eq. 5 (2 in the paper).
         score: ``"paper"`` (Eqs. 6-8) or ``"code"`` (the released code's score, see the module docstring).
         gmm_scale: factor applied to S before the GMM fit; default 1 for ``"paper"``, 10 for ``"code"``.
+        criterion: the cost Eqs. 4-5 rank points and levels by: ``"comb"`` (``L_cls + L_reg``, the
+            paper), ``"cls"`` or ``"reg"`` (Table 1's single-task criteria).
 
     Returns:
         (M, P) bool, the points each GT selects as positives.
     """
-    _check_select_inputs(cost_cls, cost_reg, candidate, level_of_point, num_levels, topk, num_levels_kept, score)
+    _check_select_inputs(cost_cls, cost_reg, candidate, level_of_point, num_levels, topk, num_levels_kept, score,
+                         criterion)
     cost_cls, cost_reg = cost_cls.detach(), cost_reg.detach()
     num_gt, num_points = cost_cls.shape
     positive = torch.zeros(num_gt, num_points + 1, dtype=torch.bool, device=cost_cls.device)
     if num_gt == 0 or num_points == 0:
         return positive[:, :num_points]
-    values, index, level_valid = _level_topk(cost_cls + cost_reg, candidate, level_of_point, num_levels, topk)
+    cost = _criterion_cost(cost_cls, cost_reg, criterion)
+    values, index, level_valid = _level_topk(cost, candidate, level_of_point, num_levels, topk)
     kept, kept_ok = _keep_levels(values, level_valid, num_levels_kept)
     slots = kept.unsqueeze(2).expand(-1, -1, index.shape[2])
     index = index.gather(1, slots).flatten(1)
@@ -241,3 +272,89 @@ def resolve_conflicts(positive: Tensor, gt_area: Tensor, image_of_gt: Tensor) ->
             break
         keep = new_keep
     return positive & keep.unsqueeze(1)
+
+
+# ------------------------------------------------------------------------------ batch assignment
+
+SCALE_RULES = ("loss", "range")
+SPATIAL_RULES = ("gmm", "center")
+CONFLICT_RULES = ("min_area", "drop_gt")
+
+
+@dataclass(frozen=True)
+class APSConfig:
+    """How a MOD head assigns labels. The defaults are the paper's APS (Sec. 3.2).
+
+    * ``scale``: ``"loss"`` keeps the ``num_levels_kept`` levels of smallest mean top-K cost (Eq. 5);
+      ``"range"`` keeps every level the base detector's own scale rule allows (FCOS's regression
+      ranges): Table 5's "spatial-location only" row.
+    * ``spatial``: ``"gmm"`` picks points by S (Eqs. 6-8) and the GMM; ``"center"`` takes every point
+      of the kept levels inside the GT's centre region (FCOS* centre sampling, radius 1.5): Table 5's
+      "scale-level only" row and Table 1 (there with ``num_levels_kept=1``).
+    * ``criterion``: the cost that ranks points and levels in Eqs. 4-5 (Table 1: ``cls``, ``reg`` or
+      ``comb``).
+    * ``conflict``: a point selected by several GTs of an image. The paper is silent; ``"min_area"``
+      gives it to the smallest GT (FCOS's rule), ``"drop_gt"`` is the released code's rule
+      (:func:`resolve_conflicts`).
+    """
+
+    topk: int = 9
+    num_levels_kept: int = 2
+    score: str = "paper"
+    gmm_scale: float | None = None
+    criterion: str = "comb"
+    scale: str = "loss"
+    spatial: str = "gmm"
+    conflict: str = "min_area"
+
+    def check(self) -> None:
+        for name, value, allowed in (("score", self.score, SCORES), ("criterion", self.criterion, CRITERIA),
+                                     ("scale", self.scale, SCALE_RULES), ("spatial", self.spatial, SPATIAL_RULES),
+                                     ("conflict", self.conflict, CONFLICT_RULES)):
+            if value not in allowed:
+                raise ReplicateError(f"APS {name} must be one of {allowed}, got {value!r}")
+        if self.topk < 1 or self.num_levels_kept < 1:
+            raise ReplicateError(f"APS topk and num_levels_kept must be >= 1, got {self.topk}, {self.num_levels_kept}")
+
+
+def aps_assign(cost_cls: Tensor, cost_reg: Tensor, candidate: Tensor, level_of_point: Tensor, num_levels: int,
+               gt_boxes: Tensor, gt_valid: Tensor, cfg: APSConfig, *, center: Tensor | None = None,
+               in_range: Tensor | None = None) -> Tensor:
+    """APS over a padded batch: the matched GT of every point, (B, P) long, ``-1`` for negatives.
+
+    Args:
+        cost_cls, cost_reg: (B, G, P) per-(GT, point) losses (``inf`` or anything where not a
+            candidate); used detached.
+        candidate: (B, G, P) bool, point inside the GT (Sec. 3.2.1's ``P_l`` over all levels).
+        level_of_point: (P,) level index of each point.
+        gt_boxes: (B, G, 4) xyxy; gt_valid: (B, G) bool (padding is never assigned).
+        cfg: the variant (see :class:`APSConfig`).
+        center: (B, G, P) bool, inside the GT's centre region (needed by ``spatial="center"``).
+        in_range: (B, G, P) bool, allowed by the base detector's scale ranges (needed by ``scale="range"``).
+    """
+    cfg.check()
+    batch, num_gt, num_points = cost_cls.shape
+    candidate = candidate & gt_valid.unsqueeze(2)
+    if cfg.scale == "range":
+        if in_range is None:
+            raise ReplicateError("aps_assign: scale='range' needs the in_range mask")
+        candidate = candidate & in_range
+    kept = num_levels if cfg.scale == "range" else cfg.num_levels_kept
+    img, gt = gt_valid.nonzero(as_tuple=True)
+    cls, reg, cand = cost_cls[img, gt].detach(), cost_reg[img, gt].detach(), candidate[img, gt]
+    if cfg.spatial == "gmm":
+        rows = aps_select(cls, reg, cand, level_of_point, num_levels, cfg.topk, kept, cfg.score, cfg.gmm_scale,
+                          cfg.criterion)
+    else:
+        if center is None:
+            raise ReplicateError("aps_assign: spatial='center' needs the center mask")
+        levels = aps_levels(cls, reg, cand, level_of_point, num_levels, cfg.topk, kept, cfg.criterion)
+        rows = center[img, gt] & cand & levels[:, level_of_point]
+    area = (gt_boxes[..., 2] - gt_boxes[..., 0]) * (gt_boxes[..., 3] - gt_boxes[..., 1])
+    if cfg.conflict == "drop_gt":
+        rows = resolve_conflicts(rows, area[img, gt], img)
+    positive = torch.zeros(batch, num_gt, num_points, dtype=torch.bool, device=cost_cls.device)
+    positive[img, gt] = rows
+    owner_area = torch.where(positive, area.unsqueeze(2), torch.full_like(cost_cls, math.inf, dtype=area.dtype))
+    best = owner_area.argmin(dim=1)  # smallest area, first index on ties
+    return torch.where(positive.any(dim=1), best, torch.full_like(best, -1))

@@ -285,6 +285,33 @@ def max_iou_assign(
 # --------------------------------------------------------------------------------- FCOS
 
 
+def fcos_point_masks(points: Tensor, strides: Tensor, level: Tensor, gt_boxes: Tensor,
+                     scale_ranges: Sequence[tuple[float, float]] = DEFAULT_FCOS_RANGES,
+                     center_radius: float = 1.5) -> tuple[Tensor, Tensor, Tensor]:
+    """FCOS's three point tests against every box, each (B, A, M) bool (see :func:`fcos_assign`):
+    strictly inside the box; strictly inside its centre region (half-side ``center_radius * stride``,
+    clipped to the box); ``max(l, t, r, b)`` within the level's range."""
+    dtype = gt_boxes.dtype
+    points = points.to(dtype)
+    strides = strides.to(dtype)
+    ranges = torch.as_tensor([[float(lo), float(hi)] for lo, hi in scale_ranges], dtype=dtype, device=points.device)
+    lo = ranges[level, 0][None, :, None]  # (1, A, 1)
+    hi = ranges[level, 1][None, :, None]
+    x = points[None, :, None, 0]  # (1, A, 1)
+    y = points[None, :, None, 1]
+    g = gt_boxes[:, None, :, :]  # (B, 1, M, 4)
+    x0, y0, x1, y1 = g[..., 0], g[..., 1], g[..., 2], g[..., 3]
+    ltrb = torch.stack((x - x0, y - y0, x1 - x, y1 - y), dim=-1)  # (B, A, M, 4)
+    inside = ltrb.min(dim=-1).values > 0
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    r = strides[None, :, None] * center_radius
+    region = torch.stack((x - torch.maximum(cx - r, x0), y - torch.maximum(cy - r, y0),
+                          torch.minimum(cx + r, x1) - x, torch.minimum(cy + r, y1) - y), dim=-1)
+    center = region.min(dim=-1).values > 0
+    max_dist = ltrb.max(dim=-1).values
+    return inside, center, (max_dist >= lo) & (max_dist <= hi)
+
+
 def fcos_assign(
     points: Tensor,
     strides: Tensor,
@@ -326,46 +353,27 @@ def fcos_assign(
     gt_boxes, gt_labels, gt_valid = _nonempty_gt(gt_boxes, gt_labels, gt_valid)
     dtype = gt_boxes.dtype
     points = points.to(dtype)
-    strides = strides.to(dtype)
-    ranges = torch.as_tensor([[float(lo), float(hi)] for lo, hi in scale_ranges], dtype=dtype, device=points.device)
-    lo = ranges[level, 0][None, :, None]  # (1, A, 1)
-    hi = ranges[level, 1][None, :, None]
-
-    x = points[None, :, None, 0]  # (1, A, 1)
-    y = points[None, :, None, 1]
-    g = gt_boxes[:, None, :, :]  # (B, 1, M, 4)
-    x0, y0, x1, y1 = g[..., 0], g[..., 1], g[..., 2], g[..., 3]
-    ltrb = torch.stack((x - x0, y - y0, x1 - x, y1 - y), dim=-1)  # (B, A, M, 4)
-
-    if center_sampling:
-        cx = (x0 + x1) / 2
-        cy = (y0 + y1) / 2
-        r = strides[None, :, None] * center_radius
-        cx0 = torch.maximum(cx - r, x0)
-        cy0 = torch.maximum(cy - r, y0)
-        cx1 = torch.minimum(cx + r, x1)
-        cy1 = torch.minimum(cy + r, y1)
-        region = torch.stack((x - cx0, y - cy0, cx1 - x, cy1 - y), dim=-1)
-        inside = region.min(dim=-1).values > 0
-    else:
-        inside = ltrb.min(dim=-1).values > 0
-
-    max_dist = ltrb.max(dim=-1).values
-    in_range = (max_dist >= lo) & (max_dist <= hi)
-    cand = inside & in_range & gt_valid[:, None, :]  # (B, A, M)
+    inside, center, in_range = fcos_point_masks(points, strides, level, gt_boxes, scale_ranges, center_radius)
+    cand = (center if center_sampling else inside) & in_range & gt_valid[:, None, :]  # (B, A, M)
 
     area = (gt_boxes[..., 2] - gt_boxes[..., 0]) * (gt_boxes[..., 3] - gt_boxes[..., 1])  # (B, M)
-    cand_area = torch.where(cand, area[:, None, :].expand_as(cand), torch.full_like(max_dist, math.inf))
+    cand_area = torch.where(cand, area[:, None, :].expand_as(cand), torch.full(cand.shape, math.inf, dtype=dtype,
+                                                                                device=cand.device))
     best_gt = cand_area.argmin(dim=2)  # first index on ties
     gt_index = torch.where(cand.any(dim=2), best_gt, torch.full_like(best_gt, NEGATIVE))
-
-    if ignore_boxes is not None and ignore_boxes.shape[1] > 0:
-        if ignore_valid is None:
-            ignore_valid = torch.ones(ignore_boxes.shape[:2], dtype=torch.bool, device=ignore_boxes.device)
-        crowd = _points_in_crowd(points, ignore_boxes.to(dtype), ignore_valid)
-        gt_index = torch.where(crowd & (gt_index == NEGATIVE), torch.full_like(gt_index, IGNORED), gt_index)
-
+    gt_index = ignore_points_in_crowds(points, gt_index, ignore_boxes, ignore_valid)
     return _finish(gt_index, gt_labels, torch.zeros(gt_index.shape, dtype=dtype, device=gt_index.device))
+
+
+def ignore_points_in_crowds(points: Tensor, gt_index: Tensor, ignore_boxes: Tensor | None,
+                            ignore_valid: Tensor | None) -> Tensor:
+    """``gt_index`` (B, A) with negative points strictly inside a valid crowd box marked ignored."""
+    if ignore_boxes is None or ignore_boxes.shape[1] == 0:
+        return gt_index
+    if ignore_valid is None:
+        ignore_valid = torch.ones(ignore_boxes.shape[:2], dtype=torch.bool, device=ignore_boxes.device)
+    crowd = _points_in_crowd(points, ignore_boxes.to(points.dtype), ignore_valid)
+    return torch.where(crowd & (gt_index == NEGATIVE), torch.full_like(gt_index, IGNORED), gt_index)
 
 
 # --------------------------------------------------------------------------------- ATSS

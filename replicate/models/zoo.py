@@ -21,6 +21,7 @@ from .detectors.foveabox import foveabox
 from .detectors.gfl import gfl
 from .detectors.gflv2 import gflv2
 from .detectors.iou_aware_retinanet import iou_aware_retinanet
+from .detectors.mod import foveabox_mod, mod, mod_code, retinanet_mod
 from .detectors.retinanet import ONE_ANCHOR, RetinaNetHeadConfig
 from .detectors.retinanet_conf import retinanet_conf
 from .postprocess import TestConfig
@@ -69,6 +70,10 @@ MODELS: dict[str, Callable[[], DetectorConfig]] = {
     "foveabox": foveabox,
     "iou_aware_retinanet": iou_aware_retinanet,
     "retinanet_conf": retinanet_conf,
+    "mod": mod,
+    "mod_code": mod_code,
+    "retinanet_mod": retinanet_mod,
+    "foveabox_mod": foveabox_mod,
 }
 
 PROFILE_WIDTHS = {"smoke": (64, 2), "synthetic": (128, 4)}  # (FPN/head channels, tower convs)

@@ -126,13 +126,22 @@ class FCOSHead(nn.Module):
                         ignore_boxes=ig_boxes, ignore_valid=ig_valid)
         return a, a.matched_boxes(gt_boxes)
 
-    def loss(self, outs: dict[str, list[Tensor]], targets: list[dict], batch_hw: tuple[int, int]) -> dict[str, Tensor]:
+    def assign_outputs(self, outs: dict[str, list[Tensor]], targets: list[dict]) -> tuple[Assignment, Tensor]:
+        """The assignment used by :meth:`loss` (FCOS's rule ignores the predictions; MOD's APS uses them)."""
         pts, strides, level = self.points(outs["cls"])
+        return self.assign(torch.cat(pts), strides, level, targets)
+
+    def loss(self, outs: dict[str, list[Tensor]], targets: list[dict], batch_hw: tuple[int, int]) -> dict[str, Tensor]:
+        a, matched = self.assign_outputs(outs, targets)
+        return self.losses(outs, a, matched)
+
+    def losses(self, outs: dict[str, list[Tensor]], a: Assignment, matched: Tensor) -> dict[str, Tensor]:
+        """Eq. 2's terms (and FCOS*'s variants) for a given assignment."""
+        pts, _, _ = self.points(outs["cls"])
         points = torch.cat(pts)
         cls = flatten_levels(outs["cls"], self.num_classes)
         dist = flatten_levels(outs["dist"], 4)
         quality = flatten_levels(outs["quality"], 1)[..., 0]
-        a, matched = self.assign(points, strides, level, targets)
         num_pos = mean_over_ranks(a.num_pos).clamp(min=1.0)
         c = self.cfg
 

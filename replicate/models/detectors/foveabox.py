@@ -258,13 +258,17 @@ class FoveaBoxHead(nn.Module):
                          sigma=c.sigma, neg_sigma=c.neg_sigma, ignore_boxes=ig_boxes, ignore_valid=ig_valid)
         return a, a.matched_boxes(gt_boxes)
 
+    def assign_outputs(self, outs: dict[str, list[Tensor]], targets: list[dict]) -> tuple[Assignment, Tensor]:
+        """The assignment used by :meth:`loss` (the fovea rule ignores the predictions; MOD's APS uses them)."""
+        return self.assign(outs["cls"], targets)
+
     def loss(self, outs: dict[str, list[Tensor]], targets: list[dict], batch_hw: tuple[int, int]) -> dict[str, Tensor]:
         c = self.cfg
         pts, zs = self.points(outs["cls"])
         points, z = torch.cat(pts), torch.cat(zs)
         cls = flatten_levels(outs["cls"], self.num_classes)
         reg = flatten_levels(outs["reg"], 4)
-        a, matched = self.assign(outs["cls"], targets)
+        a, matched = self.assign_outputs(outs, targets)
         num_pos = mean_over_ranks(a.num_pos)
         B = cls.shape[0]
         cls_norm = num_pos + B if c.cls_normalizer == "num_pos_plus_images" else num_pos.clamp(min=1.0)

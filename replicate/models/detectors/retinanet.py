@@ -120,11 +120,15 @@ class RetinaNetHead(nn.Module):
             loss = smooth_l1_loss(reg[pos], target, self.cfg.smooth_l1_beta, reduction="mean", avg_factor=num_pos)
         return self.cfg.box_loss_weight * loss
 
+    def assign_outputs(self, outs: dict[str, list[Tensor]], targets: list[dict]) -> tuple[Assignment, Tensor]:
+        """The assignment used by :meth:`loss` (max-IoU ignores the predictions; MOD's APS uses them)."""
+        return self.assign(torch.cat(self.anchors(outs["cls"])), targets)
+
     def loss(self, outs: dict[str, list[Tensor]], targets: list[dict], batch_hw: tuple[int, int]) -> dict[str, Tensor]:
         anchors = torch.cat(self.anchors(outs["cls"]))
         cls = flatten_levels(outs["cls"], self.num_classes)
         reg = flatten_levels(outs["reg"], 4)
-        a, matched = self.assign(anchors, targets)
+        a, matched = self.assign_outputs(outs, targets)
         num_pos = mean_over_ranks(a.num_pos).clamp(min=1.0)
         return {
             "loss_cls": self.classification_loss(cls, a, num_pos),
