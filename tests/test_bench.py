@@ -1,6 +1,10 @@
-"""The train-step benchmark runs end to end and records its figures with provenance (no timing asserted)."""
+"""The benchmarks run end to end and record their figures with provenance (no timing asserted); the APS
+benchmark's per-GT reference selects the same points as the batched aps_select."""
 
 import json
+
+import numpy as np
+import pytest
 
 from replicate.cli import main
 
@@ -20,3 +24,43 @@ def test_bench_train_step_writes_result(tmp_path, capsys):
 def test_bench_rejects_bad_size(capsys):
     assert main(["bench", "train-step", "--size", "big", "--no-save"]) == 2
     assert "--size must look like HxW" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("score", ["paper", "code"])
+def test_reference_aps_matches_batched_aps_select(score):
+    from replicate.bench.aps import make_problem, reference_aps_select
+    from replicate.models.aps import aps_select
+
+    problem = make_problem(images=2, boxes_per_image=3, seed=1)
+    candidate = problem.candidate.clone()
+    # edge cases on half of the GTs: a single candidate, no candidate, candidates on a single level
+    candidate[0] = False
+    candidate[0, problem.candidate[0].nonzero()[0, 0]] = True
+    candidate[1] = False
+    candidate[2] &= problem.level_of_point == 0
+    args = (problem.cost_cls, problem.cost_reg, candidate, problem.level_of_point)
+    ours = aps_select(*args, problem.num_levels, score=score)
+    reference = reference_aps_select(*args, score=score)
+    assert reference.shape == tuple(ours.shape) and reference.dtype == np.bool_
+    np.testing.assert_array_equal(reference, ours.numpy())
+    counts = ours.sum(dim=1).tolist()
+    assert counts[0] == 1 and counts[1] == 0 and all(1 <= c <= 18 for c in counts[2:])
+    assert not bool((ours & ~candidate).any())
+
+
+def test_bench_aps_writes_result(tmp_path, capsys):
+    out = tmp_path / "aps.json"
+    assert main(["bench", "aps", "--images", "2", "--boxes-per-image", "2", "--iters", "1", "--warmup", "0",
+                 "--device", "cpu", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert {"benchmark", "images", "boxes_per_image", "num_gt", "num_points", "score", "device", "reference", "ours",
+            "speedup", "identical", "differing_gts", "targets", "provenance"} <= set(record)
+    assert record["benchmark"] == "aps" and record["num_gt"] == 4 and record["num_points"] == 22300
+    assert record["score"] == "paper" and record["device"] == "cpu"
+    assert record["identical"] is True and record["differing_gts"] == 0
+    assert record["reference"]["median_s"] > 0 and record["ours"]["median_s"] > 0
+    assert record["speedup"] == record["reference"]["median_s"] / record["ours"]["median_s"]
+    assert record["targets"] == {"cpu": 10, "cuda": 50}
+    assert {"commit", "versions", "device", "config_hash"} <= set(record["provenance"])
+    printed = capsys.readouterr().out
+    assert "speedup" in printed and "identical assignments: yes" in printed and "WARNING" not in printed

@@ -20,10 +20,14 @@ SCALE_PRESETS: dict[str, tuple[tuple[Scale, ...], str]] = {
     "1333x800": (((1333, 800),), "choice"),
     "1000x600": (((1000, 600),), "choice"),
     "ms-640-800": (((1333, 640), (1333, 800)), "range"),  # short side drawn in [640, 800]
-    "ms-480-960": (((1333, 480), (1333, 960)), "range"),
+    "ms-480-960": (((1333, 480), (1333, 960)), "range"),  # tested at 1333x800 (TEST_SCALES)
     "synthetic-320": (((480, 320),), "choice"),
     "smoke-192": (((288, 192),), "choice"),
 }
+
+# Test scale of a preset when it is not its largest training scale: FCOS-family multi-scale 2x recipes
+# (MOD's released configs: MIN_SIZE_RANGE_TRAIN 480-960) test at 800.
+TEST_SCALES: dict[str, Scale] = {"ms-480-960": (1333, 800)}
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,8 @@ class DataConfig:
         if preset not in SCALE_PRESETS:
             raise DataError(f"unknown scale preset {preset!r}; choose from {sorted(SCALE_PRESETS)}")
         scales, mode = SCALE_PRESETS[preset]
-        return replace(self, train_scales=scales, scale_mode=mode, test_scale=max(scales, key=lambda s: s[1]))
+        test = TEST_SCALES.get(preset, max(scales, key=lambda s: s[1]))
+        return replace(self, train_scales=scales, scale_mode=mode, test_scale=test)
 
 
 def default_root(profile: str) -> Path:

@@ -33,7 +33,7 @@ import pandas as pd
 
 from ..errors import ReplicateError
 from ..io import atomic_write_json, read_json
-from .spec import Row, TableSpec
+from .spec import TIMING_METRICS, Row, TableSpec
 
 Record = Mapping[str, Any]
 RecordsByRow = Mapping[str, Sequence[Record]]
@@ -76,6 +76,12 @@ class ClaimResult:
 
 
 def _metric_value(spec: TableSpec, record: Record, metric: str) -> float:
+    if metric in TIMING_METRICS:
+        timings = record.get("timings") or {}
+        if timings.get(TIMING_METRICS[metric]) is None:
+            raise ReplicateError(f"{spec.key}: run {record.get('key', '?')!r} has no {TIMING_METRICS[metric]!r} "
+                                 f"in its timings")
+        return float(timings[TIMING_METRICS[metric]])
     metrics = record.get("metrics") or {}
     if metric not in metrics or metrics[metric] is None:
         raise ReplicateError(f"{spec.key}: run {record.get('key', '?')!r} has no {metric!r} in its metrics "

@@ -93,12 +93,28 @@ def _level_topk(cost: Tensor, candidate: Tensor, level_of_point: Tensor, num_lev
     """Eqs. 3-4: the ``min(topk, |P_l|)`` lowest-cost candidates of every level.
 
     Returns (M, L, k) costs, point indices and a validity mask; slots beyond ``|P_l|`` are invalid.
+    The costs are masked once and each level's columns searched on their own (points are laid out
+    level after level by the heads; other layouts are sorted by level first): a loop over the few
+    levels, not over GTs.
     """
-    levels = torch.arange(num_levels, device=cost.device)
-    on_level = candidate.unsqueeze(1) & (level_of_point.unsqueeze(0) == levels.unsqueeze(1)).unsqueeze(0)
-    masked = torch.where(on_level & cost.isfinite().unsqueeze(1), cost.unsqueeze(1),
-                         torch.full_like(cost, math.inf).unsqueeze(1))
-    values, index = masked.topk(min(topk, cost.shape[1]), dim=2, largest=False)
+    masked = torch.where(candidate & cost.isfinite(), cost, torch.full_like(cost, math.inf))
+    order = None
+    if level_of_point.numel() > 1 and bool((level_of_point[1:] < level_of_point[:-1]).any()):
+        order = torch.argsort(level_of_point, stable=True)
+        masked, level_of_point = masked[:, order], level_of_point[order]
+    counts = torch.bincount(level_of_point, minlength=num_levels).tolist()
+    k = min(topk, cost.shape[1])
+    values = torch.full((cost.shape[0], num_levels, k), math.inf, dtype=cost.dtype, device=cost.device)
+    index = torch.zeros((cost.shape[0], num_levels, k), dtype=torch.long, device=cost.device)
+    start = 0
+    for level, n in enumerate(counts[:num_levels]):
+        if n:
+            v, i = masked[:, start:start + n].topk(min(k, n), dim=1, largest=False)
+            values[:, level, :v.shape[1]] = v
+            index[:, level, :v.shape[1]] = i + start
+        start += n
+    if order is not None:
+        index = order[index]
     return values, index, values.isfinite()
 
 
