@@ -127,3 +127,9 @@ def test_book_builds_on_smoke(smoke_book):
         text = (html / "executed" / "retinanet_conf" / f"{page}.html").read_text()
         assert "<table" in text and "<img" in text and "Traceback" not in text, page
     assert "retinanet_conf:table5" in summary
+    for page in ("figure1", "table1", "table2", "table3", "table4", "table5", "table6", "table7", "figure4",
+                 "code_variants"):
+        text = (html / "executed" / "mod" / f"{page}.html").read_text()
+        assert "<img" in text and "Traceback" not in text and "no trained MOD run" not in text, page
+        assert "<table" in text or page in ("figure1", "figure4"), page
+    assert "mod:table2" in summary and "claim holds:" in (html / "executed" / "mod" / "table3.html").read_text()

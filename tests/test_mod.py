@@ -280,3 +280,26 @@ def test_base_assigner_keeps_fcos_assignment():
         a, _ = net.head.assign_outputs(outs, TARGETS[:1])
         b, _ = ref.head.assign_outputs(outs, TARGETS[:1])
     assert torch.equal(a.gt_index, b.gt_index)
+
+
+@pytest.mark.parametrize("stride, dilation, modulated", [(1, 1, True), (2, 1, True), (1, 2, False), (2, 1, False)])
+def test_sampled_deform_conv_matches_torchvision_values_and_gradients(stride, dilation, modulated):
+    from torchvision.ops import deform_conv2d
+
+    from replicate.models.dcn import sampled_deform_conv2d
+
+    gen = torch.Generator().manual_seed(stride * 10 + dilation)
+    x = torch.randn(2, 5, 11, 9, generator=gen, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(4, 5, 3, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(4, generator=gen, dtype=torch.float64, requires_grad=True)
+    out_h, out_w = (11 - 1) // stride + 1, (9 - 1) // stride + 1  # 3x3 kernel, padding = dilation
+    offset = (torch.randn(2, 18, out_h, out_w, generator=gen, dtype=torch.float64) * 3).requires_grad_()
+    mask = torch.rand(2, 9, out_h, out_w, generator=gen, dtype=torch.float64).requires_grad_() if modulated else None
+    inputs = [x, weight, bias, offset] + ([mask] if modulated else [])
+    ours = sampled_deform_conv2d(x, offset, weight, bias, stride, dilation, dilation, mask)
+    theirs = deform_conv2d(x, offset, weight, bias, stride=stride, padding=dilation, dilation=dilation, mask=mask)
+    torch.testing.assert_close(ours, theirs)
+    grads_ours = torch.autograd.grad(ours.square().sum(), inputs)
+    grads_theirs = torch.autograd.grad(theirs.square().sum(), inputs)
+    for a, b in zip(grads_ours, grads_theirs):
+        torch.testing.assert_close(a, b)

@@ -5,13 +5,48 @@ or plain (DCNv1, Dai et al. 2017, Eq. 2).
 predicted from the input by a plain convolution with the same geometry, initialised to zero (so at
 initialisation offsets are 0 and every mask is 0.5, as in the reference DCNv2 implementations).
 With ``modulated=False`` the offset convolution predicts offsets only and ``m_k = 1`` (DCNv1).
+
+Two implementations of the same operator: on CUDA (and for grouped convolutions) the compiled
+``torchvision.ops.deform_conv2d``; on CPU :func:`sampled_deform_conv2d`, which bilinearly samples the
+K shifted copies of the input with ``grid_sample`` and contracts them with the weights. The two agree
+to float precision (tests compare values and gradients); the sampled form is about 10x faster for
+forward + backward on CPU, where torchvision's kernel is not optimised, and uses K times the input's
+memory, which is why CUDA keeps the compiled op.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torchvision.ops import deform_conv2d
+
+
+def sampled_deform_conv2d(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                          stride: int = 1, padding: int = 1, dilation: int = 1,
+                          mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``torchvision.ops.deform_conv2d`` (one group, one deformable group) as ``grid_sample`` + a contraction.
+
+    Offsets use torchvision's layout: channels ``(2k, 2k + 1)`` are ``(dy, dx)`` of kernel position k
+    (row-major over the kernel); samples outside the input read zeros, corner by corner, as there.
+    """
+    batch, channels, height, width = x.shape
+    out_channels, _, kh, kw = weight.shape
+    k = kh * kw
+    out_h, out_w = offset.shape[-2:]
+    ky, kx = torch.meshgrid(torch.arange(kh, dtype=x.dtype, device=x.device),
+                            torch.arange(kw, dtype=x.dtype, device=x.device), indexing="ij")
+    rows = torch.arange(out_h, dtype=x.dtype, device=x.device).view(1, 1, out_h, 1) * stride - padding
+    cols = torch.arange(out_w, dtype=x.dtype, device=x.device).view(1, 1, 1, out_w) * stride - padding
+    ys = rows + (ky * dilation).reshape(1, k, 1, 1) + offset[:, 0::2]
+    xs = cols + (kx * dilation).reshape(1, k, 1, 1) + offset[:, 1::2]
+    grid = torch.stack((2 * (xs + 0.5) / width - 1, 2 * (ys + 0.5) / height - 1), dim=-1)
+    samples = F.grid_sample(x, grid.reshape(batch, k * out_h, out_w, 2), mode="bilinear", padding_mode="zeros",
+                            align_corners=False).view(batch, channels, k, out_h, out_w)
+    if mask is not None:
+        samples = samples * mask.unsqueeze(1)
+    out = torch.einsum("bckhw,ock->bohw", samples, weight.reshape(out_channels, channels, k))
+    return out if bias is None else out + bias.view(1, -1, 1, 1)
 
 
 class ModulatedDeformConv2d(nn.Module):
@@ -39,5 +74,8 @@ class ModulatedDeformConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         offset, mask = self.offsets_and_mask(x)
+        if x.device.type == "cpu" and self.weight.shape[1] == x.shape[1] and offset.shape[1] == 2 * self.weight[0, 0].numel():
+            return sampled_deform_conv2d(x, offset, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                                         mask)
         return deform_conv2d(x, offset, self.weight, self.bias, stride=self.stride, padding=self.padding,
                              dilation=self.dilation, mask=mask)

@@ -178,7 +178,9 @@ TABLE6 = register(TableSpec(
 R101 = {"backbone.name": "resnet101"}
 X101 = {"backbone.name": "resnext101_64x4d"}
 X101_DCN = {**X101, "backbone.dcn_stages": (3, 4)}  # c4-c5, as MOD's X-101 DCN configs
-MS_2X = {"coco": {"scale": "ms-480-960"}}
+# coco: the released configs' multi-scale training; smoke (a plumbing check): the 1x smoke schedule, so
+# that the book's CI build stays short.
+MS_2X = {"coco": {"scale": "ms-480-960"}, "smoke": {"iters": 100, "steps": (90,)}}
 
 _CITED7 = (  # (label, AP AP50 AP75 APs APm APl as printed; "-": an extraction slip, left out)
     ("Cascade R-CNN (R101)", "42.8 62.1 46.3 23.7 45.5 55.2"),
@@ -247,4 +249,18 @@ TABLE_CODE = register(TableSpec(
     ),
     note="The paper has no such table; the code's README reports 2x test-dev numbers only, so there is no "
          "paper column. Every difference is a config option of the mod preset.",
+))
+
+# ------------------------------------------------------------------------------------------------ Figures 1, 4
+# Both figures are drawn from the trained MOD of Table 2 (the same run): its loss maps over one instance
+# (Fig. 1) and its APS positives beside ATSS's on one image (Fig. 4), by replicate.analysis.mod_maps.
+FIGURE1 = register(TableSpec(
+    paper="mod", table="figure1", title="Loss distributions of the two tasks over one instance",
+    source="MOD, Figure 1 (Sec. 1)", metrics=("AP",), rows=(Row("MOD", "mod", {}),),
+    note="A figure: the row is the trained model the maps are computed from.",
+))
+FIGURE4 = register(TableSpec(
+    paper="mod", table="figure4", title="Positive points of APS vs ATSS on one image",
+    source="MOD, Figure 4 (Sec. 4.7)", metrics=("AP",), rows=(Row("MOD", "mod", {}),),
+    note="A figure: the row is the trained model whose assignment is drawn.",
 ))
