@@ -230,6 +230,8 @@ def test_retinanet_mod_makes_one_anchor_per_positive_point_the_cheapest():
         a, _ = head.assign_outputs(outs, TARGETS)
     pos = a.pos_mask.view(2, -1, A)
     assert int(pos.sum()) > 0 and int(pos.sum(dim=2).max()) == 1
+    point_has_pos = pos.any(dim=2, keepdim=True).expand_as(pos)
+    assert bool(a.ignore_mask.view(2, -1, A)[point_has_pos & ~pos].all())  # the point's other anchors
     from replicate.models._utils import flatten_levels
 
     anchors = torch.cat(head.anchors(outs["cls"]))
