@@ -116,6 +116,14 @@ def focal_pair_cost(cls: Tensor, img: Tensor, prior: Tensor, label: Tensor, alph
     return neg_sum[img, prior] - neg_y + pos_y
 
 
+def smooth_l1_sum(diff: Tensor, beta: float) -> Tensor:
+    """Per-sample smooth L1 (L1 when ``beta == 0``) summed over the last dimension: (K, 4) -> (K,)."""
+    diff = diff.abs()
+    if beta > 0:
+        diff = torch.where(diff < beta, 0.5 * diff * diff / beta, diff - 0.5 * beta)
+    return diff.sum(dim=-1)
+
+
 def _dense(values: Tensor, img: Tensor, gt: Tensor, prior: Tensor, shape: tuple[int, int, int]) -> Tensor:
     out = torch.full(shape, float("inf"), dtype=values.dtype, device=values.device)
     out[img, gt, prior] = values
@@ -262,11 +270,8 @@ class MODRetinaNetHead(RetinaNetHead):
         c = self.cfg
         cost_cls = focal_pair_cost(cls, img, anchor, gt_labels[img, gt], c.focal_alpha, c.focal_gamma)
         target = self.coder.encode(anchors[anchor], gt_boxes[img, gt].float())
-        diff = (reg[img, anchor].float() - target).abs()
-        if c.box_loss == "smooth_l1":
-            beta = c.smooth_l1_beta
-            diff = torch.where(diff < beta, 0.5 * diff * diff / beta, diff - 0.5 * beta) if beta > 0 else diff
-        return cost_cls, c.box_loss_weight * diff.sum(dim=1)
+        beta = c.smooth_l1_beta if c.box_loss == "smooth_l1" else 0.0
+        return cost_cls, c.box_loss_weight * smooth_l1_sum(reg[img, anchor].float() - target, beta)
 
     def assign_outputs(self, outs: dict[str, list[Tensor]], targets: list[dict]) -> tuple[Assignment, Tensor]:
         c = self.cfg
@@ -348,10 +353,7 @@ class MODFoveaBoxHead(FoveaBoxHead):
             img, gt, prior = inside.nonzero(as_tuple=True)
             cost_cls = focal_pair_cost(cls, img, prior, gt_labels[img, gt], c.focal_alpha, c.focal_gamma)
             target = fovea_encode(points[prior], z[prior], gt_boxes[img, gt].float(), c.target_clamp)
-            diff = (reg[img, prior].float() - target).abs()
-            beta = c.smooth_l1_beta
-            diff = torch.where(diff < beta, 0.5 * diff * diff / beta, diff - 0.5 * beta) if beta > 0 else diff
-            cost_reg = c.box_loss_weight * diff.sum(dim=1)
+            cost_reg = c.box_loss_weight * smooth_l1_sum(reg[img, prior].float() - target, c.smooth_l1_beta)
             shape = tuple(inside.shape)
             gt_index = aps_assign(_dense(cost_cls, img, gt, prior, shape), _dense(cost_reg, img, gt, prior, shape),
                                   inside, level, len(pts), gt_boxes, gt_valid, c.aps)
