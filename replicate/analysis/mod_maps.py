@@ -420,18 +420,12 @@ def _summary_from_json(document: dict[str, Any], path: Path) -> dict[str, Any]:
         raise ReplicateError(f"{path}: malformed MOD loss-map summary ({exc})") from None
 
 
-def row_figure_summary(spec, label: str, profile: str, records: Sequence[dict[str, Any]], *,
-                       results_dir: str | Path = "results", data_root: str | Path | None = None,
+def row_figure_summary(spec, label: str, profile: str, records: Sequence[dict[str, Any]],
                        **options: Any) -> dict[str, Any] | None:
     """:func:`figure_summary` of the first run (seed 0) of table row ``label``; ``None`` without runs."""
-    from ..experiments.runs import profile_num_classes
-    from ..experiments.spec import run_config
+    from .runs import row_summary
 
-    if not records:
-        return None
-    model, train = run_config(spec, spec.row(label), profile, profile_num_classes(profile))
-    return figure_summary(records[0], model, profile, results_dir=results_dir, data_root=data_root,
-                          scale=train.scale, **options)
+    return row_summary(figure_summary, spec, label, profile, records, **options)
 
 
 # ------------------------------------------------------------------------------ plots

@@ -13,7 +13,7 @@ without the checkpoint.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 import torch
@@ -107,15 +107,22 @@ def _from_json(document: dict[str, Any]) -> dict[str, Any]:
     return {"counts": counts, "candidates": frames, "image_ids": document["image_ids"], "key": document["key"]}
 
 
-def row_misalignment(spec, label: str, profile: str, records: Sequence[dict[str, Any]], *,
-                     results_dir: str | Path = "results", data_root: str | Path | None = None,
-                     **options: Any) -> dict[str, Any] | None:
-    """:func:`misalignment_summary` of the first run (seed 0) of table row ``label``; ``None`` without runs."""
+def row_summary(summary: Callable[..., dict[str, Any]], spec, label: str, profile: str,
+                records: Sequence[dict[str, Any]], *, results_dir: str | Path = "results",
+                data_root: str | Path | None = None, **options: Any) -> dict[str, Any] | None:
+    """``summary(record, model_cfg, profile, ...)`` of the first run (seed 0) of table row ``label``, with
+    the row's model config and training scale; ``None`` without runs."""
     from ..experiments.runs import profile_num_classes
     from ..experiments.spec import run_config
 
     if not records:
         return None
     model, train = run_config(spec, spec.row(label), profile, profile_num_classes(profile))
-    return misalignment_summary(records[0], model, profile, results_dir=results_dir, data_root=data_root,
-                                scale=train.scale, **options)
+    return summary(records[0], model, profile, results_dir=results_dir, data_root=data_root, scale=train.scale,
+                   **options)
+
+
+def row_misalignment(spec, label: str, profile: str, records: Sequence[dict[str, Any]],
+                     **options: Any) -> dict[str, Any] | None:
+    """:func:`misalignment_summary` of the first run (seed 0) of table row ``label``; ``None`` without runs."""
+    return row_summary(misalignment_summary, spec, label, profile, records, **options)
