@@ -18,6 +18,7 @@ from pathlib import Path
 import cloudpickle
 import pytest
 import submitit
+import torch
 
 from replicate.errors import ReplicateError
 from replicate.experiments.clusters import ClusterProfile, available_clusters, load_cluster
@@ -222,7 +223,11 @@ def slurm_demo():
                                        Row("fcos_giou", "fcos", model_overrides={"head.quality": "giou"},
                                            train_overrides=TINY)))),
               register(TableSpec("slurmdemo", "long", "Longer", "slurmdemo", ("AP",),
-                                 rows=(Row("fcos", "fcos", train_overrides={"iters": 12}),)))]
+                                 rows=(Row("fcos", "fcos", train_overrides={"iters": 12}),))),
+              # frozen BatchNorm: batch statistics over 2 images per rank legitimately differ from 4
+              register(TableSpec("slurmdemo", "ddp", "Two tasks", "slurmdemo", ("AP",),
+                                 rows=(Row("fcos", "fcos", model_overrides={"backbone.norm": "frozen_bn"},
+                                           train_overrides={"iters": 3}),)))]
     yield tables
     REGISTRY.clear()
     REGISTRY.update(saved)
@@ -246,9 +251,20 @@ def test_smoke_sweep_on_slurm_records_results(slurm_cluster, slurm_demo, smoke_r
         assert record["provenance"]["job_id"]  # ran as a SLURM job
 
 
+INTERRUPTIONS = {
+    # what SLURM does on preemption / `scontrol requeue`: SIGTERM to every process, then requeue itself
+    "requeue": ("scontrol", "requeue"),
+    # what it sends signal_delay_s before the time limit (sbatch --signal=USR2@N): the job must checkpoint
+    # and ask for its own requeue
+    "usr2": ("scancel", "--signal=USR2"),
+}
+
+
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:no detections in")
-def test_sweep_job_requeued_by_slurm_resumes_with_the_same_metrics(slurm_cluster, slurm_demo, smoke_root, tmp_path):
+@pytest.mark.parametrize("interruption", sorted(INTERRUPTIONS))
+def test_sweep_job_interrupted_by_slurm_resumes_with_the_same_metrics(slurm_cluster, slurm_demo, smoke_root, tmp_path,
+                                                                       interruption):
     import threading
 
     from replicate.experiments.runs import requests_for
@@ -265,7 +281,7 @@ def test_sweep_job_requeued_by_slurm_resumes_with_the_same_metrics(slurm_cluster
             time.sleep(0.1)
         if info.is_file():
             job = json.loads(info.read_text())["job_id"]
-            result = slurm_cluster.run("scontrol", "requeue", str(job))
+            result = slurm_cluster.run(*INTERRUPTIONS[interruption], str(job))
             requeued.append(f"{job}: rc={result.returncode} {result.stderr.strip()}")
 
     thread = threading.Thread(target=requeue_mid_training, daemon=True)
@@ -281,6 +297,9 @@ def test_sweep_job_requeued_by_slurm_resumes_with_the_same_metrics(slurm_cluster
     assert info["attempts"] == 2, info
     iters = [json.loads(line)["iter"] for line in (request.run_dir / "log.jsonl").read_text().splitlines()]
     assert iters == list(range(1, 13))
+    if interruption == "usr2":  # the job asked for its own requeue (SLURM requeues on SIGTERM by itself)
+        stdout = "".join(p.read_text() for p in (tmp_path / "work").rglob("*_0_log.out"))
+        assert "interrupted at iteration" in stdout and "requeueing SLURM job" in stdout, stdout[-3000:]
 
     # the same run uninterrupted, in this process
     reference = sweep("slurmdemo:long", "smoke", "debug", results_dir=tmp_path / "ref-results",
@@ -291,3 +310,38 @@ def test_sweep_job_requeued_by_slurm_resumes_with_the_same_metrics(slurm_cluster
 
 
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:no detections in")
+def test_sweep_job_of_two_tasks_trains_one_ddp_run(slurm_cluster, slurm_demo, smoke_root, tmp_path):
+    """A cluster profile with ``tasks_per_node: 2`` runs each row as one DDP job of two processes (gloo here,
+    NCCL on GPUs): one record, written by rank 0, whose weights equal a one-process run on the same
+    global batch (tolerance as in test_engine's DDP test: only float summation order differs)."""
+    from replicate.engine.checkpoint import load_checkpoint
+    from replicate.experiments.runs import requests_for
+    from replicate.experiments.store import ResultsStore
+    from replicate.experiments.sweep import sweep
+
+    two_tasks = {**load_cluster("local").submitit_parameters(), "tasks_per_node": 2}
+    lines: list[str] = []
+    report = sweep("slurmdemo:ddp", "smoke", "slurm", cluster=two_tasks, results_dir=tmp_path / "results",
+                   work_dir=tmp_path / "work", data_root=smoke_root, poll_s=1, timeout_s=300,
+                   lost_after_s=60, log=lines.append)
+    assert [r.status for r in report.runs] == ["finished"], "\n".join(lines)
+    [request] = requests_for(slurm_demo[2], "smoke", data_root=smoke_root, results_dir=tmp_path / "results",
+                             work_dir=tmp_path / "work")
+    record = ResultsStore(tmp_path / "results").get("smoke", request.key)
+    assert record["provenance"]["world_size"] == 2 and record["provenance"]["job_id"], record["provenance"]
+    stdout = "".join(p.read_text() for p in (tmp_path / "work").rglob("*_0_log.out"))
+    assert "(2 process(es))" in stdout, stdout[-2000:]
+
+    reference = sweep("slurmdemo:ddp", "smoke", "debug", results_dir=tmp_path / "ref-results",
+                      work_dir=tmp_path / "ref-work", data_root=smoke_root, log=lambda line: None)
+    ref_dir = Path(ResultsStore(tmp_path / "ref-results").get("smoke", reference.runs[0].key)["work_dir"])
+    assert ResultsStore(tmp_path / "ref-results").get("smoke", request.key)["provenance"]["world_size"] == 1
+    one = load_checkpoint(ref_dir / "checkpoint.pt")["model"]
+    two = load_checkpoint(request.run_dir / "checkpoint.pt")["model"]
+    assert one.keys() == two.keys()
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], rtol=0, atol=1e-5, msg=k)

@@ -58,6 +58,16 @@ def test_presets_describe_themselves_and_keep_reference_backbone():
         assert type(smoke.head) is type(cfg.head)
 
 
+def test_small_profiles_map_backbones_and_keep_explicit_backbone_overrides():
+    smoke = model_config("fcos", "smoke", 10)
+    assert (smoke.backbone.norm, smoke.backbone.frozen_stages) == ("bn", -1)  # from scratch
+    deep = model_config("fcos", "smoke", 10, {"backbone.name": "resnet101", "backbone.dcn_stages": [3, 4]})
+    assert deep.backbone.name == "narrow_deep" and deep.backbone.dcn_stages == (3, 4)
+    frozen = model_config("fcos", "synthetic", 10, {"backbone.norm": "frozen_bn", "backbone.frozen_stages": 1})
+    assert frozen.backbone.name == "narrow" and frozen.backbone.norm == "frozen_bn"
+    assert frozen.backbone.frozen_stages == 1 and frozen.head.feat_channels == 128
+
+
 def test_build_by_name_and_unknown_names():
     assert isinstance(build_detector("retinanet"), Detector)
     with pytest.raises(ReplicateError, match="unknown model 'yolo'"):

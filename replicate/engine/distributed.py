@@ -7,6 +7,9 @@
   ``scontrol show hostnames`` when available, else ``MASTER_ADDR`` must be set) and the port,
   unless ``MASTER_PORT`` is set, is ``15000 + SLURM_JOB_ID % 20000`` so concurrent jobs differ.
 
+* A submitit job of several tasks (``tasks_per_node`` > 1, SLURM or local executor): :func:`job_environ`
+  derives the same variables from submitit's ``JobEnvironment`` (master: the job's first host).
+
 Backend: NCCL when CUDA is available, gloo otherwise. Without either environment, or with a world
 size of 1, nothing is initialised and the helpers answer for a single process.
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import zlib
 from dataclasses import dataclass
 
 import torch
@@ -54,6 +58,33 @@ def detect_env(environ: dict[str, str] | None = None) -> DistEnv:
         return DistEnv(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)),
                        addr, port)
     return DistEnv(0, 1, 0, None, None)
+
+
+def job_environ() -> dict[str, str] | None:
+    """torch.distributed's ``env://`` variables for this submitit job's task, ``None`` for a one-task job.
+
+    ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` are the task's, ``MASTER_ADDR`` the job's first host and
+    ``MASTER_PORT`` (unless set) ``15000 + job id % 20000`` as for a plain SLURM step (a local job's id is
+    hashed), so that concurrent jobs on one node do not collide.
+    """
+    import submitit
+
+    job = submitit.JobEnvironment()
+    if job.num_tasks <= 1:
+        return None
+    slurm_id = os.environ.get("SLURM_JOB_ID", "")
+    number = int(slurm_id) if slurm_id.isdigit() else zlib.crc32(str(job.job_id).encode())
+    return {"RANK": str(job.global_rank), "WORLD_SIZE": str(job.num_tasks), "LOCAL_RANK": str(job.local_rank),
+            "MASTER_ADDR": job.hostnames[0], "MASTER_PORT": os.environ.get("MASTER_PORT") or str(15000 + number % 20000)}
+
+
+def broadcast(value: object) -> object:
+    """Rank 0's ``value`` on every rank (picklable objects; the value itself for a single process)."""
+    if not is_distributed():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def init_distributed(environ: dict[str, str] | None = None) -> DistEnv:

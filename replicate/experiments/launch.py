@@ -35,6 +35,7 @@ from submitit.core.utils import DelayedSubmission
 from submitit.local.debug import DebugJob
 from submitit.slurm.slurm import SlurmJob
 
+from ..engine import distributed as du
 from ..errors import ReplicateError
 from .runs import RunInterrupted, RunRequest, execute_run, missing_tests
 from .store import Record, ResultsStore
@@ -53,19 +54,26 @@ REQUEUE_EXIT = 3  # exit status of an attempt that handed over to its requeued s
 class TrainJob(submitit.helpers.Checkpointable):
     """The callable of every job: :func:`~.runs.execute_run` of its request, requeued when interrupted."""
 
-    def __call__(self, request: RunRequest) -> Record:
+    def __call__(self, request: RunRequest) -> Record | None:
+        """Task 0's return value is the job's result: the record (``None`` from the other tasks)."""
+        executor = os.environ.get("SUBMITIT_EXECUTOR")
+        environ = du.job_environ() if executor in ("slurm", "local") else None
+        if environ is not None:  # a job of several tasks: one DDP process per task
+            os.environ.update(environ)
+            du.init_distributed(environ)
         try:
             return execute_run(request)
         except RunInterrupted as exc:
-            executor = os.environ.get("SUBMITIT_EXECUTOR")
             if executor == "slurm":
                 # SIGTERM comes from SLURM itself (scontrol requeue, preemption): SLURM already requeues the
                 # job and submitit's own requeue would fail and be recorded as the job's error. SIGUSR2 (time
-                # limit) needs a requeue. Ask for one, accept "already requeuing", and leave without a result
-                # (SystemExit is not recorded by submitit) so the requeued attempt produces it.
+                # limit) needs a requeue. Ask for one (task 0 for the whole job), accept "already requeuing",
+                # and leave without a result (SystemExit is not recorded by submitit) so the requeued
+                # attempt produces it.
                 job_id = os.environ.get("SLURM_JOB_ID", "")
-                print(f"{exc}; requeueing SLURM job {job_id}", flush=True)
-                subprocess.run(["scontrol", "requeue", job_id], capture_output=True, timeout=60, check=False)
+                if du.is_main():
+                    print(f"{exc}; requeueing SLURM job {job_id}", flush=True)
+                    subprocess.run(["scontrol", "requeue", job_id], capture_output=True, timeout=60, check=False)
                 sys.exit(REQUEUE_EXIT)
             if executor == "local":  # submitit's handlers are installed
                 print(f"{exc}; handing over to submitit to requeue", flush=True)

@@ -21,13 +21,14 @@ import os
 import socket
 import sys
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from ..data.synth_spec import CLASSES
+from ..engine import distributed as du
 from ..engine.config import PROFILE_SCHEDULES, TrainConfig
 from ..engine.checkpoint import CHECKPOINT_NAME
 from ..engine.rescore import evaluate_variants, test_key
@@ -170,13 +171,19 @@ def job_id() -> str | None:
     return os.environ.get("SLURM_JOB_ID")
 
 
-def execute_run(request: RunRequest) -> Record:
+def execute_run(request: RunRequest) -> Record | None:
     """The run's record: the stored one if it has finished, else train (or resume) it and record it.
 
     Raises :class:`RunInterrupted` (nothing recorded) when training stops on SIGTERM/SIGUSR2.
+
+    In a multi-process run (the process group initialised, e.g. by :class:`~.launch.TrainJob` for a job
+    of several tasks) every rank calls this: rank 0 holds the run's lock, reads the store and tells the
+    others whether to train; all ranks train together (DDP); rank 0 records the run and evaluates any
+    missing test-time variant, and the other ranks return ``None``.
     """
-    with run_lock(request.run_dir):
-        return _execute_locked(request)
+    main = du.is_main()
+    with run_lock(request.run_dir) if main else nullcontext():
+        return _execute_locked(request, main)
 
 
 @contextmanager
@@ -195,21 +202,26 @@ def run_lock(folder: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _execute_locked(request: RunRequest) -> Record:
+def _execute_locked(request: RunRequest, main: bool) -> Record | None:
     store = ResultsStore(request.results_dir)
-    record = store.get(request.profile, request.key)
-    if record is None:
+    record = store.get(request.profile, request.key) if main else None
+    if du.broadcast(main and record is None):
         out = request.run_dir
-        info = _start_attempt(request, out)
-        print(f"run {request.describe()}: attempt {info['attempts']} in {out}", flush=True)
+        info = _start_attempt(request, out) if main else {}
+        if main:
+            print(f"run {request.describe()}: attempt {info['attempts']} in {out} ({du.world_size()} process(es))",
+                  flush=True)
         result = train(request.model, request.profile, out, request.train, data_root=request.data_root,
                        device=request.device, progress=False)
         if result["status"] != "finished":
             raise RunInterrupted(f"run {request.describe()} interrupted at iteration {result['iteration']}/"
                                  f"{request.train.iters}; running it again resumes from {result['checkpoint']}")
-        record = build_record(request, result, info["started"])
-        path = store.put(record)
-        print(f"run {request.describe()}: finished, recorded in {path}", flush=True)
+        if main:
+            record = build_record(request, result, info["started"])
+            path = store.put(record)
+            print(f"run {request.describe()}: finished, recorded in {path}", flush=True)
+    if not main:
+        return None
     todo = missing_tests(record, request.all_tests)
     if todo:
         if not (request.run_dir / CHECKPOINT_NAME).is_file():

@@ -90,7 +90,8 @@ def model_config(name: str, profile: str = "coco", num_classes: int | None = Non
     On the small profiles the backbone becomes the narrow ResNet trained from scratch (``narrow_deep``
     for the 101-layer backbones, keeping any DCN stages) and the FPN/head widths are scaled down; the
     overrides are applied before this, so a row asking for ``backbone.name = resnet101`` gets the deeper
-    narrow backbone there.
+    narrow backbone there. Explicit overrides of the other backbone fields (``backbone.norm``,
+    ``backbone.frozen_stages``) are applied again after it, so that they hold on every profile.
     """
     if name not in MODELS:
         raise ReplicateError(f"unknown model {name!r}; choose from {sorted(MODELS)} (see `replicate models`)")
@@ -106,6 +107,8 @@ def model_config(name: str, profile: str = "coco", num_classes: int | None = Non
             neck=replace(cfg.neck, out_channels=width),
             head=replace(cfg.head, feat_channels=width, num_convs=convs),
         )
+        kept = {k: v for k, v in (overrides or {}).items() if k.startswith("backbone.") and k != "backbone.name"}
+        cfg = apply_overrides(cfg, kept, where or name)
     elif profile != "coco":
         raise ReplicateError(f"unknown profile {profile!r}; choose from ['coco', 'smoke', 'synthetic']")
     return cfg
