@@ -123,7 +123,7 @@ def test_book_builds_on_smoke(smoke_book):
     assert "train img/s" in provenance and "torchvision median s" in provenance and "Traceback" not in provenance
     for paper in ("mod", "aligndet", "retinanet_conf", "salt", "tsd"):
         assert (html / "papers" / f"{paper}.html").is_file()
-    for page in ("intro", "table1", "table2", "table3", "table4", "table5", "table6"):
+    for page in ("intro", "table1", "table2", "table3", "table4", "table5", "table6", "code_variants"):
         text = (html / "executed" / "retinanet_conf" / f"{page}.html").read_text()
         assert "<table" in text and "<img" in text and "Traceback" not in text, page
     assert "retinanet_conf:table5" in summary

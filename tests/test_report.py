@@ -90,6 +90,21 @@ def test_claims_hold_fail_or_stay_unknown():
     assert {c.text: c.holds for c in report.claim_results(SPEC, reversed_records)}["RFA helps"] is False
 
 
+def test_undefined_coco_metrics_are_unknown_not_minus_100():
+    """pycocotools reports -1 for an area range without ground truth: shown as unknown, claims on it open."""
+    spec = TableSpec(paper="p", table="t", title="T", source="S", metrics=("AP", "APl"),
+                     rows=(Row("a", "fcos", paper={"APl": 50.0}), Row("b", "fcos")),
+                     claims=(Claim("a beats b on large", better="a", worse="b", metric="APl"),))
+    records = {label: [{**record(label, 0, 0.3, 0.5), "metrics": {"AP": ap, "APl": -1.0}}]
+               for label, ap in (("a", 0.3), ("b", 0.2))}
+    frame = report.table_frame(spec, records)
+    assert math.isnan(frame.at["a", "APl ours"]) and math.isnan(frame.at["a", "APl Δ"])
+    assert frame.at["a", "AP ours"] == pytest.approx(30.0)
+    assert report.formatted_frame(spec, records).loc["a", ("APl", "ours")] == "—"
+    (claim,) = report.claim_results(spec, records)
+    assert claim.ours_margin is None and claim.holds is None
+
+
 def test_claim_margin_falls_back_to_the_stated_margin():
     spec = TableSpec(paper="p", table="t", title="T", source="S", metrics=("AP",),
                      rows=(Row("a", "fcos"), Row("b", "fcos", paper={"AP": 1.0})),

@@ -243,3 +243,27 @@ def test_tables_transcribe_the_paper_and_share_trained_runs():
     assert coco.model.backbone.name == "resnet101" and coco.train.scale == "1000x600"
     assert (coco.train.iters, coco.train.steps) == (180_000, (120_000, 165_000))
     assert sum(not r.reproduce for r in t6.rows) == 7
+
+
+def test_code_variants_table_measures_the_released_codes_behaviours():
+    from replicate.experiments.papers import retinanet_conf as paper
+    from replicate.experiments.runs import merge_requests, requests_for
+
+    spec = paper.TABLE_CODE
+    smoke = {r.row_label: r for r in requests_for(spec, "smoke")}
+    base, small = smoke["RetinaNet-Conf (paper)"], smoke["Fused on levels > 1000 anchors only"]
+    assert small.key == base.key and small.model.test.fusion_min_priors == 1000  # re-scored, not retrained
+    assert base.model.test.fusion_min_priors == 0 and base.model.test.fusion_alpha == 0.4
+    assert smoke["IoU target detached"].model.head.detach_obj_target and not base.model.head.detach_obj_target
+    assert len(merge_requests(list(smoke.values()))) == 5
+    # the paper row and the IoU-aware retraining are Table 6's R50 runs
+    t6 = {r.row_label: r.key for r in requests_for(paper.TABLE6, "smoke")}
+    assert base.key == t6["RetinaNet-Conf R50 1x"]
+    assert smoke["IoU-aware Net (paper's retraining)"].key == t6["IoU-aware Net R50 1x"]
+    released = smoke["IoU-aware Net (its released code)"].model.head
+    assert (released.box_loss, released.smooth_l1_beta) == ("smooth_l1", 0.11)
+    coco = {r.row_label: r for r in requests_for(spec, "coco")}
+    code = coco["RetinaNet-Conf (released code)"]
+    assert (code.train.scale, code.train.iters, code.train.steps) == ("1024x608", 180_000, (120_000, 165_000))
+    assert coco["RetinaNet-Conf (paper)"].train.scale == "1000x600"
+    assert smoke["RetinaNet-Conf (released code)"].train.scale is None  # small profiles keep their scale

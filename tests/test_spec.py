@@ -29,6 +29,8 @@ def test_valid_spec_and_run_config():
     (_spec(rows=(Row("a", "fcos", paper={"AP": "38.6"}),)), "must be numbers"),
     (_spec(claims=(Claim("x", "FCOS*", "nope"),)), "unknown row 'nope'"),
     (_spec(claims=(Claim("x", "FCOS*", "+GIoU quality", "APl"),)), "metric 'APl'"),
+    (_spec(rows=(Row("a", "fcos", profile_train_overrides={"cooc": {"iters": 2}}),)),
+     "row 'a': profile_train_overrides for unknown profiles \\['cooc'\\]"),
 ])
 def test_malformed_specs_fail_loudly(spec, message):
     with pytest.raises(SpecError, match=f"demo:table1.*{message}"):
@@ -59,3 +61,15 @@ def test_row_schedule_is_validated_and_lengthens_the_profile_schedule():
     two = lengthened(schedule_for("synthetic"), "2x")
     assert (two.iters, two.steps, two.warmup_iters) == (6000, (4000, 5500), 500)
     assert lengthened(schedule_for("smoke"), "1x") == schedule_for("smoke")
+
+
+def test_row_profile_overrides_apply_on_their_profile_only():
+    spec = TableSpec("demo", "table1", "Demo", "Demo", ("AP",),
+                     (Row("a", "fcos", train_overrides={"iters": 9},
+                          profile_train_overrides={"coco": {"scale": "1024x608", "iters": 5}}),),
+                     profile_train_overrides={"coco": {"scale": "1000x600"}})
+    validate(spec)
+    _, coco = run_config(spec, spec.rows[0], "coco")
+    _, smoke = run_config(spec, spec.rows[0], "smoke")
+    assert (coco.scale, coco.iters) == ("1024x608", 9)  # the row's profile change beats the table's; iters: the row's
+    assert (smoke.scale, smoke.iters) == (None, 9)

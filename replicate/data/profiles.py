@@ -19,6 +19,7 @@ from .transforms import Scale, test_transforms, train_transforms
 SCALE_PRESETS: dict[str, tuple[tuple[Scale, ...], str]] = {
     "1333x800": (((1333, 800),), "choice"),
     "1000x600": (((1000, 600),), "choice"),
+    "1024x608": (((1024, 608),), "choice"),  # RetinaNet-Conf's released config (train and test)
     "ms-640-800": (((1333, 640), (1333, 800)), "range"),  # short side drawn in [640, 800]
     "ms-480-960": (((1333, 480), (1333, 960)), "range"),  # tested at 1333x800 (TEST_SCALES)
     "synthetic-320": (((480, 320),), "choice"),

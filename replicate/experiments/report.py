@@ -86,6 +86,8 @@ def _metric_value(spec: TableSpec, record: Record, metric: str) -> float:
     if metric not in metrics or metrics[metric] is None:
         raise ReplicateError(f"{spec.key}: run {record.get('key', '?')!r} has no {metric!r} in its metrics "
                              f"(has {sorted(metrics)})")
+    if float(metrics[metric]) < 0:  # pycocotools' -1: no ground truth in that area range (undefined)
+        return math.nan
     return float(metrics[metric]) * spec.paper_scale
 
 
@@ -181,6 +183,8 @@ def claim_results(spec: TableSpec, records_by_row: RecordsByRow) -> list[ClaimRe
             paper_margin = claim.margin
         sb, sw = stats[claim.better], stats[claim.worse]
         ours_margin = sb.mean[claim.metric] - sw.mean[claim.metric] if sb and sw else None
+        if ours_margin is not None and math.isnan(ours_margin):  # a metric undefined on this data
+            ours_margin = None
         holds = None if ours_margin is None else ours_margin > 0
         results.append(ClaimResult(claim.text, claim.metric, claim.better, claim.worse,
                                    paper_margin, ours_margin, holds))

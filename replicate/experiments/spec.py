@@ -42,6 +42,9 @@ class Row:
     paper: dict[str, float] = field(default_factory=dict)  # metric -> the paper's number, as printed
     reproduce: bool = True  # False: cited from the paper only (other backbones, test-dev, ...)
     note: str = ""
+    # profile -> TrainConfig changes of this row only on that profile (after the table's own), e.g. a
+    # released code's training scale on coco: {"coco": {"scale": "1024x608"}}
+    profile_train_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,12 @@ def validate(spec: TableSpec) -> None:
     dupes = sorted({lab for lab in labels if labels.count(lab) > 1})
     if dupes:
         raise SpecError(f"{where}: duplicate row labels {dupes}")
+    profiles = ("smoke", "synthetic", "coco")
+    for owner, overrides in [(where, spec.profile_train_overrides),
+                             *((f"{where}, row {r.label!r}", r.profile_train_overrides) for r in spec.rows)]:
+        odd = sorted(set(overrides) - set(profiles))
+        if odd:
+            raise SpecError(f"{owner}: profile_train_overrides for unknown profiles {odd}; choose from {list(profiles)}")
     for r in spec.rows:
         if r.model not in MODELS:
             raise SpecError(f"{where}, row {r.label!r}: unknown model {r.model!r}; choose from {sorted(MODELS)}")
@@ -144,7 +153,8 @@ def run_config(spec: TableSpec, row: Row, profile: str, num_classes: int | None 
         raise SpecError(str(exc)) from None
     try:
         train = lengthened(schedule_for(profile), row.schedule)
-        train = with_overrides(train, **{**spec.profile_train_overrides.get(profile, {}), **row.train_overrides})
+        train = with_overrides(train, **{**spec.profile_train_overrides.get(profile, {}),
+                                         **row.profile_train_overrides.get(profile, {}), **row.train_overrides})
     except ReplicateError as exc:
         raise SpecError(f"{where}: {exc}") from None
     return model, train
