@@ -18,6 +18,7 @@ from replicate.models.losses import (
     quality_focal_loss,
     reduce_loss,
     sigmoid_focal_loss,
+    sigmoid_focal_loss_labels,
     smooth_l1_loss,
 )
 
@@ -47,6 +48,41 @@ def test_sigmoid_focal_matches_torchvision(alpha, gamma, reduction):
     ours.sum().backward()
     ref.sum().backward()
     torch.testing.assert_close(a.grad, b.grad)
+
+
+@pytest.mark.parametrize("alpha,gamma", [(0.25, 2.0), (-1.0, 2.0), (0.5, 0.0), (0.75, 1.5)])
+def test_sigmoid_focal_of_labels_matches_torchvision_on_valid_rows(alpha, gamma):
+    """The label form (no one-hot, no masked copies) = torchvision's focal loss on the one-hot targets of
+    the valid rows, summed: values and gradients, with background (-1) and ignored rows."""
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 40, 6, generator=g, dtype=torch.float64) * 4
+    labels = torch.randint(-1, 6, (2, 40), generator=g)  # -1: background
+    valid = torch.rand(2, 40, generator=g) > 0.2
+    a = logits.clone().requires_grad_(True)
+    b = logits.clone().requires_grad_(True)
+    ours = sigmoid_focal_loss_labels(a, labels, valid, alpha, gamma, avg_factor=7.0)
+    onehot = F.one_hot(labels.clamp(min=0), 6).double() * (labels >= 0).unsqueeze(-1)
+    ref = tv_sigmoid_focal_loss(b[valid], onehot[valid], alpha=alpha, gamma=gamma, reduction="sum") / 7.0
+    torch.testing.assert_close(ours, ref)
+    ours.backward()
+    ref.backward()
+    torch.testing.assert_close(a.grad, b.grad)
+    assert (a.grad[~valid] == 0).all()
+    everything = sigmoid_focal_loss_labels(logits, labels, None, alpha, gamma)
+    torch.testing.assert_close(everything, tv_sigmoid_focal_loss(logits, onehot, alpha, gamma, reduction="sum"))
+
+
+def test_sigmoid_focal_of_labels_edge_cases():
+    # one positive row at logit 0: 0.25 * 0.5^2 * ln2 for its class, 0.75 * 0.5^2 * ln2 for the other
+    loss = sigmoid_focal_loss_labels(torch.zeros(1, 2), torch.tensor([0]))
+    torch.testing.assert_close(loss, torch.tensor((0.0625 + 0.1875) * LN2))
+    none_valid = sigmoid_focal_loss_labels(torch.zeros(3, 2, requires_grad=True), torch.tensor([0, 1, -1]),
+                                           torch.zeros(3, dtype=torch.bool))
+    assert none_valid.item() == 0.0 and none_valid.requires_grad
+    half = torch.randn(4, 3, dtype=torch.bfloat16)
+    out = sigmoid_focal_loss_labels(half, torch.tensor([0, 2, -1, 1]))
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, sigmoid_focal_loss_labels(half.float(), torch.tensor([0, 2, -1, 1])))
 
 
 def test_sigmoid_focal_hand_case():

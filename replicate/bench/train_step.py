@@ -4,9 +4,9 @@
 BatchNorm, nothing frozen: the state torchvision's builders are in without pretrained weights) and
 torchvision's ``retinanet_resnet50_fpn`` / ``fcos_resnet50_fpn`` for the same number of classes,
 feeds both the same random batch with the same boxes, and times forward + loss + backward + SGD
-step (median over ``iters`` after ``warmup``; CUDA synchronised). torchvision's step includes its
-``GeneralizedRCNNTransform`` (normalisation; its resize is a no-op because min/max size are set
-to the batch's size). Architectural differences that remain are reported with the figures:
+step (median over ``iters`` after ``warmup``, the two models' steps alternating; CUDA synchronised).
+torchvision's step includes its ``GeneralizedRCNNTransform`` (normalisation; its resize is a no-op
+because min/max size are set to the batch's size). Architectural differences that remain are reported with the figures:
 our RetinaNet takes P6 from C5 (the paper / mmdetection), torchvision's from P5; our FCOS has no
 conv bias before GroupNorm. The result (with device, versions, commit) is written as JSON for the
 book's performance appendix.
@@ -60,24 +60,26 @@ def _theirs(model: str, num_classes: int, hw: tuple[int, int]):
     return build(weights=None, weights_backbone=None, num_classes=num_classes, min_size=min(hw), max_size=max(hw))
 
 
-def _time_steps(step, iters: int, warmup: int, device) -> list[float]:
-    times = []
-    for i in range(warmup + iters):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    return times
+def _timed(step, device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
 
 
 def bench_train_step(model: str = "retinanet", *, batch_size: int = 2, size: tuple[int, int] = (512, 512),
                      iters: int = 5, warmup: int = 2, num_classes: int = 80, num_boxes: int = 5,
                      device: str | None = None, amp: str | None = None) -> dict:
-    """Median seconds per training step, ours and torchvision's, and their ratio (ours / theirs)."""
+    """Median seconds per training step, ours and torchvision's, and their ratio (ours / theirs).
+
+    Both models live side by side and their steps alternate (ours first in odd rounds, torchvision's
+    first in even ones), so that drift of a shared machine (other load, clocks, allocator growth)
+    falls on both alike rather than on whichever ran second. ``step_peak_mb`` (CUDA) is the peak
+    memory a step allocates above what was allocated before it (activations, gradients, workspace).
+    """
     if model not in MODELS:
         raise ReplicateError(f"bench train-step supports {MODELS}, got {model!r}")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -85,32 +87,43 @@ def bench_train_step(model: str = "retinanet", *, batch_size: int = 2, size: tup
         raise ReplicateError("--amp needs a CUDA device")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[amp]
     images, targets = _batch(batch_size, size, num_boxes, num_classes, dev)
-    results = {}
+    steps = {}
     for who in ("ours", "torchvision"):
         torch.manual_seed(0)
         net = (_ours(model, num_classes) if who == "ours" else _theirs(model, num_classes, size)).to(dev).train()
         opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
         scaler = torch.amp.GradScaler(enabled=amp == "fp16")
 
-        def step():
+        def step(net=net, opt=opt, scaler=scaler, ours=who == "ours"):
             opt.zero_grad(set_to_none=True)
             with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
-                losses = net(images, targets) if who == "ours" else net(list(images), targets)
-            terms = [v for k, v in losses.items() if who == "torchvision" or k.startswith("loss")]
+                losses = net(images, targets) if ours else net(list(images), targets)
+            terms = [v for k, v in losses.items() if not ours or k.startswith("loss")]
             scaler.scale(sum(terms)).backward()
             scaler.step(opt)
             scaler.update()
 
-        if dev.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(dev)
-        times = _time_steps(step, iters, warmup, dev)
-        results[who] = {"median_s": statistics.median(times), "times_s": times,
-                        "peak_mem_mb": torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None}
+        steps[who] = step
+    times: dict[str, list[float]] = {"ours": [], "torchvision": []}
+    peaks: dict[str, float] = {"ours": 0.0, "torchvision": 0.0}
+    for i in range(warmup + iters):
+        for who in (("ours", "torchvision") if i % 2 else ("torchvision", "ours")):
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+                before = torch.cuda.memory_allocated(dev)
+                torch.cuda.reset_peak_memory_stats(dev)
+            seconds = _timed(steps[who], dev)
+            if dev.type == "cuda":
+                peaks[who] = max(peaks[who], (torch.cuda.max_memory_allocated(dev) - before) / 2**20)
+            if i >= warmup:
+                times[who].append(seconds)
+    results = {who: {"median_s": statistics.median(times[who]), "times_s": times[who],
+                     "step_peak_mb": peaks[who] if dev.type == "cuda" else None} for who in times}
     ratio = results["ours"]["median_s"] / results["torchvision"]["median_s"]
     return {"benchmark": "train-step", "model": model, "batch_size": batch_size, "size": list(size),
             "iters": iters, "warmup": warmup, "num_classes": num_classes, "amp": amp,
-            "threads": torch.get_num_threads(), "ours": results["ours"], "torchvision": results["torchvision"],
-            "ratio": ratio, "note": NOTES[model]}
+            "threads": torch.get_num_threads(), "interleaved": True, "ours": results["ours"],
+            "torchvision": results["torchvision"], "ratio": ratio, "note": NOTES[model]}
 
 
 def write_result(result: dict, out: Path | None = None) -> Path:

@@ -92,9 +92,3 @@ def mean_over_ranks(value: Tensor) -> Tensor:
         dist.all_reduce(value)
         value = value / dist.get_world_size()
     return value
-
-
-def one_hot_targets(labels: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
-    """(…,) labels with ``-1`` (or any negative) for background -> (…, C) float one-hot."""
-    oh = torch.nn.functional.one_hot(labels.clamp(min=0), num_classes).to(dtype)
-    return oh * (labels >= 0).unsqueeze(-1).to(dtype)

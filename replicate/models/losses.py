@@ -18,6 +18,7 @@ from torch import Tensor
 __all__ = [
     "reduce_loss",
     "sigmoid_focal_loss",
+    "sigmoid_focal_loss_labels",
     "quality_focal_loss",
     "quality_focal_loss_prob",
     "distribution_focal_loss",
@@ -90,6 +91,40 @@ def sigmoid_focal_loss(
         alpha_t = alpha * targets + (1.0 - alpha) * (1.0 - targets)
         loss = alpha_t * loss
     return reduce_loss(loss, weight, reduction, avg_factor)
+
+
+def sigmoid_focal_loss_labels(
+    logits: Tensor,
+    labels: Tensor,
+    valid: Tensor | None = None,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+    avg_factor: float | Tensor | None = None,
+) -> Tensor:
+    """:func:`sigmoid_focal_loss` against the one-hot targets of ``labels``, summed over the ``valid`` rows
+    (divided by ``avg_factor`` when given): the detectors' classification loss, without building the
+    one-hot targets or masked copies of the logits.
+
+    ``logits`` (..., C); ``labels`` (...) long, the class in ``[0, C)`` or negative for background;
+    ``valid`` (...) bool, rows that count (``None``: all). With a one-hot target every entry of a row
+    contributes the negative term ``(1 - alpha) p^gamma softplus(x)`` (= ``-(1-alpha) p^gamma log(1-p)``)
+    except the labelled one, whose positive term ``alpha (1-p)^gamma softplus(-x)`` replaces it. So the
+    sum is the all-negative loss of every entry plus, at each positive's labelled class, positive minus
+    negative: a third of the full-size elementwise passes of the generic form. Half-precision logits
+    are computed in float32.
+    """
+    x = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    a_pos, a_neg = (alpha, 1.0 - alpha) if alpha >= 0 else (1.0, 1.0)
+    per_row = (x.sigmoid().pow(gamma) * F.softplus(x)).sum(-1)
+    pos = labels >= 0
+    if valid is not None:
+        per_row = torch.where(valid, per_row, per_row.new_zeros(()))
+        pos = pos & valid
+    xl = x.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # the labelled class's logit
+    pl = xl.sigmoid()
+    swap = a_pos * (1.0 - pl).pow(gamma) * F.softplus(-xl) - a_neg * pl.pow(gamma) * F.softplus(xl)
+    total = a_neg * per_row.sum() + torch.where(pos, swap, swap.new_zeros(())).sum()
+    return total / avg_factor if avg_factor is not None else total
 
 
 def quality_focal_loss(

@@ -27,11 +27,10 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import ReplicateError
-from .._utils import (Scale, conv_tower, flatten_levels, init_normal, mean_over_ranks, one_hot_targets,
-                      prior_prob_bias)
+from .._utils import Scale, conv_tower, flatten_levels, init_normal, mean_over_ranks, prior_prob_bias
 from ..assigners import DEFAULT_FCOS_RANGES, Assignment, fcos_assign, pad_targets
 from ..box_coders import DistanceCoder
-from ..losses import binary_cross_entropy_with_logits, giou_loss, iou_loss, sigmoid_focal_loss
+from ..losses import binary_cross_entropy_with_logits, giou_loss, iou_loss, sigmoid_focal_loss_labels
 from ..postprocess import TestConfig, postprocess
 from ..priors import points_for
 
@@ -145,10 +144,8 @@ class FCOSHead(nn.Module):
         num_pos = mean_over_ranks(a.num_pos).clamp(min=1.0)
         c = self.cfg
 
-        valid = ~a.ignore_mask
-        onehot = one_hot_targets(a.labels, self.num_classes, cls.dtype)
-        loss_cls = sigmoid_focal_loss(cls[valid], onehot[valid], c.focal_alpha, c.focal_gamma,
-                                      reduction="mean", avg_factor=num_pos)
+        loss_cls = sigmoid_focal_loss_labels(cls, a.labels, ~a.ignore_mask, c.focal_alpha, c.focal_gamma,
+                                             avg_factor=num_pos)
 
         pos = a.pos_mask
         b_idx, p_idx = pos.nonzero(as_tuple=True)

@@ -56,10 +56,10 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import ReplicateError
-from .._utils import conv_tower, flatten_levels, init_normal, mean_over_ranks, one_hot_targets, prior_prob_bias
+from .._utils import conv_tower, flatten_levels, init_normal, mean_over_ranks, prior_prob_bias
 from ..assigners import IGNORED, NEGATIVE, Assignment, _finish, _nonempty_gt, _points_in_crowd, pad_targets
 from ..detector import DetectorConfig, NeckConfig
-from ..losses import sigmoid_focal_loss, smooth_l1_loss
+from ..losses import sigmoid_focal_loss_labels, smooth_l1_loss
 from ..postprocess import TestConfig, postprocess
 from ..priors import points_for
 
@@ -273,10 +273,8 @@ class FoveaBoxHead(nn.Module):
         B = cls.shape[0]
         cls_norm = num_pos + B if c.cls_normalizer == "num_pos_plus_images" else num_pos.clamp(min=1.0)
 
-        valid = ~a.ignore_mask
-        onehot = one_hot_targets(a.labels, self.num_classes, cls.dtype)
-        loss_cls = sigmoid_focal_loss(cls[valid], onehot[valid], c.focal_alpha, c.focal_gamma,
-                                      reduction="mean", avg_factor=cls_norm)
+        loss_cls = sigmoid_focal_loss_labels(cls, a.labels, ~a.ignore_mask, c.focal_alpha, c.focal_gamma,
+                                             avg_factor=cls_norm)
 
         b_idx, p_idx = a.pos_mask.nonzero(as_tuple=True)
         target = fovea_encode(points[p_idx], z[p_idx], matched[b_idx, p_idx], c.target_clamp)

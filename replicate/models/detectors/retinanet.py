@@ -24,10 +24,10 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import ReplicateError
-from .._utils import conv_tower, flatten_levels, init_normal, mean_over_ranks, one_hot_targets, prior_prob_bias
+from .._utils import conv_tower, flatten_levels, init_normal, mean_over_ranks, prior_prob_bias
 from ..assigners import Assignment, max_iou_assign, pad_targets
 from ..box_coders import DeltaXYWHCoder
-from ..losses import l1_loss, sigmoid_focal_loss, smooth_l1_loss
+from ..losses import l1_loss, sigmoid_focal_loss_labels, smooth_l1_loss
 from ..postprocess import TestConfig, postprocess
 from ..priors import AnchorConfig, anchors_for
 
@@ -105,10 +105,8 @@ class RetinaNetHead(nn.Module):
 
     def classification_loss(self, cls: Tensor, a: Assignment, num_pos: Tensor) -> Tensor:
         """Focal loss over non-ignored anchors, normalised by the number of positives (Sec. 3.3)."""
-        valid = ~a.ignore_mask
-        targets = one_hot_targets(a.labels, self.num_classes, cls.dtype)
-        return sigmoid_focal_loss(cls[valid], targets[valid], self.cfg.focal_alpha, self.cfg.focal_gamma,
-                                  reduction="mean", avg_factor=num_pos)
+        return sigmoid_focal_loss_labels(cls, a.labels, ~a.ignore_mask, self.cfg.focal_alpha, self.cfg.focal_gamma,
+                                         avg_factor=num_pos)
 
     def box_loss(self, reg: Tensor, anchors: Tensor, matched: Tensor, a: Assignment, num_pos: Tensor) -> Tensor:
         pos = a.pos_mask
