@@ -119,6 +119,7 @@ def test_book_builds_on_smoke(smoke_book):
     assert "Traceback" not in card
     summary = (html / "executed" / "summary.html").read_text()
     assert "claims holding" in summary and "<table" in summary and "Traceback" not in summary
+    assert "Which claims reproduced" in summary and "checked claims hold" in summary and "(1 seed)" in summary
     provenance = (html / "executed" / "appendix" / "provenance.html").read_text()
     assert "train img/s" in provenance and "torchvision median s" in provenance and "Traceback" not in provenance
     for paper in ("mod", "aligndet", "retinanet_conf", "salt", "tsd"):

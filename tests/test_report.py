@@ -183,3 +183,63 @@ def test_figures_draw():
         report.plot_paper_vs_ours(SPEC, RECORDS, metric="APs")
     with pytest.raises(ReplicateError, match="loss_cls"):
         report.plot_loss_curves(RECORDS["base"], term="loss_cls")
+
+
+def _spec_ab(*claims):
+    return TableSpec(paper="p", table="t", title="T", source="S", metrics=("AP",),
+                     rows=(Row("a", "fcos"), Row("b", "fcos"), Row("c", "fcos")), claims=tuple(claims))
+
+
+def _runs(label, aps, seeds=None):
+    return [{**record(label, s, ap, 0.5), "metrics": {"AP": ap}} for s, ap in zip(seeds or range(len(aps)), aps)]
+
+
+def test_claim_verdicts_weigh_the_margin_against_its_spread_over_seeds():
+    spec = _spec_ab(Claim("a beats b", "a", "b"), Claim("c beats b", "c", "b"), Claim("b beats c", "b", "c"))
+    # paired by seed: differences 1, 2, 1 -> mean 1.333, sd 0.577, se 0.333: beyond 2 se
+    runs = {"a": _runs("a", [0.30, 0.32, 0.31]), "b": _runs("b", [0.29, 0.30, 0.30]),
+            "c": _runs("c", [0.29, 0.29, 0.31])}
+    a_b, c_b, b_c = report.claim_results(spec, runs)
+    assert a_b.ours_margin == pytest.approx(4 / 3) and a_b.ours_se == pytest.approx(1 / 3) and a_b.seeds == 3
+    assert a_b.verdict == "holds"
+    # c - b: differences 0, -1, 1 -> mean 0, se 0.577: within noise (and it does not hold: margin 0)
+    assert c_b.ours_se == pytest.approx(math.sqrt(1 / 3)) and c_b.verdict == "within seed noise"
+    assert b_c.verdict == "within seed noise"
+
+    # unpaired (different seeds): se = sqrt(var_a / 2 + var_b / 2) = sqrt(2/2 + 2/2)
+    unpaired = {"a": _runs("a", [0.30, 0.32], [0, 1]), "b": _runs("b", [0.29, 0.31], [2, 3]), "c": []}
+    result = report.claim_results(spec, unpaired)[0]
+    assert result.ours_margin == pytest.approx(1.0) and result.ours_se == pytest.approx(math.sqrt(2))
+    assert result.verdict == "within seed noise"
+
+    # reversed beyond the noise: differences -2, -3 -> mean -2.5, se 0.5
+    reversed_runs = {"a": _runs("a", [0.30, 0.30]), "b": _runs("b", [0.32, 0.33]), "c": []}
+    result = report.claim_results(spec, reversed_runs)[0]
+    assert result.ours_se == pytest.approx(0.5) and result.holds is False and result.verdict == "reversed"
+
+    single = report.claim_results(spec, {"a": _runs("a", [0.3]), "b": _runs("b", [0.2]), "c": []})
+    assert [c.verdict for c in single] == ["holds (1 seed)", "not checked", "not checked"]
+    assert single[0].ours_se is None
+
+
+def test_verdict_statement_and_claims_frame_from_headlines(tmp_path):
+    spec = _spec_ab(Claim("a beats b", "a", "b"), Claim("c beats b", "c", "b"), Claim("b beats a", "b", "a"))
+    runs = {"a": _runs("a", [0.30, 0.32, 0.31]), "b": _runs("b", [0.29, 0.30, 0.30]), "c": []}
+    report.save_headline(report.headline(spec, runs), tmp_path, "smoke")
+    headlines = report.load_headlines(tmp_path, "smoke")
+    assert report.verdict_statement(headlines) == {
+        "p": "1 of 2 checked claims hold; 1 beyond 2 standard errors over seeds and 0 on a single seed "
+             "(spread unknown); 0 within seed noise; 1 do not hold (1 reversed beyond the noise, 0 on a single "
+             "seed); 1 not checked (rows without runs)."}
+    frame = report.claims_frame(headlines)
+    assert list(frame["verdict"]) == ["holds", "not checked", "reversed"]
+    assert frame.loc[0, "ours"] == "+1.3 ± 0.3" and frame.loc[1, "ours"] == "—" and frame.loc[0, "seeds"] == 3
+    html = report.render_claims(spec, runs)
+    assert "+1.3 ± 0.3 AP; holds)" in html and "not checked" in html
+
+
+def test_verdict_statement_without_checked_claims():
+    spec = _spec_ab(Claim("a beats b", "a", "b"))
+    assert report.verdict_statement([report.headline(spec, {})]) == {
+        "p": "none of its 1 claims checked yet (rows without runs)."}
+    assert report.verdict_statement([report.headline(_spec_ab(), {})]) == {}

@@ -59,11 +59,18 @@ class RowStats:
     std: dict[str, float]  # NaN with a single seed
 
 
+NOISE_SE = 2.0  # a margin within this many standard errors of zero is "within seed noise"
+
+
 @dataclass(frozen=True)
 class ClaimResult:
     """One claim of the paper checked on our runs; margins are ``better - worse`` in the paper's units.
 
-    ``holds`` is ``None`` when either row has no runs of ours (missing, or cited only).
+    ``holds`` is ``None`` when either row has no runs of ours (missing, or cited only). ``ours_se`` is
+    the standard error of our margin over seeds: paired by seed when both rows have the same seeds
+    (each seed's difference; the rows then share data order and initialisation, and test-time
+    variants share the trained model), else from the two rows' spreads; ``None`` with fewer than two
+    seeds on a row. ``seeds`` is the smaller number of runs of the two rows.
     """
 
     text: str
@@ -73,6 +80,20 @@ class ClaimResult:
     paper_margin: float | None
     ours_margin: float | None
     holds: bool | None
+    ours_se: float | None = None
+    seeds: int = 0
+
+    @property
+    def verdict(self) -> str:
+        """``holds`` / ``reversed`` (beyond :data:`NOISE_SE` standard errors), ``within seed noise``,
+        ``holds (1 seed)`` / ``does not hold (1 seed)`` without a spread, or ``not checked``."""
+        if self.holds is None:
+            return "not checked"
+        if self.ours_se is None:
+            return f"{'holds' if self.holds else 'does not hold'} ({self.seeds} seed{'s' if self.seeds != 1 else ''})"
+        if abs(self.ours_margin) <= NOISE_SE * self.ours_se:
+            return "within seed noise"
+        return "holds" if self.holds else "reversed"
 
 
 def _metric_value(spec: TableSpec, record: Record, metric: str) -> float:
@@ -186,9 +207,26 @@ def claim_results(spec: TableSpec, records_by_row: RecordsByRow) -> list[ClaimRe
         if ours_margin is not None and math.isnan(ours_margin):  # a metric undefined on this data
             ours_margin = None
         holds = None if ours_margin is None else ours_margin > 0
-        results.append(ClaimResult(claim.text, claim.metric, claim.better, claim.worse,
-                                   paper_margin, ours_margin, holds))
+        se = None
+        if ours_margin is not None:
+            se = _margin_se(spec, claim.metric, records_by_row[claim.better], records_by_row[claim.worse])
+        results.append(ClaimResult(claim.text, claim.metric, claim.better, claim.worse, paper_margin, ours_margin,
+                                   holds, se, min(sb.n, sw.n) if sb and sw else 0))
     return results
+
+
+def _margin_se(spec: TableSpec, metric: str, better: Sequence[Record], worse: Sequence[Record]) -> float | None:
+    """Standard error of ``mean(better) - mean(worse)`` over seeds (see :class:`ClaimResult`)."""
+    b = {r.get("seed"): _metric_value(spec, r, metric) for r in better}
+    w = {r.get("seed"): _metric_value(spec, r, metric) for r in worse}
+    if len(b) != len(better) or len(w) != len(worse):  # seeds not unique: no pairing
+        b, w = dict(enumerate(b.values())), {-1 - i: v for i, v in enumerate(w.values())}
+    if set(b) == set(w) and len(b) >= 2:
+        diffs = [b[k] - w[k] for k in b]
+        return statistics.stdev(diffs) / math.sqrt(len(diffs))
+    if len(b) >= 2 and len(w) >= 2:
+        return math.sqrt(statistics.variance(b.values()) / len(b) + statistics.variance(w.values()) / len(w))
+    return None
 
 
 def _delta_style(value: str) -> str:
@@ -216,12 +254,19 @@ def render_claims(spec: TableSpec, records_by_row: RecordsByRow) -> HtmlFragment
     """The table's claims as an HTML list: ✓ holds on our runs, ✗ does not, — not checked."""
     items = []
     for c in claim_results(spec, records_by_row):
-        detail = f"paper {_fmt(c.paper_margin, signed=True)}, ours {_fmt(c.ours_margin, signed=True)} {c.metric}"
+        detail = f"paper {_fmt(c.paper_margin, signed=True)}, ours {_margin_text(c)} {c.metric}"
         items.append(f"<li>{_MARK[c.holds]} {html.escape(c.text)} "
-                     f"<small>({html.escape(c.better)} vs {html.escape(c.worse)}: {detail})</small></li>")
+                     f"<small>({html.escape(c.better)} vs {html.escape(c.worse)}: {detail}; "
+                     f"{html.escape(c.verdict)})</small></li>")
     if not items:
         return HtmlFragment("<p>The paper draws no claims from this table.</p>")
     return HtmlFragment('<ul class="replicate-claims">' + "".join(items) + "</ul>")
+
+
+def _margin_text(c: ClaimResult) -> str:
+    """Our margin, with its standard error over seeds when known: ``+0.8 ± 0.3``."""
+    text = _fmt(c.ours_margin, signed=True)
+    return f"{text} ± {c.ours_se:.1f}" if c.ours_se is not None else text
 
 
 def render_table(spec: TableSpec, records_by_row: RecordsByRow, seeds: int | None = None) -> HtmlFragment:
@@ -255,6 +300,9 @@ def headline(spec: TableSpec, records_by_row: RecordsByRow) -> dict[str, Any]:
         "claims_holding": sum(c.holds is True for c in claims),
         "claims_checked": sum(c.holds is not None for c in claims),
         "claims_total": len(claims),
+        "claims": [{"text": c.text, "metric": c.metric, "better": c.better, "worse": c.worse,
+                    "paper_margin": _json_number(c.paper_margin), "ours_margin": _json_number(c.ours_margin),
+                    "ours_se": _json_number(c.ours_se), "seeds": c.seeds, "verdict": c.verdict} for c in claims],
         "rows": [{"label": label, "paper": _json_number(frame.at[label, f"{metric} paper"]),
                   "ours": _json_number(frame.at[label, f"{metric} ours"]), "status": frame.at[label, "status"]}
                  for label in frame.index],
@@ -287,6 +335,51 @@ def summary_frame(headlines: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
         data.append([h["key"], h["title"], h["metric"], h["claims_holding"], h["claims_checked"],
                      h["claims_total"], sum(r["ours"] is not None for r in rows), len(rows)])
     return pd.DataFrame(data, columns=columns)
+
+
+def claims_frame(headlines: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """Every claim of the saved headlines, one row each: where it comes from, the paper's margin, ours
+    (± its standard error over seeds when known), the number of seeds and the verdict."""
+    columns = ["paper", "table", "claim", "metric", "paper margin", "ours", "seeds", "verdict"]
+    data = []
+    for h in headlines:
+        for c in h.get("claims", ()):
+            ours = _fmt(c["ours_margin"], signed=True)
+            if c["ours_se"] is not None:
+                ours += f" ± {c['ours_se']:.1f}"
+            data.append([h["paper"], h["table"], c["text"], c["metric"], _fmt(c["paper_margin"], signed=True),
+                         ours, c["seeds"], c["verdict"]])
+    return pd.DataFrame(data, columns=columns)
+
+
+def verdict_statement(headlines: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """Paper -> one plain sentence on which of its claims reproduced on our runs and how firmly."""
+    by_paper: dict[str, list[Mapping[str, Any]]] = {}
+    for h in headlines:
+        by_paper.setdefault(h["paper"], []).extend(h.get("claims", ()))
+    out = {}
+    for paper, claims in by_paper.items():
+        verdicts = [c["verdict"] for c in claims]
+        checked = [v for v in verdicts if v != "not checked"]
+        if not checked:
+            if verdicts:
+                out[paper] = f"none of its {len(verdicts)} claims checked yet (rows without runs)."
+            continue
+        firm = verdicts.count("holds")
+        single_holds = sum(v.startswith("holds (") for v in verdicts)
+        noise = verdicts.count("within seed noise")
+        reversed_ = verdicts.count("reversed")
+        single_fails = sum(v.startswith("does not hold (") for v in verdicts)
+        parts = [f"{firm + single_holds} of {len(checked)} checked claims hold",
+                 f"{firm} beyond {NOISE_SE:g} standard errors over seeds and {single_holds} on a single seed "
+                 f"(spread unknown)",
+                 f"{noise} within seed noise",
+                 f"{reversed_ + single_fails} do not hold ({reversed_} reversed beyond the noise, {single_fails} "
+                 f"on a single seed)"]
+        unchecked = len(verdicts) - len(checked)
+        text = "; ".join(parts)
+        out[paper] = text + (f"; {unchecked} not checked (rows without runs)." if unchecked else ".")
+    return out
 
 
 def _get(mapping: Mapping[str, Any] | None, *path: str) -> Any:
