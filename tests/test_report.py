@@ -164,8 +164,16 @@ def test_bench_and_environment_frames(tmp_path):
         "benchmark": "train-step", "model": "fcos", "batch_size": 2, "size": [512, 512],
         "ours": {"median_s": 0.5}, "torchvision": {"median_s": 0.4}, "ratio": 1.25, "note": "",
         "provenance": {"device": "cpu"}}))
-    frame = report.bench_frame(tmp_path)
-    assert frame.iloc[0]["ratio"] == 1.25 and frame.iloc[0]["torchvision median s"] == 0.4
+    (tmp_path / "aps_paper_cpu.json").write_text(json.dumps({
+        "benchmark": "aps", "score": "paper", "images": 16, "boxes_per_image": 7, "num_points": 100,
+        "reference": {"median_s": 0.3}, "ours": {"median_s": 0.02}, "identical": True, "threads": 1,
+        "provenance": {"device": "cpu"}}))
+    frame = report.bench_frame(tmp_path).set_index("file")
+    step, aps = frame.loc["train-step_fcos_cpu.json"], frame.loc["aps_paper_cpu.json"]
+    assert step["speed-up"] == pytest.approx(0.8) and step["baseline median s"] == 0.4
+    assert step["baseline"] == "torchvision" and step["load"] == "batch 2 at 512x512"
+    assert aps["speed-up"] == pytest.approx(15.0) and aps["same result"] is True
+    assert aps["what"] == "APS, paper score" and aps["load"] == "16 images x 7 boxes, 100 points"
     assert report.bench_frame(tmp_path / "none").empty
     env = report.environment_frame()
     assert {"commit", "torch", "device"} <= set(env.index)

@@ -406,15 +406,28 @@ def provenance_frame(records: Sequence[Record]) -> pd.DataFrame:
 
 
 def bench_frame(bench_dir: str | Path) -> pd.DataFrame:
-    """The ``replicate bench train-step`` results under ``bench_dir`` (``*.json``), one row per file."""
-    columns = ["file", "benchmark", "model", "batch size", "size", "ours median s", "torchvision median s",
-               "ratio", "device", "note"]
+    """The ``replicate bench`` results under ``bench_dir`` (``*.json``), one row per file.
+
+    Every benchmark times ours against a baseline on the same input (``train-step``: torchvision's
+    detector; ``aps``: the released code's per-box scikit-learn loop); ``speed-up`` is baseline time over
+    ours (above 1: ours is faster). ``same result`` is the APS parity check (``None`` where none is made).
+    """
+    columns = ["file", "benchmark", "what", "load", "ours median s", "baseline", "baseline median s", "speed-up",
+               "same result", "device", "threads"]
     data = []
     for path in sorted(Path(bench_dir).glob("*.json")):
         b = read_json(path, what="benchmark result")
-        data.append([path.name, b.get("benchmark"), b.get("model"), b.get("batch_size"), b.get("size"),
-                     _get(b, "ours", "median_s"), _get(b, "torchvision", "median_s"), b.get("ratio"),
-                     _get(b, "provenance", "device"), b.get("note")])
+        if b.get("benchmark") == "aps":
+            what, baseline, base_key = f"APS, {b.get('score')} score", "per-GT scikit-learn (released code)", "reference"
+            load = f"{b.get('images')} images x {b.get('boxes_per_image')} boxes, {b.get('num_points')} points"
+        else:
+            what, baseline, base_key = b.get("model"), "torchvision", "torchvision"
+            size = b.get("size") or []
+            load = f"batch {b.get('batch_size')} at {'x'.join(map(str, size))}" + (f", {b['amp']}" if b.get("amp") else "")
+        ours, base = _get(b, "ours", "median_s"), _get(b, base_key, "median_s")
+        data.append([path.name, b.get("benchmark"), what, load, ours, baseline, base,
+                     base / ours if ours and base else None, b.get("identical"),
+                     _get(b, "provenance", "device"), b.get("threads")])
     return pd.DataFrame(data, columns=columns)
 
 
