@@ -340,11 +340,13 @@ def _real_paper_runs(seeds: int) -> int:
 def test_plan_counts_missing_runs_and_estimates_time(demo, tmp_path):
     from replicate.experiments.sweep import DEFAULT_RUN_MINUTES, plan
 
-    p = plan("smoke", seeds=2, results_dir=tmp_path)
+    p = plan("smoke", seeds=2, results_dir=tmp_path, device="cpu")
     n = 4 + _real_paper_runs(2)
     assert (p.total, p.missing, p.measured) == (n, n, False)
-    assert p.minutes_per_run == DEFAULT_RUN_MINUTES["smoke"]
-    assert f"{n} of {n} run(s) missing for smoke" in p.describe("smoke")
+    assert p.minutes_per_run == DEFAULT_RUN_MINUTES["smoke", "cpu"]
+    assert f"{n} of {n} run(s) missing for smoke" in p.describe("smoke") and "a rough guess on cpu" in p.describe("smoke")
+    synthetic = plan("synthetic", results_dir=tmp_path, device="cpu")
+    assert synthetic.minutes_per_run == 275.0 and " h of training (5 h per run, " in synthetic.describe("synthetic")
 
 
 def test_plan_after_a_sweep_has_nothing_missing_and_measures(swept):

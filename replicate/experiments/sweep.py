@@ -159,10 +159,17 @@ def table_status(spec: TableSpec, profile: str, seeds: int = 1, *,
     return out
 
 
-# Rough minutes per run when no finished run of the profile is in the store to measure from:
-# smoke ~20 s on 2 CPU cores (tests/test_smoke_training.py); synthetic 3000 iterations at batch 16 on
-# one GPU; coco the 1x schedule on 8 GPUs (mmdetection's ~0.2 s/iteration x 90k iterations).
-DEFAULT_RUN_MINUTES = {"smoke": 0.5, "synthetic": 20.0, "coco": 300.0}
+# Rough minutes per run when no finished run of the profile is in the store to measure from, by device:
+# smoke ~20-30 s on 2 CPU cores (tests/test_smoke_training.py); synthetic 3000 iterations at batch 16,
+# ~5.5 s per iteration on 2 CPU cores (RetinaNet, measured) and a guess of ~0.4 s on one GPU; coco the
+# 1x schedule (90k iterations), ~0.2 s per iteration on 8 GPUs (mmdetection's zoo) and ~180 s on 2 CPU
+# cores (32x the pixels of the 512x512 batch-2 step that `replicate bench train-step` times at ~5.5 s).
+DEFAULT_RUN_MINUTES = {("smoke", "cpu"): 0.5, ("smoke", "cuda"): 0.5, ("synthetic", "cpu"): 275.0,
+                       ("synthetic", "cuda"): 20.0, ("coco", "cpu"): 270_000.0, ("coco", "cuda"): 300.0}
+
+
+def _duration(minutes: float) -> str:
+    return f"{minutes:.0f} min" if minutes < 120 else f"{minutes / 60:.0f} h"
 
 
 @dataclass(frozen=True)
@@ -171,20 +178,23 @@ class RunPlan:
     missing: int
     minutes_per_run: float
     measured: bool  # minutes_per_run from finished runs of the store (else a default guess)
+    device: str = "cpu"  # what the default guess assumes
 
     def describe(self, profile: str) -> str:
         if self.total == 0:
             return f"no table runs are registered yet for {profile}"
         if self.missing == 0:
             return f"all {self.total} run(s) of the registered tables are in the store for {profile}"
-        how = "measured from finished runs" if self.measured else "a rough guess"
+        how = "measured from finished runs" if self.measured else f"a rough guess on {self.device}"
         return (f"{self.missing} of {self.total} run(s) missing for {profile}; about "
-                f"{self.missing * self.minutes_per_run:.0f} min of training ({self.minutes_per_run:.1f} min per run, "
-                f"{how})")
+                f"{_duration(self.missing * self.minutes_per_run)} of training "
+                f"({_duration(self.minutes_per_run)} per run, {how})")
 
 
-def plan(profile: str, seeds: int = 1, *, results_dir: str | Path = "results") -> RunPlan:
-    """How many runs of every registered table are missing on ``profile``, and roughly how long they take."""
+def plan(profile: str, seeds: int = 1, *, results_dir: str | Path = "results", device: str | None = None) -> RunPlan:
+    """How many runs of every registered table are missing on ``profile``, and roughly how long they take:
+    the median training time of the profile's finished runs, else a guess for ``device`` (default: cuda if
+    available, else cpu)."""
     load_papers()
     store = ResultsStore(results_dir)
     runs = merge_requests([r for papers in REGISTRY.values() for spec in papers.values()
@@ -194,4 +204,8 @@ def plan(profile: str, seeds: int = 1, *, results_dir: str | Path = "results") -
     seconds = sorted(s for s in seconds if s)
     if seconds:
         return RunPlan(len(runs), missing, seconds[len(seconds) // 2] / 60, True)
-    return RunPlan(len(runs), missing, DEFAULT_RUN_MINUTES.get(profile, 60.0), False)
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return RunPlan(len(runs), missing, DEFAULT_RUN_MINUTES.get((profile, device), 60.0), False, device)
