@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ReplicateError
-from ..io import atomic_write_json, read_json
+from ..io import atomic_write_json
 from ..models._utils import flatten_levels
 from ..models.assigners import atss_assign, fcos_point_masks, pad_targets
 from ..models.losses import giou_loss
@@ -358,25 +358,16 @@ def figure_summary(record: dict[str, Any], model_cfg, profile: str, *, results_d
     is recomputed when its settings differ.
     """
     from ..data.batching import Collate
-    from ..data.profiles import build_dataset, data_config, ensure_data
-    from ..engine.rescore import load_trained
+    from .runs import cached_summary, trained_run
 
     settings = {"images": images, "scale": scale}
     path = summary_path(results_dir, profile, record["key"])
-    if path.is_file():
-        cached = read_json(path, what="MOD loss-map summary")
-        if isinstance(cached, dict) and cached.get("settings") == settings:
-            return _summary_from_json(cached, path)
-    run_dir = Path(record["work_dir"])
-    if not (run_dir / "checkpoint.pt").is_file():
-        raise ReplicateError(f"no MOD loss-map summary in {path} and no checkpoint in {run_dir} to compute it "
-                             f"from; run the table's runs again to produce it")
-    data = data_config(profile, data_root)
-    if scale is not None:
-        data = data.with_scale(scale)
-    ensure_data(data, progress=False)
-    val_set = build_dataset(data, "val", train=False)
-    net = load_trained(run_dir, model_cfg).eval()
+    cached = cached_summary(path, settings, "MOD loss-map summary")
+    if cached is not None:
+        return _summary_from_json(cached, path)
+    net, val_set = trained_run(record, model_cfg, profile, cache=path, what="MOD loss-map summary",
+                               data_root=data_root, scale=scale)
+    net = net.eval()
     collate = Collate()
     maps, assignment = [], None
     for index in range(len(val_set)):

@@ -56,6 +56,29 @@ def summary_path(results_dir: str | Path, profile: str, key: str) -> Path:
     return Path(results_dir) / ANALYSIS / profile / f"misalignment-{key}.json"
 
 
+def cached_summary(path: Path, settings: dict[str, Any], what: str) -> dict[str, Any] | None:
+    """The summary cached at ``path`` if it was computed with ``settings``, else ``None``."""
+    if not path.is_file():
+        return None
+    cached = read_json(path, what=what)
+    return cached if isinstance(cached, dict) and cached.get("settings") == settings else None
+
+
+def trained_run(record: dict[str, Any], model_cfg: DetectorConfig, profile: str, *, cache: Path, what: str,
+                data_root: str | Path | None = None, scale: str | None = None):
+    """``(model, val_set)``: the run's final checkpoint and the profile's val split at the run's scale, for
+    computing a summary that ``cache`` does not hold yet; a clear error when the checkpoint is gone."""
+    run_dir = Path(record["work_dir"])
+    if not (run_dir / "checkpoint.pt").is_file():
+        raise ReplicateError(f"no {what} in {cache} and no checkpoint in {run_dir} to compute it from; run the "
+                             f"table's runs again to produce it")
+    data = data_config(profile, data_root)
+    if scale is not None:
+        data = data.with_scale(scale)
+    ensure_data(data, progress=False)
+    return load_trained(run_dir, model_cfg), build_dataset(data, "val", train=False)
+
+
 def misalignment_summary(record: dict[str, Any], model_cfg: DetectorConfig, profile: str, *,
                          results_dir: str | Path = "results", data_root: str | Path | None = None,
                          scale: str | None = None, images: int = 10, scatter_images: int = 3,
@@ -66,21 +89,12 @@ def misalignment_summary(record: dict[str, Any], model_cfg: DetectorConfig, prof
     """
     settings = {"images": images, "scatter_images": scatter_images, "score_thr": score_thr, "nms_iou": nms_iou}
     path = summary_path(results_dir, profile, record["key"])
-    if path.is_file():
-        cached = read_json(path, what="misalignment summary")
-        if cached.get("settings") == settings:
-            return _from_json(cached)
-    run_dir = Path(record["work_dir"])
-    if not (run_dir / "checkpoint.pt").is_file():
-        raise ReplicateError(f"no misalignment summary in {path} and no checkpoint in {run_dir} to compute it "
-                             f"from; run the table's runs again to produce it")
-    data = data_config(profile, data_root)
-    if scale is not None:
-        data = data.with_scale(scale)
-    ensure_data(data, progress=False)
-    val_set = build_dataset(data, "val", train=False)
+    cached = cached_summary(path, settings, "misalignment summary")
+    if cached is not None:
+        return _from_json(cached)
+    net, val_set = trained_run(record, model_cfg, profile, cache=path, what="misalignment summary",
+                               data_root=data_root, scale=scale)
     n = min(images, len(val_set))
-    net = load_trained(run_dir, model_cfg)
     preds = [p for start in range(0, n, 2)
              for p in dense_predictions(net, val_set, range(start, min(start + 2, n)))]
     counts = count_table(preds, score_thr=score_thr, nms_iou=nms_iou)
