@@ -173,3 +173,33 @@ def test_empty_counts_give_nan_proportions():
     props = mis.proportion_table(counts)
     assert math.isnan(props.loc[("Before NMS", "iou>0.5"), "Image1"])
     assert isinstance(props, pd.DataFrame)
+
+
+def test_misalignment_summary_is_computed_from_the_checkpoint_then_read_from_its_cache(smoke_root, tmp_path):
+    import shutil
+
+    from replicate.analysis.runs import misalignment_summary, row_misalignment
+    from replicate.engine import SCHEDULES
+    from replicate.engine.config import with_overrides
+    from replicate.engine.train import train
+    from replicate.models.zoo import model_config
+
+    cfg = model_config("retinanet_conf", "smoke", num_classes=10)
+    run = tmp_path / "run"
+    train(cfg, "smoke", run, with_overrides(SCHEDULES["smoke"], iters=2, eval_at_end=False), data_root=smoke_root,
+          progress=False)
+    record = {"key": "abcdef012345", "work_dir": str(run), "provenance": {"commit": "x"}}
+    results = tmp_path / "results"
+    kwargs = dict(results_dir=results, data_root=smoke_root, images=2, scatter_images=1)
+    first = misalignment_summary(record, cfg, "smoke", **kwargs)
+    cache = results / "analysis" / "smoke" / "misalignment-abcdef012345.json"
+    assert cache.is_file() and first["key"] == record["key"] and len(first["image_ids"]) == 2
+    assert list(first["counts"].index.names) == ["stage", "condition"] and len(first["candidates"]) == 1
+
+    shutil.rmtree(run)  # the cache alone now serves the same settings
+    again = misalignment_summary(record, cfg, "smoke", **kwargs)
+    pd.testing.assert_frame_equal(again["counts"], first["counts"])
+    pd.testing.assert_frame_equal(again["candidates"][0], first["candidates"][0])
+    with pytest.raises(ReplicateError, match="no misalignment summary in .* and no checkpoint in .*run"):
+        misalignment_summary(record, cfg, "smoke", **{**kwargs, "images": 3})  # other settings, no checkpoint
+    assert row_misalignment(None, "RetinaNet-Conf", "smoke", []) is None
