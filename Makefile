@@ -1,7 +1,7 @@
 # The README's two commands: `make test` and `make book`. Both create .venv on first use.
 PYTHON  ?= python3
 VENV    ?= .venv
-PROFILE ?= synthetic
+PROFILE ?= proxy
 BIN      = $(VENV)/bin
 STAMP    = $(VENV)/.installed
 

@@ -14,6 +14,9 @@ from pathlib import Path
 
 from . import __version__
 from .errors import ReplicateError
+from .profiles import DEFAULT as DEFAULT_PROFILE
+from .profiles import GENERATED
+from .profiles import NAMES as PROFILE_NAMES
 
 
 def _cmd_data_synth(args: argparse.Namespace) -> int:
@@ -70,10 +73,24 @@ def _cmd_book(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from .engine.pretrain import PretrainConfig, pretrain
+
+    for backbone in args.backbone:
+        cfg = PretrainConfig(backbone=backbone, epochs=args.epochs, seed=args.seed)
+        out = args.out or Path("results") / "pretrained" / args.profile
+        doc = pretrain(args.profile, out, cfg, data_root=args.data_root, progress=not args.quiet)
+        print(f"{out / doc['weights']}: {doc['trained_on']['objects']} training objects, train accuracy "
+              f"{100 * doc['train_accuracy']:.1f} %, held-out {100 * doc['held_out_accuracy']:.1f} %, "
+              f"{doc['seconds']:.0f} s, sha256 {doc['sha256'][:12]}")
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .engine.config import schedule_for, with_overrides
+    from .engine.config import with_overrides
     from .engine.distributed import init_distributed, is_main
     from .engine.train import train
+    from .profiles import schedule_for
 
     cfg = with_overrides(
         schedule_for(args.profile), scale_schedule=args.scale_schedule, iters=args.iters,
@@ -133,9 +150,32 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     report = sweep(args.target, args.profile, args.executor, args.seeds, cluster=args.cluster,
                    results_dir=args.results, work_dir=args.work, data_root=args.data_root, wait=not args.no_wait,
-                   dry_run=args.dry_run, parallelism=args.parallelism, timeout_s=args.timeout)
+                   dry_run=args.dry_run, parallelism=args.parallelism, timeout_s=args.timeout,
+                   deadline=_deadline(args.until, args.max_minutes))
     print(report.format())
     return 1 if report.counts()["failed"] else 0
+
+
+def _deadline(until: str | None, max_minutes: float | None) -> float | None:
+    """``--until HH:MM`` (local time, the next such moment) and ``--max-minutes N`` as a ``time.time()``
+    value (the earlier of the two), or ``None``."""
+    import datetime as dt
+    import time
+
+    ends = []
+    if max_minutes is not None:
+        ends.append(time.time() + 60 * max_minutes)
+    if until is not None:
+        try:
+            clock = dt.datetime.strptime(until, "%H:%M").time()
+        except ValueError:
+            raise ReplicateError(f"--until {until!r}: give a local time as HH:MM") from None
+        now = dt.datetime.now()
+        end = dt.datetime.combine(now.date(), clock)
+        if end <= now:
+            end += dt.timedelta(days=1)
+        ends.append(end.timestamp())
+    return min(ends) if ends else None
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -162,7 +202,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     if not registry:
         print("no paper specs registered")
         return 0
-    profiles = [args.profile] if args.profile else ["smoke", "synthetic", "coco"]
+    profiles = [args.profile] if args.profile else list(PROFILE_NAMES)
     rows = []
     for paper in sorted(registry):
         for table in sorted(registry[paper]):
@@ -198,8 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
 
     p = dsub.add_parser("synth", help="generate the synthetic misalignment benchmark (COCO format)")
-    p.add_argument("--profile", choices=["smoke", "synthetic"], default="synthetic",
-                   help="smoke: tiny, for tests; synthetic: the default benchmark (default)")
+    p.add_argument("--profile", choices=GENERATED, default=DEFAULT_PROFILE,
+                   help="smoke: tiny, for tests; proxy: the CPU benchmark of the book (default); synthetic: the larger "
+                        "GPU benchmark")
     p.add_argument("--out", type=Path, required=True, help="output folder (annotations/ and images/ go here)")
     p.add_argument("--seed", type=int, default=0, help="same seed => byte-identical annotation files (default 0)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: up to 2)")
@@ -229,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("book", help="execute the book's notebooks with papermill and build the HTML book")
-    p.add_argument("--profile", choices=["smoke", "synthetic", "coco"], default="synthetic")
+    p.add_argument("--profile", choices=PROFILE_NAMES, default=DEFAULT_PROFILE)
     p.add_argument("--data-root", type=Path, default=None, help="dataset folder (default data/PROFILE)")
     p.add_argument("--jobs", type=int, default=2, help="notebooks executed in parallel (default 2)")
     p.add_argument("--only", nargs="*", default=None, help="execute only notebooks whose path contains one of these")
@@ -237,19 +278,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where table notebooks launch their missing runs (default: the notebooks' own)")
     p.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 per table row (default: the notebooks' own)")
     p.add_argument("--run-missing", action=argparse.BooleanOptionalAction, default=None,
-                   help="train the runs the results store lacks (default: only on the smoke profile; synthetic and "
-                        "coco runs take hours on a CPU: produce them with `replicate sweep`)")
+                   help="train the runs the results store lacks (default: only on the smoke profile; the other "
+                        "profiles' runs are produced with `replicate sweep` and proxy's are committed)")
     p.set_defaults(func=_cmd_book)
 
     p = sub.add_parser(
+        "pretrain", help="pretrain a narrow backbone on a generated profile's training objects",
+        description="Pretrain the narrow ResNet(s) on crops of the profile's training-split objects (10-way key "
+                    "classification; the validation split is never read), the stand-in for ImageNet "
+                    "initialisation. Writes OUT/<backbone>.pt and OUT/<backbone>.json (what it was trained on, "
+                    "accuracy, provenance). The profile (replicate/profiles.py) names the files its presets load.")
+    p.add_argument("--profile", choices=GENERATED, default=DEFAULT_PROFILE)
+    p.add_argument("--backbone", nargs="+", choices=["narrow", "narrow_deep"], default=["narrow", "narrow_deep"])
+    p.add_argument("--out", type=Path, default=None, help="output folder (default results/pretrained/PROFILE)")
+    p.add_argument("--data-root", type=Path, default=None, help="dataset folder (default data/PROFILE)")
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_pretrain)
+
+    p = sub.add_parser(
         "train", help="train a detector and evaluate it on the val split",
-        description="Train a detector (see `replicate models`) with its profile's schedule (smoke, synthetic, "
-                    "or 1x for coco) and evaluate it. OUT receives log.jsonl, checkpoint.pt, detections.json and "
+        description="Train a detector (see `replicate models`) with its profile's schedule (smoke, proxy, "
+                    "synthetic, or 1x for coco) and evaluate it. OUT receives log.jsonl, checkpoint.pt, detections.json and "
                     "metrics.json; a run finding OUT/checkpoint.pt resumes from it. SIGTERM/SIGUSR2 checkpoint "
                     "and stop. Multi-GPU: python -m torch.distributed.run --nproc_per_node N -m replicate.cli "
                     "train ... (or srun under SLURM); --batch-size is the global batch.")
     p.add_argument("--model", required=True, help="detector preset name (see `replicate models`)")
-    p.add_argument("--profile", choices=["smoke", "synthetic", "coco"], required=True, help="data profile")
+    p.add_argument("--profile", choices=PROFILE_NAMES, required=True, help="data profile")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--iters", type=int, default=None, help="training iterations (default: the profile's schedule)")
     p.add_argument("--scale-schedule", action="store_true",
@@ -313,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "WORK/runs/PROFILE/KEY/ and resumes from its checkpoint when interrupted or requeued; a finished "
                     "run is recorded in RESULTS/PROFILE/KEY.json. Exit status 1 if a run failed.")
     p.add_argument("target", metavar="TARGET", help="PAPER or PAPER:TABLE (see `replicate list`)")
-    p.add_argument("--profile", choices=["smoke", "synthetic", "coco"], required=True, help="data profile")
+    p.add_argument("--profile", choices=PROFILE_NAMES, required=True, help="data profile")
     p.add_argument("--executor", choices=["local", "slurm", "debug"], default="local",
                    help="local: subprocesses on this machine (default); slurm: a SLURM job array; "
                         "debug: in this process, one run after the other")
@@ -328,13 +384,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="runs at once (default: 1 locally, the cluster profile's array limit on SLURM)")
     p.add_argument("--timeout", type=float, default=None, help="stop waiting after this many seconds (runs go on)")
     p.add_argument("--no-wait", action="store_true", help="submit and return (slurm only); sweep again to collect")
+    p.add_argument("--until", default=None, metavar="HH:MM",
+                   help="clean stop at this local time: no run starts after it, running ones checkpoint and stop "
+                        "(sweep again to resume them)")
+    p.add_argument("--max-minutes", type=float, default=None, help="clean stop after this many minutes (as --until)")
     p.add_argument("--dry-run", action="store_true", help="print what would run; submit nothing")
     p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("status", help="the runs in the results store and the unfinished ones in the work folder",
                        description="One line per recorded run (AP, when it finished) and per run with a work "
                                    "folder but no record yet (the last iteration logged, when the log last changed).")
-    p.add_argument("--profile", choices=["smoke", "synthetic", "coco"], default=None, help="only this profile")
+    p.add_argument("--profile", choices=PROFILE_NAMES, default=None, help="only this profile")
     p.add_argument("--results", type=Path, default=Path("results"), help="results store (default results/)")
     p.add_argument("--work", type=Path, default=Path("work"), help="work folder (default work/)")
     p.set_defaults(func=_cmd_status)
@@ -342,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="every paper, table and row with its status per data profile",
                        description="Every registered paper table and row, with per profile 'finished n/N' (seeds "
                                    "recorded in the results store), 'missing' or 'cited only' (not reproduced).")
-    p.add_argument("--profile", choices=["smoke", "synthetic", "coco"], default=None, help="only this profile")
+    p.add_argument("--profile", choices=PROFILE_NAMES, default=None, help="only this profile")
     p.add_argument("--seeds", type=int, default=1, help="seeds counted per row (default 1)")
     p.add_argument("--results", type=Path, default=Path("results"), help="results store (default results/)")
     p.set_defaults(func=_cmd_list)

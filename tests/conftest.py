@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pytest
@@ -40,3 +41,21 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# Tests that need a system service or program which `.ci/run` installs: under CI=true a skip of one of them
+# is a failure (the set-up is broken), not a quiet pass.
+NEEDS_SYSTEM = {"slurm_cluster": "SLURM", "test_book_browser.py": "Chromium"}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if os.environ.get("CI") != "true" or not report.skipped:
+        return
+    needs = [what for name, what in NEEDS_SYSTEM.items() if name in item.fixturenames or item.path.name == name]
+    if needs:
+        reason = report.longrepr[-1] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"CI=true: a test that needs {needs[0]} was skipped ({reason}); .ci/run installs it"

@@ -14,7 +14,8 @@ import pytest
 from submitit.slurm.slurm import SlurmJob
 
 from replicate.cli import main
-from replicate.engine.config import schedule_for, with_overrides
+from replicate.engine.config import with_overrides
+from replicate.profiles import schedule_for
 from replicate.errors import ReplicateError
 from replicate.experiments import launch, runs
 from replicate.experiments import sweep as sweep_module
@@ -76,7 +77,7 @@ def no_training(*args, **kwargs):
 def test_run_key_is_stable_and_names_what_changes_results():
     model, train = model_config("fcos", "smoke", 10), schedule_for("smoke")
     key = run_key(model, train, "smoke", 0)
-    code = ("from replicate.engine.config import schedule_for; from replicate.models.zoo import model_config; "
+    code = ("from replicate.profiles import schedule_for; from replicate.models.zoo import model_config; "
             "from replicate.experiments.store import run_key; "
             "print(run_key(model_config('fcos', 'smoke', 10), schedule_for('smoke'), 'smoke', 0))")
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
@@ -134,7 +135,7 @@ def test_sweep_runs_the_missing_runs_once(swept, monkeypatch):
         ("demo:table1", "fcos", "finished"), ("demo:table1", "fcos_giou", "finished"),
         ("demo:table2", "baseline", "finished")]
     assert report.runs[0].key == report.runs[2].key != report.runs[1].key  # shared across tables: run once
-    assert report.counts() == {"finished": 2, "running": 0, "failed": 0, "missing": 0}
+    assert report.counts() == {"finished": 2, "running": 0, "interrupted": 0, "failed": 0, "missing": 0}
     assert all(r.ap is not None for r in report.runs)
     monkeypatch.setattr(runs, "train", no_training)
     again = []
@@ -273,7 +274,8 @@ def test_local_executor_requeues_an_interrupted_run_and_records_it(demo, smoke_r
     assert outcome.record["provenance"]["job_id"] == info["job_id"]
 
 
-def test_slurm_executor_parameters(tmp_path):
+def test_slurm_executor_parameters(tmp_path, slurm_cluster):
+    # submitit's SLURM executor needs srun on the PATH: the slurm_cluster fixture installs and starts SLURM
     ex = make_executor("slurm", tmp_path / "%j", cluster={"slurm_partition": "gpu", "gpus_per_node": 4},
                        array_parallelism=2, cpus_per_task=6)
     script = ex._executor._make_submission_file_text("python -m x", "uid")
@@ -338,12 +340,13 @@ def _real_paper_runs(seeds: int) -> int:
 
 
 def test_plan_counts_missing_runs_and_estimates_time(demo, tmp_path):
-    from replicate.experiments.sweep import DEFAULT_RUN_MINUTES, plan
+    from replicate.experiments.sweep import plan
+    from replicate.profiles import PROFILES
 
     p = plan("smoke", seeds=2, results_dir=tmp_path, device="cpu")
     n = 4 + _real_paper_runs(2)
     assert (p.total, p.missing, p.measured) == (n, n, False)
-    assert p.minutes_per_run == DEFAULT_RUN_MINUTES["smoke", "cpu"]
+    assert p.minutes_per_run == PROFILES["smoke"].minutes["cpu"]
     assert f"{n} of {n} run(s) missing for smoke" in p.describe("smoke") and "a rough guess on cpu" in p.describe("smoke")
     synthetic = plan("synthetic", results_dir=tmp_path, device="cpu")
     assert synthetic.minutes_per_run == 275.0 and " h of training (5 h per run, " in synthetic.describe("synthetic")

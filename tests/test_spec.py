@@ -54,7 +54,8 @@ def test_list_values_become_tuples():
 
 
 def test_row_schedule_is_validated_and_lengthens_the_profile_schedule():
-    from replicate.engine.config import lengthened, schedule_for
+    from replicate.engine.config import lengthened
+    from replicate.profiles import schedule_for
 
     with pytest.raises(SpecError, match="unknown schedule '3x'"):
         validate(_spec(rows=(Row("a", "fcos", schedule="3x"),)))

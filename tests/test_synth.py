@@ -8,7 +8,8 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from replicate.data import synth
-from replicate.data.synth_spec import CLASSES, LARGE_AREA, PROFILES, SMALL_AREA
+from replicate.data.synth_spec import CLASSES, LARGE_AREA, SMALL_AREA
+from replicate.profiles import PROFILES
 from replicate.data.validate import load_coco, validate_coco
 from replicate.evaluation import evaluate
 from replicate.io import read_json
@@ -94,7 +95,7 @@ def test_uncompressed_rle_round_trip():
 
 
 def _layouts(profile: str, n: int | None = None):
-    p = PROFILES[profile]
+    p = PROFILES[profile].synth
     return [synth.sample_layout(synth.image_rng(0, "val", i), p) for i in range(n or p.n_val)]
 
 
@@ -108,7 +109,7 @@ def test_synthetic_size_and_aspect_distribution():
         assert frac >= 0.15, f"{name} objects are {frac:.1%} of validation objects"
     assert aspect.min() >= 1 / 5 - 1e-6 and aspect.max() <= 5 + 1e-6
     assert aspect.min() < 1 / 4 and aspect.max() > 4, "aspect ratios must reach 1:5 and 5:1"
-    assert 400 <= PROFILES["synthetic"].n_val <= 600 and PROFILES["synthetic"].n_train >= 2000
+    assert 400 <= PROFILES["synthetic"].synth.n_val <= 600 and PROFILES["synthetic"].synth.n_train >= 2000
 
 
 def test_keys_off_centre_and_inside_their_body():

@@ -24,6 +24,7 @@ import nbformat
 import yaml
 
 from ..errors import ReplicateError
+from ..profiles import DEFAULT as DEFAULT_PROFILE
 
 KERNEL_NAME = "replicate"
 EXECUTED = "executed"
@@ -174,7 +175,7 @@ def build_html(book_dir: Path) -> Path:
     return book_dir / "_build" / "html" / "index.html"
 
 
-def build_book(profile: str = "synthetic", data_root: str | os.PathLike | None = None, jobs: int = 2,
+def build_book(profile: str = DEFAULT_PROFILE, data_root: str | os.PathLike | None = None, jobs: int = 2,
                only: list[str] | None = None, root: Path | None = None, executor: str | None = None,
                seeds: int | None = None, run_missing: bool | None = None) -> Path:
     """Execute every book notebook for ``profile`` and build the HTML book; returns its index.html.
@@ -183,8 +184,8 @@ def build_book(profile: str = "synthetic", data_root: str | os.PathLike | None =
     live in ``root/results``. ``executor`` (where missing runs are launched) and ``seeds`` (runs per
     table row) reach the notebooks that declare them; ``None`` keeps the notebooks' defaults.
     ``run_missing``: whether table notebooks train the runs the store lacks; by default only on
-    ``smoke`` (seconds per run), while on ``synthetic`` and ``coco`` (hours per run on a CPU) the book
-    shows what the store holds and marks the rest missing: produce them with ``replicate sweep``.
+    ``smoke`` (seconds per run), while on the other profiles the book shows what the store holds (the
+    ``proxy`` records are committed) and marks the rest missing: produce them with ``replicate sweep``.
     """
     from ..data.profiles import data_config, ensure_data
 

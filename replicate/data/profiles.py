@@ -1,7 +1,7 @@
 """Where each profile's data lives and at what scale it is read.
 
-Profiles: ``smoke`` and ``synthetic`` (generated on demand, see :mod:`replicate.data.synth`) and
-``coco`` (COCO 2017 from a local folder: nothing is downloaded). Scales are ``(long, short)``:
+Profiles are defined in :mod:`replicate.profiles`: the generated ones (``smoke``, ``proxy``, ``synthetic``;
+see :mod:`replicate.data.synth`) and ``coco`` (COCO 2017 from a local folder: nothing is downloaded). Scales are ``(long, short)``:
 the papers' 1333x800 (MOD, SALT-Net, TSD, AlignDet), RetinaNet-Conf's 1000x600, multi-scale ranges.
 """
 
@@ -11,7 +11,8 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..errors import DataError
+from .. import profiles
+from ..errors import DataError, ReplicateError
 from . import synth
 from .coco import CocoDetection
 from .transforms import Scale, test_transforms, train_transforms
@@ -23,6 +24,7 @@ SCALE_PRESETS: dict[str, tuple[tuple[Scale, ...], str]] = {
     "ms-640-800": (((1333, 640), (1333, 800)), "range"),  # short side drawn in [640, 800]
     "ms-480-960": (((1333, 480), (1333, 960)), "range"),  # tested at 1333x800 (TEST_SCALES)
     "synthetic-320": (((480, 320),), "choice"),
+    "proxy-192": (((256, 192),), "choice"),
     "smoke-192": (((288, 192),), "choice"),
 }
 
@@ -48,7 +50,7 @@ class DataConfig:
 
     @property
     def generated(self) -> bool:
-        return self.profile in synth.PROFILES
+        return profiles.get(self.profile).synth is not None
 
     def paths(self, split: str) -> tuple[Path, Path]:
         if split not in ("train", "val"):
@@ -70,17 +72,20 @@ def default_root(profile: str) -> Path:
 
 
 def data_config(profile: str, data_root: str | os.PathLike | None = None) -> DataConfig:
+    """Where ``profile``'s data lives (``data_root``, else ``$REPLICATE_DATA/<profile>``, else
+    ``data/<profile>``) and the scale it is read at (:data:`replicate.profiles.PROFILES`)."""
+    try:
+        p = profiles.get(profile)
+    except ReplicateError as exc:
+        raise DataError(str(exc)) from None
     root = Path(data_root) if data_root is not None else default_root(profile)
-    if profile in synth.PROFILES:
-        preset = "smoke-192" if profile == "smoke" else "synthetic-320"
-        scales, mode = SCALE_PRESETS[preset]
+    scales, mode = SCALE_PRESETS[p.scale]
+    test = TEST_SCALES.get(p.scale, max(scales, key=lambda s: s[1]))
+    if p.synth is not None:
         return DataConfig(profile, root, "annotations/train.json", "images/train", "annotations/val.json",
-                          "images/val", scales, mode, scales[0])
-    if profile == "coco":
-        scales, mode = SCALE_PRESETS["1333x800"]
-        return DataConfig(profile, root, "annotations/instances_train2017.json", "train2017",
-                          "annotations/instances_val2017.json", "val2017", scales, mode, scales[0])
-    raise DataError(f"unknown profile {profile!r}; choose from {sorted([*synth.PROFILES, 'coco'])}")
+                          "images/val", scales, mode, test)
+    return DataConfig(profile, root, "annotations/instances_train2017.json", "train2017",
+                      "annotations/instances_val2017.json", "val2017", scales, mode, test)
 
 
 def ensure_data(cfg: DataConfig, *, seed: int = 0, progress: bool = True) -> None:

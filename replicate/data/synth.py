@@ -25,9 +25,10 @@ from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
+from .. import profiles
 from ..errors import DataError
 from ..io import atomic_write_bytes, atomic_write_json, read_json
-from .synth_spec import CLASSES, PROFILES, SynthProfile
+from .synth_spec import CLASSES, SynthProfile
 
 GENERATOR_VERSION = 1
 SPLITS = {"train": 0, "val": 1}
@@ -394,6 +395,14 @@ def dataset_paths(root: str | os.PathLike, split: str) -> tuple[Path, Path]:
     return root / "annotations" / f"{split}.json", root / "images" / split
 
 
+def synth_profile(name: str) -> SynthProfile:
+    """The generated dataset of profile ``name`` (see :mod:`replicate.profiles`)."""
+    data = profiles.PROFILES[name].synth if name in profiles.PROFILES else None
+    if data is None:
+        raise DataError(f"unknown synthetic profile {name!r}; choose from {list(profiles.GENERATED)}")
+    return data
+
+
 def generate(
     profile: str | SynthProfile,
     out: str | os.PathLike,
@@ -409,9 +418,7 @@ def generate(
     manifest ``out/dataset.json`` is written last, so an interrupted run is redone on the next call).
     """
     if isinstance(profile, str):
-        if profile not in PROFILES:
-            raise DataError(f"unknown synthetic profile {profile!r}; choose from {sorted(PROFILES)}")
-        profile = PROFILES[profile]
+        profile = synth_profile(profile)
     out = Path(out)
     manifest_path = out / "dataset.json"
     manifest = _manifest(profile, seed)

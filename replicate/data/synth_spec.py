@@ -49,7 +49,8 @@ CONFUSABLE_PAIRS: tuple[tuple[str, str], ...] = (
 
 @dataclass(frozen=True)
 class SynthProfile:
-    """Sizes and frequencies of one generated dataset.
+    """Sizes and frequencies of one generated dataset (the instances are the profiles' data, in
+    :mod:`replicate.profiles`).
 
     Object sizes are drawn log-uniformly in ``sqrt(area)`` between ``sqrt_area`` bounds; aspect ratios
     (w/h) log-uniformly in ``[1/5, 5]`` with probability ``wide_aspect_prob`` and in ``[1/2, 2]``
@@ -77,29 +78,6 @@ class SynthProfile:
     clutter: float = 2.0  # Poisson mean: other shapes on the background
     jpeg_quality: int = 92
 
-
-PROFILES: dict[str, SynthProfile] = {
-    "smoke": SynthProfile(
-        name="smoke",
-        n_train=48,
-        n_val=16,
-        image_side=(160, 224),
-        objects_per_image=(1, 5),
-        sqrt_area=(12.0, 110.0),
-        crowded_objects=(8, 12),
-        crowded_prob=0.1,
-        empty_prob=0.1,
-        crowd_region_prob=0.1,
-    ),
-    "synthetic": SynthProfile(
-        name="synthetic",
-        n_train=4000,
-        n_val=500,
-        image_side=(288, 352),
-        objects_per_image=(2, 8),
-        sqrt_area=(12.0, 215.0),
-    ),
-}
 
 #: COCO's object-size buckets (area thresholds 32^2 and 96^2).
 SMALL_AREA = 32.0**2

@@ -2,7 +2,7 @@
 process groups (:mod:`.distributed`), checkpoints (:mod:`.checkpoint`), the loop (:mod:`.train`)
 and dataset inference (:mod:`.inference`)."""
 
-from .config import SCHEDULES, TrainConfig, schedule_for, with_overrides
+from .config import SCHEDULES, TrainConfig, with_overrides
 from .schedule import lr_at
 
-__all__ = ["SCHEDULES", "TrainConfig", "lr_at", "schedule_for", "with_overrides"]
+__all__ = ["SCHEDULES", "TrainConfig", "lr_at", "with_overrides"]

@@ -40,8 +40,8 @@ class TrainConfig:
     steps: tuple[int, ...] = ()  # lr *= gamma once the iteration index reaches each step
     gamma: float = 0.1
     grad_clip: float | None = None  # max L2 norm of all gradients
-    amp: str | None = None  # None | "bf16" | "fp16": autocast dtype, used only on CUDA
-    channels_last: bool = False  # CUDA only
+    amp: str | None = None  # None | "bf16" | "fp16": autocast dtype (bf16 on CPU and CUDA, fp16 on CUDA only)
+    channels_last: bool = False  # NHWC weights and images (CPU and CUDA)
     checkpoint_every: int = 0  # 0: checkpoint only at the end (and on interruption)
     eval_at_end: bool = True
     num_workers: int = 0
@@ -96,16 +96,6 @@ SCHEDULES: dict[str, TrainConfig] = {
     "smoke": TrainConfig(iters=100, batch_size=4, lr=0.01, steps=(90,), warmup="linear", warmup_iters=20,
                          warmup_ratio=0.1, grad_clip=35.0, checkpoint_every=50),
 }
-
-PROFILE_SCHEDULES = {"smoke": "smoke", "synthetic": "synthetic", "coco": "1x"}
-
-
-def schedule_for(profile: str) -> TrainConfig:
-    """The default schedule of a data profile (``coco`` -> ``1x``)."""
-    if profile not in PROFILE_SCHEDULES:
-        raise ReplicateError(f"unknown profile {profile!r}; choose from {sorted(PROFILE_SCHEDULES)}")
-    return SCHEDULES[PROFILE_SCHEDULES[profile]]
-
 
 def with_overrides(cfg: TrainConfig, *, scale_schedule: bool = False, **changes: Any) -> TrainConfig:
     """``cfg`` with some fields changed (``None`` values are ignored, so CLI defaults pass through).

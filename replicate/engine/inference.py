@@ -26,10 +26,12 @@ EVAL_BATCH_SIZE = 2  # images per process at test time (mmdetection's samples_pe
 
 
 def autocast(device: torch.device, amp: str | None):
-    """Mixed precision on CUDA when ``amp`` names a dtype; a no-op otherwise."""
-    if amp is None or device.type != "cuda":
+    """Mixed precision when ``amp`` names a dtype: bf16 on CPU (AVX-512 BF16 machines run it natively)
+    and CUDA, fp16 on CUDA only; a no-op otherwise. Losses, assignment and decoding run in float32:
+    autocast only lowers the convolutions and matmuls it lists."""
+    if amp is None or (device.type != "cuda" and amp != "bf16"):
         return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=AMP_DTYPES[amp])
+    return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
 
 
 def predict_dataset(model: torch.nn.Module, dataset, batch_size: int, device: torch.device | str, *,

@@ -51,6 +51,7 @@ from tqdm import tqdm
 from ..data.batching import Collate, ImageBatch
 from ..data.profiles import build_dataset, data_config, ensure_data
 from ..errors import ReplicateError
+from ..profiles import schedule_for
 from ..evaluation import evaluate, write_detections
 from ..io import atomic_write_json, atomic_write_text, dump_json
 from ..models.detector import DetectorConfig, build_detector, weights_fields
@@ -58,7 +59,7 @@ from ..models.zoo import MODELS, model_config
 from ..provenance import config_hash, jsonable, provenance
 from . import distributed as du
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, restore, save_checkpoint
-from .config import TrainConfig, schedule_for, weights_config
+from .config import TrainConfig, weights_config
 from .inference import EVAL_BATCH_SIZE, autocast, predict_dataset
 from .sampler import EpochDataset, IterationBatchSampler
 from .schedule import lr_at
@@ -183,10 +184,11 @@ def _resolve_model(model: str | DetectorConfig, profile: str, num_classes: int) 
 
 def train(model: str | DetectorConfig, profile: str, out_dir: str | Path, train_cfg: TrainConfig | None = None, *,
           data_root: str | Path | None = None, device: str | None = None, progress: bool = True,
-          stop_after: int | None = None) -> dict[str, Any]:
+          stop_after: int | None = None, deadline: float | None = None) -> dict[str, Any]:
     """Train ``model`` (a preset name or a config) on ``profile``'s data, writing to ``out_dir``.
 
-    ``train_cfg`` defaults to the profile's schedule (:func:`replicate.engine.config.schedule_for`).
+    ``train_cfg`` defaults to the profile's schedule (:func:`replicate.profiles.schedule_for`).
+    ``deadline`` (a ``time.time()`` value): past it, training stops as on a signal (a sweep's clean stop).
     ``stop_after=k`` behaves as if a stop signal arrived during iteration ``k`` (1-based): checkpoint
     after ``k`` iterations and return ``"interrupted"`` (for tests of resumption).
 
@@ -212,7 +214,7 @@ def train(model: str | DetectorConfig, profile: str, out_dir: str | Path, train_
 
     seed_everything(cfg.seed)
     net = build_detector(model_cfg).to(dev)
-    if cfg.channels_last and dev.type == "cuda":
+    if cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(param_groups(net, cfg), lr=cfg.lr, momentum=cfg.momentum)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16" and dev.type == "cuda")
@@ -246,7 +248,7 @@ def train(model: str | DetectorConfig, profile: str, out_dir: str | Path, train_
             for iteration, batch in enumerate(loader, start=start):
                 batch = _global_pad(batch).to(dev, non_blocking=True)
                 images = batch.images.contiguous(memory_format=torch.channels_last) \
-                    if cfg.channels_last and dev.type == "cuda" else batch.images
+                    if cfg.channels_last else batch.images
                 data_time = time.perf_counter() - tick
                 lr = lr_at(cfg, iteration)
                 for group in optimizer.param_groups:
@@ -262,7 +264,8 @@ def train(model: str | DetectorConfig, profile: str, out_dir: str | Path, train_
                     record["grad_norm"] = float(nn.utils.clip_grad_norm_(params, cfg.grad_clip))
                 scaler.step(optimizer)
                 scaler.update()
-                terms, stopping = _reduce_for_log(losses, stop.is_set() or iteration + 1 == stop_after)
+                late = deadline is not None and time.time() > deadline
+                terms, stopping = _reduce_for_log(losses, stop.is_set() or iteration + 1 == stop_after or late)
                 loss = sum(v for k, v in terms.items() if k.startswith("loss"))
                 if not math.isfinite(loss):
                     raise ReplicateError(f"training diverged: loss {loss} at iteration {iteration + 1} "

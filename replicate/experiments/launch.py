@@ -17,6 +17,7 @@ and requeues the same request, and the requeued job resumes training from the ch
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import signal
@@ -37,7 +38,7 @@ from submitit.slurm.slurm import SlurmJob
 
 from ..engine import distributed as du
 from ..errors import ReplicateError
-from .runs import RunInterrupted, RunRequest, execute_run, missing_tests
+from .runs import DeadlineReached, RunInterrupted, RunRequest, execute_run, missing_tests
 from .store import Record, ResultsStore
 
 EXECUTORS = ("local", "slurm", "debug")
@@ -63,6 +64,8 @@ class TrainJob(submitit.helpers.Checkpointable):
             du.init_distributed(environ)
         try:
             return execute_run(request)
+        except DeadlineReached:
+            raise
         except RunInterrupted as exc:
             if executor == "slurm":
                 # SIGTERM comes from SLURM itself (scontrol requeue, preemption): SLURM already requeues the
@@ -146,12 +149,14 @@ class Outcome:
 def run_requests(requests: Sequence[RunRequest], executor: str = "debug", *, folder: str | Path | None = None,
                  cluster: Any = None, parallelism: int | None = None, wait: bool = True,
                  poll_s: float | None = None, lost_after_s: float = 600.0, timeout_s: float | None = None,
-                 log: Callable[[str], None] = print, **resources: Any) -> list[Outcome]:
+                 deadline: float | None = None, log: Callable[[str], None] = print, **resources: Any) -> list[Outcome]:
     """Submit ``requests`` through ``executor`` and (with ``wait``) wait for every one of them.
 
     ``folder``: submitit's job files (default ``WORK/submitit/%j`` of the first request). ``parallelism``:
     runs at once (default: the cluster's array parallelism for SLURM, 1 locally). ``wait=False`` is
     for SLURM only (local and debug jobs need this process). ``resources`` go to :func:`make_executor`.
+    ``deadline`` (a ``time.time()`` value): a clean stop. No run starts after it, and the runs still
+    training then checkpoint and stop (``interrupted``, not requeued); sweeping again resumes them.
     Returns one :class:`Outcome` per request, in order.
     """
     if not requests:
@@ -165,10 +170,16 @@ def run_requests(requests: Sequence[RunRequest], executor: str = "debug", *, fol
     ex = make_executor(executor, folder, cluster=cluster, array_parallelism=parallelism, **resources)
     max_active = parallelism if executor == "local" else len(requests)
     watch = _Watch(lost_after_s)
-    queue, active, outcomes = list(enumerate(requests)), [], {}
-    deadline = time.monotonic() + timeout_s if timeout_s is not None else None
+    active, outcomes = [], {}
+    wait_until = time.monotonic() + timeout_s if timeout_s is not None else None
     poll = POLL_S[executor] if poll_s is None else poll_s
+    if deadline is not None:
+        requests = [dataclasses.replace(r, deadline=deadline) for r in requests]
+    queue = list(enumerate(requests))
     while queue or active:
+        if queue and deadline is not None and time.time() > deadline:
+            log(f"deadline reached: {len(queue)} run(s) not started")
+            queue = []
         if queue and len(active) < max_active:
             batch, queue = queue[:max_active - len(active)], queue[max_active - len(active):]
             jobs = ex.map_array(TrainJob(), [r for _, r in batch])
@@ -186,7 +197,7 @@ def run_requests(requests: Sequence[RunRequest], executor: str = "debug", *, fol
             outcomes[index] = outcome
             log(f"{outcome.status}: {request.describe()}" + (f": {outcome.message}" if outcome.message else ""))
         active = still
-        if deadline is not None and time.monotonic() > deadline and active:
+        if wait_until is not None and time.monotonic() > wait_until and active:
             log(f"stopped waiting after {timeout_s:.0f} s with {len(active)} run(s) still running")
             break
         if active:
@@ -219,6 +230,8 @@ class _Watch:
             return self._lost(job, request) if isinstance(job, SlurmJob) else None
         record = store.get(request.profile, request.key)
         if error is not None:
+            if isinstance(error, DeadlineReached) or "DeadlineReached" in str(error):
+                return Outcome(request, "interrupted", message=_summary(error, job), job_id=str(job.job_id))
             return Outcome(request, "failed", message=_summary(error, job), job_id=str(job.job_id))
         if record is None:
             expected = store.path(request.profile, request.key)

@@ -20,6 +20,7 @@ import math
 import os
 import socket
 import sys
+import time
 import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -27,9 +28,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from ..data.synth_spec import CLASSES
 from ..engine import distributed as du
-from ..engine.config import PROFILE_SCHEDULES, TrainConfig
+from .. import profiles
+from ..engine.config import TrainConfig
 from ..engine.checkpoint import CHECKPOINT_NAME
 from ..engine.rescore import evaluate_variants, test_key
 from ..engine.train import train
@@ -41,7 +42,6 @@ from ..provenance import jsonable
 from .spec import TableSpec, run_config
 from .store import Record, ResultsStore, run_key
 
-COCO_CLASSES = 80
 CURVE_POINTS = 100  # at most this many (iteration, value) points per loss curve in a record
 RUN_INFO = "run.json"  # in a run's work folder: what the run is and when its first attempt started
 
@@ -50,11 +50,13 @@ class RunInterrupted(ReplicateError):
     """Training stopped on a signal and checkpointed; running the same request again resumes it."""
 
 
+class DeadlineReached(RunInterrupted):
+    """Training stopped at its request's deadline and checkpointed: not requeued, resumed by the next sweep."""
+
+
 def profile_num_classes(profile: str) -> int:
-    """Number of classes of a data profile's dataset (the generated ones share :data:`CLASSES`)."""
-    if profile not in PROFILE_SCHEDULES:
-        raise ReplicateError(f"unknown profile {profile!r}; choose from {sorted(PROFILE_SCHEDULES)}")
-    return COCO_CLASSES if profile == "coco" else len(CLASSES)
+    """Number of classes of a data profile's dataset."""
+    return profiles.get(profile).num_classes
 
 
 def utc_now() -> str:
@@ -77,6 +79,7 @@ class RunRequest:
     device: str | None = None
     command: tuple[str, ...] = ()  # the command that asked for the run (recorded in its provenance)
     tests: tuple[TestConfig, ...] = ()  # further test configs to evaluate the trained model under
+    deadline: float | None = None  # time.time() after which training checkpoints and stops (not requeued)
 
     @property
     def key(self) -> str:
@@ -212,8 +215,12 @@ def _execute_locked(request: RunRequest, main: bool) -> Record | None:
             print(f"run {request.describe()}: attempt {info['attempts']} in {out} ({du.world_size()} process(es))",
                   flush=True)
         result = train(request.model, request.profile, out, request.train, data_root=request.data_root,
-                       device=request.device, progress=False)
+                       device=request.device, progress=False, deadline=request.deadline)
         if result["status"] != "finished":
+            if request.deadline is not None and time.time() > request.deadline:
+                raise DeadlineReached(f"run {request.describe()} stopped at the sweep's deadline at iteration "
+                                      f"{result['iteration']}/{request.train.iters}; sweeping again resumes it "
+                                      f"from {result['checkpoint']}")
             raise RunInterrupted(f"run {request.describe()} interrupted at iteration {result['iteration']}/"
                                  f"{request.train.iters}; running it again resumes from {result['checkpoint']}")
         if main:

@@ -15,6 +15,7 @@ modules; :func:`validate` checks one and raises :class:`SpecError` naming the ta
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,7 +116,8 @@ def validate(spec: TableSpec) -> None:
     dupes = sorted({lab for lab in labels if labels.count(lab) > 1})
     if dupes:
         raise SpecError(f"{where}: duplicate row labels {dupes}")
-    profiles = ("smoke", "synthetic", "coco")
+    from ..profiles import NAMES as profiles
+
     for owner, overrides in [(where, spec.profile_train_overrides),
                              *((f"{where}, row {r.label!r}", r.profile_train_overrides) for r in spec.rows)]:
         odd = sorted(set(overrides) - set(profiles))
@@ -143,7 +145,8 @@ def validate(spec: TableSpec) -> None:
 
 def run_config(spec: TableSpec, row: Row, profile: str, num_classes: int | None = None):
     """(DetectorConfig, TrainConfig) of one row on a data profile."""
-    from ..engine.config import lengthened, schedule_for, with_overrides
+    from ..engine.config import lengthened, with_overrides
+    from ..profiles import schedule_for
     from ..models.zoo import model_config
 
     where = f"{spec.key}, row {row.label!r}"
@@ -153,8 +156,11 @@ def run_config(spec: TableSpec, row: Row, profile: str, num_classes: int | None 
         raise SpecError(str(exc)) from None
     try:
         train = lengthened(schedule_for(profile), row.schedule)
-        train = with_overrides(train, **{**spec.profile_train_overrides.get(profile, {}),
-                                         **row.profile_train_overrides.get(profile, {}), **row.train_overrides})
+        changes = {**spec.profile_train_overrides.get(profile, {}), **row.profile_train_overrides.get(profile, {}),
+                   **row.train_overrides}
+        train = with_overrides(train, **changes)
+        # with_overrides skips None (a CLI default); in a spec None is a value ({"amp": None}: float32)
+        train = dataclasses.replace(train, **{k: v for k, v in changes.items() if v is None})
     except ReplicateError as exc:
         raise SpecError(f"{where}: {exc}") from None
     return model, train

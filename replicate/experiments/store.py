@@ -21,7 +21,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from ..engine.config import PROFILE_SCHEDULES, TrainConfig, weights_config
+from .. import profiles
+from ..engine.config import TrainConfig, weights_config
 from ..errors import ReplicateError
 from ..io import atomic_write_json, read_json
 from ..models.detector import DetectorConfig, weights_fields
@@ -72,7 +73,7 @@ class ResultsStore:
         """Every record (of one profile, or of every data profile), ordered by profile and key.
 
         Only the profiles' folders are read: ``results/`` also holds other results (``bench/``)."""
-        folders = [self.root / p for p in ([profile] if profile else sorted(PROFILE_SCHEDULES))]
+        folders = [self.root / p for p in ([profile] if profile else sorted(profiles.NAMES))]
         return [_checked(read_json(path, what="run record"), path)
                 for folder in folders for path in sorted(folder.glob("*.json"))]
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import profiles
 from ..errors import ReplicateError
 from .launch import run_requests
 from .runs import is_complete, merge_requests, missing_tests, requests_for, row_view
@@ -27,7 +28,7 @@ from .spec import REGISTRY, TableSpec
 from .store import ResultsStore
 
 PAPERS_PACKAGE = "replicate.experiments.papers"
-STATUSES = ("finished", "running", "failed", "missing")
+STATUSES = ("finished", "running", "interrupted", "failed", "missing")
 
 
 def load_papers() -> dict[str, dict[str, TableSpec]]:
@@ -159,15 +160,6 @@ def table_status(spec: TableSpec, profile: str, seeds: int = 1, *,
     return out
 
 
-# Rough minutes per run when no finished run of the profile is in the store to measure from, by device:
-# smoke ~20-30 s on 2 CPU cores (tests/test_smoke_training.py); synthetic 3000 iterations at batch 16,
-# ~5.5 s per iteration on 2 CPU cores (RetinaNet, measured) and a guess of ~0.4 s on one GPU; coco the
-# 1x schedule (90k iterations), ~0.2 s per iteration on 8 GPUs (mmdetection's zoo) and ~180 s on 2 CPU
-# cores (32x the pixels of the 512x512 batch-2 step that `replicate bench train-step` times at ~5.5 s).
-DEFAULT_RUN_MINUTES = {("smoke", "cpu"): 0.5, ("smoke", "cuda"): 0.5, ("synthetic", "cpu"): 275.0,
-                       ("synthetic", "cuda"): 20.0, ("coco", "cpu"): 270_000.0, ("coco", "cuda"): 300.0}
-
-
 def _duration(minutes: float) -> str:
     return f"{minutes:.0f} min" if minutes < 120 else f"{minutes / 60:.0f} h"
 
@@ -208,4 +200,4 @@ def plan(profile: str, seeds: int = 1, *, results_dir: str | Path = "results", d
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return RunPlan(len(runs), missing, DEFAULT_RUN_MINUTES.get((profile, device), 60.0), False, device)
+    return RunPlan(len(runs), missing, profiles.get(profile).minutes.get(device, 60.0), False, device)

@@ -10,7 +10,6 @@ stand-in for the deeper backbones (ResNet-101 / ResNeXt-101 rows).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +18,7 @@ from torchvision.models import resnet
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from ..errors import ReplicateError
-from .checkpoints import load_backbone_weights
+from .checkpoints import load_backbone_weights, resolve_weights
 from .dcn import ModulatedDeformConv2d
 
 _TORCHVISION = {
@@ -89,7 +88,7 @@ class Backbone(nn.Module):
         for s in cfg.dcn_stages:
             _add_dcn(getattr(body, f"layer{s}"))
         if cfg.weights:
-            load_backbone_weights(body, cfg.weights)
+            load_backbone_weights(body, resolve_weights(cfg.weights))
         self.body = body
         self.cfg = cfg
         self.out_channels = [self._stage_channels(s) for s in cfg.out_stages]
@@ -130,6 +129,6 @@ def build_backbone(cfg: BackboneConfig | None = None, **overrides) -> Backbone:
     cfg = cfg or BackboneConfig()
     if overrides:
         cfg = BackboneConfig(**{**cfg.__dict__, **overrides})
-    if cfg.weights is not None and not os.path.exists(cfg.weights):
+    if cfg.weights is not None and not resolve_weights(cfg.weights).is_file():
         raise ReplicateError(f"{cfg.weights}: backbone weights file not found (nothing is downloaded)")
     return Backbone(cfg)

@@ -22,6 +22,17 @@ from torch import nn
 from ..errors import ReplicateError
 
 _IGNORED_UNEXPECTED = re.compile(r"^fc\.")  # the ImageNet classifier
+_REPO = Path(__file__).resolve().parents[2]
+
+
+def resolve_weights(path: str | os.PathLike) -> Path:
+    """A weights file named in a config: absolute, relative to the working directory, or else relative
+    to the repository root (how the profiles name their pretrained backbones, so that a run's config and
+    key do not depend on where the repository is checked out)."""
+    p = Path(path)
+    if p.is_absolute() or p.exists():
+        return p
+    return _REPO / p
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -77,14 +77,22 @@ class Detector(nn.Module):
     def features(self, images: Tensor) -> list[Tensor]:
         return self.neck(self.backbone(images))
 
+    def raw_outputs(self, images: Tensor) -> dict:
+        """The head's raw maps, in float32 even under autocast (which lowers only the network's convs)."""
+        return full_precision(self.head(self.features(images)))
+
     def forward(self, images: Tensor, targets: list[dict] | None = None) -> dict:
-        """Training: the dict of loss terms. Without targets: the head's raw outputs."""
-        outs = self.head(self.features(images))
+        """Training: the dict of loss terms. Without targets: the head's raw outputs.
+
+        Under mixed precision the backbone, neck and head towers run in the autocast dtype, while
+        assignment and losses run in float32 (autocast off), as in mmdetection's fp16 recipe."""
+        outs = self.raw_outputs(images)
         if targets is None:
             return outs
         if len(targets) != images.shape[0]:
             raise ReplicateError(f"{images.shape[0]} images but {len(targets)} targets")
-        return self.head.loss(outs, targets, tuple(images.shape[-2:]))
+        with torch.autocast(images.device.type, enabled=False):
+            return self.head.loss(outs, targets, tuple(images.shape[-2:]))
 
     @torch.no_grad()
     def predict(self, images: Tensor, image_sizes: list[tuple[int, int]] | None = None,
@@ -101,8 +109,20 @@ class Detector(nn.Module):
         """
         if image_sizes is None:
             image_sizes = [tuple(images.shape[-2:])] * images.shape[0]
-        outs = self.head(self.features(images))
-        return [self.head.predict(outs, list(image_sizes), test or self.cfg.test) for test in tests]
+        outs = self.raw_outputs(images)
+        with torch.autocast(images.device.type, enabled=False):
+            return [self.head.predict(outs, list(image_sizes), test or self.cfg.test) for test in tests]
+
+
+def full_precision(value: Any) -> Any:
+    """``value`` (tensors in nested dicts, lists and tuples) with every floating tensor in float32."""
+    if isinstance(value, Tensor):
+        return value.float() if value.is_floating_point() and value.dtype != torch.float32 else value
+    if isinstance(value, dict):
+        return {k: full_precision(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(full_precision(v) for v in value)
+    return value
 
 
 def weights_fields(cfg: DetectorConfig) -> dict[str, Any]:

@@ -1,9 +1,10 @@
 """Named detector presets (``replicate models``) and their scaled-down forms for the CPU profiles.
 
 Each preset is the reference configuration of its paper / mmdetection config for COCO with an
-R50-FPN backbone. ``model_config(name, profile)`` adapts it to a data profile: on ``smoke`` and
-``synthetic`` the backbone is the narrow ResNet trained from scratch (trainable BatchNorm, nothing
-frozen) and the FPN/head are narrower, so a run fits a CPU; the head's design is unchanged.
+R50-FPN backbone. ``model_config(name, profile)`` adapts it to a data profile: on the generated profiles
+the backbone is the narrow ResNet (pretrained on the profile's own training images where the profile
+has such weights, else from scratch) and the FPN/head are narrower, so a run fits a CPU; the head's
+design is unchanged (:func:`narrowed`, :mod:`replicate.profiles`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import dataclasses
 from dataclasses import replace
 from typing import Any, Callable
 
+from .. import profiles
 from ..errors import ReplicateError
 from .backbone import BackboneConfig
 from .detector import DetectorConfig, NeckConfig
@@ -76,42 +78,49 @@ MODELS: dict[str, Callable[[], DetectorConfig]] = {
     "foveabox_mod": foveabox_mod,
 }
 
-PROFILE_WIDTHS = {"smoke": (64, 2), "synthetic": (128, 4)}  # (FPN/head channels, tower convs)
-
-
 DEEP_BACKBONES = ("resnet101", "resnext101_32x8d", "resnext101_64x4d")  # -> narrow_deep on small profiles
 
 
 def model_config(name: str, profile: str = "coco", num_classes: int | None = None,
                  overrides: dict[str, Any] | None = None, where: str = "") -> DetectorConfig:
     """The preset ``name`` with ``overrides`` (dotted paths, see :func:`apply_overrides`) adapted to a
-    data profile (``coco`` leaves it unchanged).
+    data profile (:func:`narrowed` with the profile's :class:`~replicate.profiles.ModelScale`; ``coco``
+    leaves it unchanged).
 
-    On the small profiles the backbone becomes the narrow ResNet trained from scratch (``narrow_deep``
-    for the 101-layer backbones, keeping any DCN stages) and the FPN/head widths are scaled down; the
-    overrides are applied before this, so a row asking for ``backbone.name = resnet101`` gets the deeper
-    narrow backbone there. Explicit overrides of the other backbone fields (``backbone.norm``,
-    ``backbone.frozen_stages``) are applied again after it, so that they hold on every profile.
+    The overrides are applied before the narrowing, so a row asking for ``backbone.name = resnet101``
+    gets the deeper narrow backbone on the small profiles. Explicit overrides of the other backbone
+    fields (``backbone.norm``, ``backbone.frozen_stages``) are applied again after it, so that they hold
+    on every profile.
     """
     if name not in MODELS:
         raise ReplicateError(f"unknown model {name!r}; choose from {sorted(MODELS)} (see `replicate models`)")
+    scale = profiles.get(profile).model
     cfg = apply_overrides(MODELS[name](), overrides or {}, where or name)
     if num_classes is not None:
         cfg = replace(cfg, num_classes=num_classes)
-    if profile in PROFILE_WIDTHS:
-        width, convs = PROFILE_WIDTHS[profile]
-        narrow = "narrow_deep" if cfg.backbone.name in DEEP_BACKBONES else "narrow"
-        cfg = replace(
-            cfg,
-            backbone=BackboneConfig(name=narrow, norm="bn", frozen_stages=-1, dcn_stages=cfg.backbone.dcn_stages),
-            neck=replace(cfg.neck, out_channels=width),
-            head=replace(cfg.head, feat_channels=width, num_convs=convs),
-        )
+    if scale is not None:
+        cfg = narrowed(cfg, scale)
         kept = {k: v for k, v in (overrides or {}).items() if k.startswith("backbone.") and k != "backbone.name"}
         cfg = apply_overrides(cfg, kept, where or name)
-    elif profile != "coco":
-        raise ReplicateError(f"unknown profile {profile!r}; choose from ['coco', 'smoke', 'synthetic']")
     return cfg
+
+
+def narrowed(cfg: DetectorConfig, scale: profiles.ModelScale) -> DetectorConfig:
+    """``cfg`` narrowed for a small profile: the narrow ResNet (``narrow_deep`` for the 101-layer
+    backbones, keeping any DCN stages), pretrained and frozen as in the papers when the profile has
+    weights for it, else trained from scratch; FPN and head ``scale.width`` wide with ``scale.num_convs``
+    tower convs. A head config may define ``narrowed(width, num_convs)`` (a two-stage RoI head, say);
+    otherwise its ``feat_channels`` and ``num_convs`` are replaced."""
+    narrow = "narrow_deep" if cfg.backbone.name in DEEP_BACKBONES else "narrow"
+    weights = scale.weights.get(narrow)
+    if weights is not None:
+        backbone = BackboneConfig(name=narrow, norm="frozen_bn", frozen_stages=1, dcn_stages=cfg.backbone.dcn_stages,
+                                  weights=weights)
+    else:
+        backbone = BackboneConfig(name=narrow, norm="bn", frozen_stages=-1, dcn_stages=cfg.backbone.dcn_stages)
+    head = cfg.head.narrowed(scale.width, scale.num_convs) if hasattr(cfg.head, "narrowed") else \
+        replace(cfg.head, feat_channels=scale.width, num_convs=scale.num_convs)
+    return replace(cfg, backbone=backbone, neck=replace(cfg.neck, out_channels=scale.width), head=head)
 
 
 def apply_overrides(obj: Any, overrides: dict[str, Any], where: str = "") -> Any:

@@ -1,0 +1,179 @@
+"""Pretraining a narrow backbone on a generated profile's own training images (``replicate pretrain``).
+
+The papers start from ImageNet weights; none can be downloaded here, and the benchmark's images are not
+ImageNet's. The stand-in is a backbone pretrained once on the profile's **training split only** (the
+validation split is never read): every annotated object is cropped as a square around its box (its
+longer side times ``context``), resized to ``crop`` px, and the narrow ResNet learns the object's class
+(its key's texture) from it, with a linear classifier on globally pooled C5. The detectors then load
+the body (:mod:`replicate.models.checkpoints`) frozen as ImageNet initialisation is in the papers.
+
+Crops are cut with :func:`torchvision.ops.roi_align` (one call per image), SGD with momentum and a cosine
+learning rate, horizontal flips and a small random shift of each crop per epoch. The output is the body's
+state dict in torchvision's names (``<name>-<sha256[:8]>.pt``: the content names the file, so a run's
+config, which names the file, changes with the weights) and, beside it, the ``.json``: what it was trained
+on (the data manifest), the settings, the held-out accuracy (a slice of the training split's objects)
+and provenance. The same settings on CPU give the same weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import roi_align
+from tqdm import tqdm
+
+from ..data.coco import CocoDetection
+from ..data.profiles import data_config, ensure_data
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ..errors import ReplicateError
+from ..io import atomic_write_bytes, atomic_write_json, read_json
+from ..models.backbone import NARROW_BLOCKS, BackboneConfig, build_backbone
+from ..provenance import provenance
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    backbone: str = "narrow"  # a narrow backbone: "narrow" or "narrow_deep"
+    crop: int = 64  # crop side in pixels
+    context: float = 1.25  # crop side = context x the box's longer side
+    jitter: float = 0.1  # random shift of a crop's centre, as a fraction of its side
+    epochs: int = 12
+    batch_size: int = 128
+    lr: float = 0.1
+    weight_decay: float = 1e-4
+    held_out: float = 0.1  # share of the training objects kept out of training to measure accuracy
+    seed: int = 0
+
+
+def object_crops(dataset: CocoDetection, cfg: PretrainConfig, rng: np.random.Generator,
+                 progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every annotated (non-crowd) object of ``dataset`` as a (N, 3, crop, crop) uint8 tensor and its (N,)
+    contiguous labels. Each crop is cut once, its centre shifted by up to ``jitter`` x its side."""
+    crops, labels = [], []
+    for image_id in tqdm(dataset.ids, desc="crops", disable=not progress, unit="img"):
+        rec = dataset._records[image_id]
+        boxes = torch.as_tensor(rec["boxes"], dtype=torch.float32).reshape(-1, 4)
+        if len(boxes) == 0:
+            continue
+        image = dataset.load_image(image_id).float()[None]
+        centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+        side = (boxes[:, 2:] - boxes[:, :2]).amax(dim=1) * cfg.context
+        shift = torch.from_numpy(rng.uniform(-cfg.jitter, cfg.jitter, size=(len(boxes), 2))).float() * side[:, None]
+        centre = centre + shift
+        squares = torch.cat([centre - side[:, None] / 2, centre + side[:, None] / 2], dim=1)
+        rois = torch.cat([torch.zeros(len(boxes), 1), squares], dim=1)
+        cut = roi_align(image, rois, output_size=cfg.crop, spatial_scale=1.0, sampling_ratio=2, aligned=True)
+        crops.append(cut.round().clamp(0, 255).to(torch.uint8))
+        labels.append(torch.as_tensor(rec["labels"], dtype=torch.int64))
+    if not crops:
+        raise ReplicateError(f"{dataset.ann_file}: no annotated objects to pretrain on")
+    return torch.cat(crops), torch.cat(labels)
+
+
+class Classifier(nn.Module):
+    """The backbone's body, global average pooling of C5 and a linear layer over the classes."""
+
+    def __init__(self, backbone: str, num_classes: int) -> None:
+        super().__init__()
+        self.backbone = build_backbone(BackboneConfig(name=backbone, out_stages=(4,), norm="bn", frozen_stages=-1))
+        self.fc = nn.Linear(self.backbone.out_channels[-1], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.backbone(x)[-1].mean(dim=(2, 3)))
+
+
+def _normalise(crops: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
+    std = torch.tensor(IMAGENET_STD)[:, None, None]
+    return (crops.float() - mean) / std
+
+
+def _accuracy(model: nn.Module, crops: torch.Tensor, labels: torch.Tensor, batch: int = 512) -> float:
+    if len(labels) == 0:
+        return float("nan")
+    model.eval()
+    with torch.no_grad():
+        hits = sum(int((model(_normalise(crops[i:i + batch])).argmax(1) == labels[i:i + batch]).sum())
+                   for i in range(0, len(labels), batch))
+    model.train()
+    return hits / len(labels)
+
+
+def pretrain(profile: str, out_dir: str | Path, cfg: PretrainConfig = PretrainConfig(), *,
+             data_root: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+    """Pretrain ``cfg.backbone`` on ``profile``'s training objects; write ``out_dir/<backbone>-<sha>.pt`` and
+    its ``.json``; return the JSON document (which names the weights file and its SHA-256)."""
+    if cfg.backbone not in NARROW_BLOCKS:
+        raise ReplicateError(f"pretrain: backbone {cfg.backbone!r} is not a narrow backbone; choose from "
+                             f"{list(NARROW_BLOCKS)}")
+    data = data_config(profile, data_root)
+    if not data.generated:
+        raise ReplicateError(f"pretrain: profile {profile!r} is not generated; its backbone comes from ImageNet "
+                             "weights in a local file (--backbone-weights)")
+    ensure_data(data, progress=progress)
+    ann, _ = data.paths("train")
+    dataset = CocoDetection(*data.paths("train"), transforms=None, filter_empty=True)
+    rng = np.random.default_rng(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    start = time.perf_counter()
+    crops, labels = object_crops(dataset, cfg, rng, progress)
+    order = torch.from_numpy(rng.permutation(len(labels)))
+    n_held = int(round(cfg.held_out * len(labels)))
+    held, train_idx = order[:n_held], order[n_held:]
+    model = Classifier(cfg.backbone, len(dataset.cat_ids))
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
+    total = cfg.epochs * steps_per_epoch
+    bar = tqdm(total=total, desc=f"pretrain {cfg.backbone}", disable=not progress)
+    step = 0
+    model.train()
+    for epoch in range(cfg.epochs):
+        perm = train_idx[torch.from_numpy(rng.permutation(len(train_idx)))]
+        for i in range(0, len(perm), cfg.batch_size):
+            idx = perm[i:i + cfg.batch_size]
+            x = _normalise(crops[idx])
+            flip = torch.from_numpy(rng.random(len(idx)) < 0.5)
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+            for group in optimizer.param_groups:
+                group["lr"] = 0.5 * cfg.lr * (1 + math.cos(math.pi * step / total))
+            loss = F.cross_entropy(model(x), labels[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}", refresh=False)
+    bar.close()
+    seconds = time.perf_counter() - start
+    out = Path(out_dir)
+    buffer = io.BytesIO()
+    torch.save(model.backbone.body.state_dict(), buffer)
+    sha = hashlib.sha256(buffer.getvalue()).hexdigest()
+    weights = out / f"{cfg.backbone}-{sha[:8]}.pt"
+    atomic_write_bytes(weights, buffer.getvalue())
+    manifest = data.root / "dataset.json"
+    document = {
+        "weights": weights.name,
+        "sha256": sha,
+        "profile": profile,
+        "trained_on": {"annotations": str(ann.relative_to(data.root)), "split": "train", "objects": len(train_idx),
+                       "dataset_manifest": read_json(manifest) if manifest.is_file() else None},
+        "held_out_objects": n_held,
+        "train_accuracy": _accuracy(model, crops[train_idx], labels[train_idx]),
+        "held_out_accuracy": _accuracy(model, crops[held], labels[held]),
+        "seconds": seconds,
+        "config": asdict(cfg),
+        "provenance": provenance(asdict(cfg), device="cpu"),
+    }
+    atomic_write_json(weights.with_suffix(".json"), document, indent=1)
+    return document
