@@ -145,6 +145,30 @@ def _cmd_bench_aps(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_data(args: argparse.Namespace) -> int:
+    from .bench.cost import bench_data, write_result
+
+    result = bench_data(args.profile)
+    print(f"data {args.profile}: generated in {result['seconds']:.1f} s")
+    if not args.no_save:
+        print(f"  written to {write_result(result, args.out)}")
+    return 0
+
+
+def _cmd_bench_threads(args: argparse.Namespace) -> int:
+    from .bench.cost import bench_threads, write_result
+
+    result = bench_threads(args.model, args.profile, iters=args.iters, data_root=args.data_root)
+    for name in ("1x2", "2x1"):
+        r = result[name]
+        print(f"{name} ({r['runs']} run(s) x {r['threads']} thread(s)): s/iter "
+              + ", ".join(f"{s:.3f}" for s in r["seconds_per_iter"]) + f"; machine {r['machine_imgs_per_s']:.1f} img/s")
+    print(f"more runs per hour: {result['faster']}")
+    if not args.no_save:
+        print(f"  written to {write_result(result, args.out)}")
+    return 0
+
+
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from .experiments.sweep import sweep
 
@@ -176,6 +200,17 @@ def _deadline(until: str | None, max_minutes: float | None) -> float | None:
             end += dt.timedelta(days=1)
         ends.append(end.timestamp())
     return min(ends) if ends else None
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from .experiments.verify import verify
+
+    exact = True
+    for record in args.records:
+        result = verify(record, data_root=args.data_root, threads=args.threads, progress=not args.quiet)
+        print(result.format(), flush=True)
+        exact &= result.exact
+    return 0 if exact else 1
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -361,6 +396,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-save", action="store_true", help="print only")
     p.set_defaults(func=_cmd_bench_aps)
 
+    p = bsub.add_parser("data", help="time generating a profile's dataset from scratch",
+                        description="Seconds to generate the profile's train and val splits into a fresh folder.")
+    p.add_argument("--profile", choices=GENERATED, default=DEFAULT_PROFILE)
+    p.add_argument("--out", type=Path, help="result file (default results/bench/data_<profile>.json)")
+    p.add_argument("--no-save", action="store_true", help="print only")
+    p.set_defaults(func=_cmd_bench_data)
+
+    p = bsub.add_parser("threads", help="1 run x 2 threads against 2 runs x 1 thread: which trains more per hour",
+                        description="Training throughput of one preset on this machine: one run with two threads, "
+                                    "then two runs side by side with one thread each. Run it on an idle machine.")
+    p.add_argument("--model", default="atss")
+    p.add_argument("--profile", choices=GENERATED, default=DEFAULT_PROFILE)
+    p.add_argument("--iters", type=int, default=150, help="iterations per run (the first 30 are not timed)")
+    p.add_argument("--data-root", default=None, help="dataset folder (default data/PROFILE)")
+    p.add_argument("--out", type=Path, help="result file (default results/bench/threads_<profile>_<model>.json)")
+    p.add_argument("--no-save", action="store_true", help="print only")
+    p.set_defaults(func=_cmd_bench_threads)
+
     p = sub.add_parser(
         "sweep", help="run every missing run of a paper or of one of its tables (submitit: local, slurm, debug)",
         description="Make the runs of TARGET (PAPER, e.g. mod, or PAPER:TABLE, e.g. mod:table3): one per reproduced "
@@ -390,6 +443,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-minutes", type=float, default=None, help="clean stop after this many minutes (as --until)")
     p.add_argument("--dry-run", action="store_true", help="print what would run; submit nothing")
     p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser(
+        "verify", help="re-train committed records' runs and check that they reproduce their metrics exactly",
+        description="For each RECORD (results/<profile>/<key>.json): find the table row whose run has its key, check "
+                    "that the row's config is the record's, train it from scratch in a scratch folder and compare "
+                    "every COCO metric with the stored one. Exit 1 when any differs.")
+    p.add_argument("records", nargs="+", type=Path, metavar="RECORD")
+    p.add_argument("--data-root", type=Path, default=None, help="dataset folder (default data/PROFILE)")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1, as the sweeps run)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_verify)
 
     p = sub.add_parser("status", help="the runs in the results store and the unfinished ones in the work folder",
                        description="One line per recorded run (AP, when it finished) and per run with a work "

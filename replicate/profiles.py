@@ -14,11 +14,13 @@ else (``data``, ``engine``, ``models.zoo``, ``experiments``, the CLI) reads thes
 * ``synthetic``: the larger generated benchmark (4000 images of 288-352 px, width 128 and 4 tower
   convs, from scratch), kept as the GPU / cluster profile; its records are not committed.
 * ``coco``: COCO 2017 from a local folder with the papers' R50-FPN 1x recipe, unchanged presets.
+* ``proxy-offset0``, ``proxy-offset0.3``: the proxy with its key offset turned down, the calibration page's
+  dial (:data:`DIAL_OFFSETS`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .data.synth_spec import SynthProfile
 from .engine.config import SCHEDULES, TrainConfig
@@ -44,11 +46,12 @@ class ModelScale:
 class Profile:
     name: str
     synth: SynthProfile | None  # None: COCO from a local folder
-    scale: str  # a data.profiles.SCALE_PRESETS name: training and test scale
+    scale: str  # a data.scales.SCALE_PRESETS name: training and test scale
     schedule: TrainConfig
     model: ModelScale | None  # None: the presets as they are (the papers' R50-FPN)
     num_classes: int
     minutes: dict[str, float]  # device type -> a first guess of one run's wall time (sweep plans)
+    seeds: int = 1  # seeds per table row the book shows by default
     committed: bool = False  # whether its results/ records are committed with the repository
     evidence: bool = True  # False: a plumbing check whose numbers mean nothing (the book says so)
 
@@ -78,16 +81,27 @@ PROXY_SCHEDULE = TrainConfig(iters=1200, batch_size=8, lr=0.01, steps=(800, 1100
                              warmup_iters=100, warmup_ratio=0.001, grad_clip=35.0, amp="bf16", channels_last=True,
                              checkpoint_every=250, num_workers=0)
 
+PROXY_SCALE = ModelScale(64, 2, weights={"narrow": "results/pretrained/proxy/narrow-bb70379f.pt",
+                                         "narrow_deep": "results/pretrained/proxy/narrow_deep-56b411b2.pt"})
+
+#: The calibration dial: the proxy benchmark with the key (the class evidence) nearer the body centre. At
+#: offset 0 the best point to classify is the best point to regress, so the misalignment should fade.
+#: These share the proxy's schedule and its backbone (pretrained on the proxy's own training split).
+DIAL_OFFSETS: dict[str, tuple[float, float]] = {"proxy-offset0": (0.0, 0.0), "proxy-offset0.3": (0.1, 0.5)}
+
 PROFILES: dict[str, Profile] = {
     "smoke": Profile("smoke", SMOKE_DATA, "smoke-192", SCHEDULES["smoke"], ModelScale(64, 2), num_classes=10,
                      minutes={"cpu": 0.5, "cuda": 0.5}, evidence=False),
     "proxy": Profile("proxy", PROXY_DATA, "proxy-192", PROXY_SCHEDULE,
-                     ModelScale(64, 2, weights={"narrow": "results/pretrained/proxy/narrow-bb70379f.pt"}),
-                     num_classes=10, minutes={"cpu": 5.0, "cuda": 1.0}, committed=True),
+                     PROXY_SCALE,
+                     num_classes=10, minutes={"cpu": 5.0, "cuda": 1.0}, seeds=3, committed=True),
     "synthetic": Profile("synthetic", SYNTHETIC_DATA, "synthetic-320", SCHEDULES["synthetic"], ModelScale(128, 4),
                          num_classes=10, minutes={"cpu": 275.0, "cuda": 20.0}),
     "coco": Profile("coco", None, "1333x800", SCHEDULES["1x"], None, num_classes=80,
                     minutes={"cpu": 270_000.0, "cuda": 300.0}),
+    **{name: Profile(name, replace(PROXY_DATA, name=name, key_offset=offset), "proxy-192", PROXY_SCHEDULE, PROXY_SCALE,
+                     num_classes=10, minutes={"cpu": 5.0, "cuda": 1.0}, committed=True)
+       for name, offset in DIAL_OFFSETS.items()},
 }
 NAMES: tuple[str, ...] = tuple(PROFILES)
 GENERATED: tuple[str, ...] = tuple(n for n, p in PROFILES.items() if p.synth is not None)

@@ -20,12 +20,12 @@ from replicate.errors import ReplicateError
 from replicate.experiments import launch, runs
 from replicate.experiments import sweep as sweep_module
 from replicate.experiments.launch import make_executor, run_requests
-from replicate.experiments.runs import RunInterrupted, ensure_runs, execute_run, requests_for
+from replicate.experiments.runs import RunInterrupted, execute_run, requests_for
 from replicate.experiments.spec import REGISTRY, Row, TableSpec, register
 from replicate.models.zoo import apply_overrides
 from replicate.engine.rescore import test_key
 from replicate.experiments.store import ResultsStore, run_key
-from replicate.experiments.sweep import sweep
+from replicate.experiments.sweep import ensure_runs, sweep
 from replicate.models.zoo import model_config
 
 pytestmark = pytest.mark.filterwarnings("ignore:no detections in")  # 4 iterations detect nothing

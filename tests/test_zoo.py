@@ -69,7 +69,7 @@ def test_small_profiles_map_backbones_and_keep_explicit_backbone_overrides():
 
 
 def test_build_by_name_and_unknown_names():
-    assert isinstance(build_detector("retinanet"), Detector)
+    assert isinstance(build_detector(model_config("retinanet")), Detector)
     with pytest.raises(ReplicateError, match="unknown model 'yolo'"):
         model_config("yolo")
     with pytest.raises(ReplicateError, match="unknown profile"):

@@ -122,6 +122,29 @@ def candidates(
     )
 
 
+def object_gaps(pred: ImagePredictions, pos_iou: float = 0.5) -> pd.DataFrame:
+    """Per ground-truth object: how much localization its top-scored box gives away (the benchmark's dial).
+
+    An object's candidates are the priors whose decoded box overlaps it with IoU >= ``pos_iou``, scored by
+    their probability of the object's class. ``best_iou`` is the best localization among them,
+    ``top_iou`` that of the top-scored one and ``gap = best_iou - top_iou`` (0 when the detector's most
+    confident box is also its best-localized one). Objects without a candidate are left out.
+    """
+    if pred.gt_boxes.shape[0] == 0:
+        return pd.DataFrame(columns=["gt", "candidates", "best_iou", "top_iou", "gap"])
+    iou = box_iou(pred.boxes.detach().float().cpu(), pred.gt_boxes.detach().float().cpu())  # (N, G)
+    score = pred.scores.detach().float().cpu()[:, pred.gt_labels.cpu()]  # (N, G): each object's class
+    cand = iou >= pos_iou
+    count = cand.sum(dim=0)
+    best = torch.where(cand, iou, torch.zeros_like(iou)).amax(dim=0)
+    top = torch.where(cand, score, torch.full_like(score, -1.0)).argmax(dim=0)
+    top_iou = iou.gather(0, top[None]).squeeze(0)
+    keep = count > 0
+    return pd.DataFrame({"gt": torch.nonzero(keep).squeeze(1).numpy(), "candidates": count[keep].numpy(),
+                         "best_iou": best[keep].double().numpy(), "top_iou": top_iou[keep].double().numpy(),
+                         "gap": (best - top_iou)[keep].double().numpy()})
+
+
 def positive_priors(pred: ImagePredictions, pos_iou: float = 0.5) -> int:
     """Number of priors whose largest IoU with any ground-truth box exceeds ``pos_iou``."""
     iou = _max_iou(pred.priors.detach().float().cpu(), pred.gt_boxes.detach().float().cpu())

@@ -25,7 +25,7 @@ from ..errors import ReplicateError
 from ..io import atomic_write_json, read_json
 from ..models._utils import flatten_levels
 from ..models.detector import DetectorConfig
-from .misalignment import ImagePredictions, candidates, count_table
+from .misalignment import ImagePredictions, candidates, count_table, object_gaps
 
 ANALYSIS = "analysis"
 
@@ -110,6 +110,33 @@ def misalignment_summary(record: dict[str, Any], model_cfg: DetectorConfig, prof
     }
     atomic_write_json(path, document)
     return _from_json(document)
+
+
+def gap_summary(record: dict[str, Any], model_cfg: DetectorConfig, profile: str, *,
+                results_dir: str | Path = "results", data_root: str | Path | None = None,
+                scale: str | None = None, images: int = 100, pos_iou: float = 0.5) -> dict[str, Any]:
+    """``{"key", "objects", "mean_gap", "share_gap_over_0.1", "mean_best_iou"}`` of a run's first ``images``
+    validation images (:func:`~.misalignment.object_gaps`); cached per run key like the misalignment summary."""
+    settings = {"images": images, "pos_iou": pos_iou}
+    path = Path(results_dir) / ANALYSIS / profile / f"gaps-{record['key']}.json"
+    cached = cached_summary(path, settings, "localization-gap summary")
+    if cached is not None:
+        return cached
+    net, val_set = trained_run(record, model_cfg, profile, cache=path, what="localization-gap summary",
+                               data_root=data_root, scale=scale)
+    n = min(images, len(val_set))
+    frames = [object_gaps(p, pos_iou) for start in range(0, n, 2)
+              for p in dense_predictions(net, val_set, range(start, min(start + 2, n)))]
+    gaps = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["gap", "best_iou"])
+    document = {
+        "key": record["key"], "settings": settings, "objects": int(len(gaps)),
+        "mean_gap": float(gaps["gap"].mean()) if len(gaps) else None,
+        "share_gap_over_0.1": float((gaps["gap"] > 0.1).mean()) if len(gaps) else None,
+        "mean_best_iou": float(gaps["best_iou"].mean()) if len(gaps) else None,
+        "provenance": record.get("provenance", {}),
+    }
+    atomic_write_json(path, document)
+    return document
 
 
 def _from_json(document: dict[str, Any]) -> dict[str, Any]:

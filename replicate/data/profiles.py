@@ -1,8 +1,8 @@
 """Where each profile's data lives and at what scale it is read.
 
 Profiles are defined in :mod:`replicate.profiles`: the generated ones (``smoke``, ``proxy``, ``synthetic``;
-see :mod:`replicate.data.synth`) and ``coco`` (COCO 2017 from a local folder: nothing is downloaded). Scales are ``(long, short)``:
-the papers' 1333x800 (MOD, SALT-Net, TSD, AlignDet), RetinaNet-Conf's 1000x600, multi-scale ranges.
+see :mod:`replicate.data.synth`) and ``coco`` (COCO 2017 from a local folder: nothing is downloaded). Scales are named presets
+(:mod:`replicate.data.scales`).
 """
 
 from __future__ import annotations
@@ -15,23 +15,8 @@ from .. import profiles
 from ..errors import DataError, ReplicateError
 from . import synth
 from .coco import CocoDetection
+from .scales import SCALE_PRESETS, TEST_SCALES
 from .transforms import Scale, test_transforms, train_transforms
-
-SCALE_PRESETS: dict[str, tuple[tuple[Scale, ...], str]] = {
-    "1333x800": (((1333, 800),), "choice"),
-    "1000x600": (((1000, 600),), "choice"),
-    "1024x608": (((1024, 608),), "choice"),  # RetinaNet-Conf's released config (train and test)
-    "ms-640-800": (((1333, 640), (1333, 800)), "range"),  # short side drawn in [640, 800]
-    "ms-480-960": (((1333, 480), (1333, 960)), "range"),  # tested at 1333x800 (TEST_SCALES)
-    "synthetic-320": (((480, 320),), "choice"),
-    "proxy-192": (((256, 192),), "choice"),
-    "smoke-192": (((288, 192),), "choice"),
-}
-
-# Test scale of a preset when it is not its largest training scale: FCOS-family multi-scale 2x recipes
-# (MOD's released configs: MIN_SIZE_RANGE_TRAIN 480-960) test at 800.
-TEST_SCALES: dict[str, Scale] = {"ms-480-960": (1333, 800)}
-
 
 @dataclass(frozen=True)
 class DataConfig:

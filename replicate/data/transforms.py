@@ -17,8 +17,9 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from .scales import Scale
+
 Target = dict
-Scale = tuple[int, int]  # (long side limit, short side)
 
 # ImageNet statistics in [0, 255] (torchvision and mmdetection's pytorch-style backbones).
 IMAGENET_MEAN = (123.675, 116.28, 103.53)

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from ..data.scales import SCALE_PRESETS
 from ..errors import ReplicateError
 
 WARMUPS = ("linear", "constant", "none")
@@ -69,8 +70,6 @@ class TrainConfig:
         if self.amp not in AMP_DTYPES:
             problems.append(f"amp must be one of {list(AMP_DTYPES)} (got {self.amp!r})")
         if self.scale is not None:
-            from ..data.profiles import SCALE_PRESETS
-
             if self.scale not in SCALE_PRESETS:
                 problems.append(f"scale must be one of {sorted(SCALE_PRESETS)} or None (got {self.scale!r})")
         if self.checkpoint_every < 0 or self.num_workers < 0:

@@ -417,6 +417,8 @@ def bench_frame(bench_dir: str | Path) -> pd.DataFrame:
     data = []
     for path in sorted(Path(bench_dir).glob("*.json")):
         b = read_json(path, what="benchmark result")
+        if b.get("benchmark") not in ("aps", "train-step"):
+            continue  # the cost benchmarks (data, threads) have no baseline: the calibration page shows them
         if b.get("benchmark") == "aps":
             what, baseline, base_key = f"APS, {b.get('score')} score", "per-GT scikit-learn (released code)", "reference"
             load = f"{b.get('images')} images x {b.get('boxes_per_image')} boxes, {b.get('num_points')} points"

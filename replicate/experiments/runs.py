@@ -7,8 +7,8 @@ returned as stored without training; otherwise it trains in ``WORK/runs/<profile
 from the checkpoint an interrupted attempt left there), and only a finished run is recorded: an
 interrupted one raises :class:`RunInterrupted` and leaves the store untouched.
 
-:func:`ensure_runs` is what the book's notebooks call: the records of a table's rows, running the
-missing ones first if asked.
+:func:`replicate.experiments.sweep.ensure_runs` is what the book's notebooks call (the records of a
+table's rows, running the missing ones first if asked); it shares one path with ``replicate sweep``.
 """
 
 from __future__ import annotations
@@ -311,42 +311,6 @@ def loss_summary(log_path: Path, points: int = CURVE_POINTS) -> dict[str, dict[s
 
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
-
-
-def ensure_runs(spec: TableSpec, profile: str, executor: str = "debug", seeds: int = 1, *,
-                results_dir: str | Path = "results", data_root: str | Path | None = None,
-                run_missing: bool = True, work_dir: str | Path = "work",
-                **launch_options: Any) -> dict[str, list[Record]]:
-    """Row label -> the stored records of that row (by seed) for the book's notebooks.
-
-    With ``run_missing`` the runs not yet in the store are run first through ``executor`` (``debug``:
-    in this process; ``local``: subprocesses; ``slurm``) and waited for; runs that fail are warned
-    about. Without it the missing runs are only warned about. Rows without records (not run, or cited
-    from the paper only) map to ``[]``. ``launch_options`` go to :func:`.launch.run_requests`.
-    """
-    requests = requests_for(spec, profile, seeds, data_root=data_root, results_dir=results_dir,
-                            work_dir=work_dir)
-    store = ResultsStore(results_dir)
-    missing = [r for r in merge_requests(requests) if not is_complete(store, r)]
-    if missing and run_missing:
-        from .launch import run_requests
-
-        outcomes = run_requests(missing, executor, **launch_options)
-        failed = [o for o in outcomes if o.status != "finished"]
-        if failed:
-            warnings.warn(f"{spec.key} on {profile}: {len(failed)} of {len(missing)} runs did not finish: "
-                          + "; ".join(f"{o.request.describe()}: {o.status} ({o.message})" for o in failed))
-    elif missing:
-        warnings.warn(f"{spec.key} on {profile}: {len(missing)} of {len(requests)} runs missing from "
-                      f"{store.root} (" + ", ".join(r.describe() for r in missing) + "); run `replicate sweep "
-                      f"{spec.key} --profile {profile} --seeds {seeds}` to produce them")
-    by_row: dict[str, list[Record]] = {row.label: [] for row in spec.rows}
-    for r in requests:
-        record = store.get(r.profile, r.key)
-        view = row_view(record, r.model.test) if record is not None else None
-        if view is not None:
-            by_row[r.row_label].append(view)
-    return by_row
 
 
 def unfinished_runs(work_dir: str | Path, store: ResultsStore, profile: str | None = None) -> list[dict[str, Any]]:

@@ -15,7 +15,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import pkgutil
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,9 @@ from typing import Any
 from .. import profiles
 from ..errors import ReplicateError
 from .launch import run_requests
-from .runs import is_complete, merge_requests, missing_tests, requests_for, row_view
+from .runs import RunRequest, is_complete, merge_requests, missing_tests, requests_for, row_view
 from .spec import REGISTRY, TableSpec
-from .store import ResultsStore
+from .store import Record, ResultsStore
 
 PAPERS_PACKAGE = "replicate.experiments.papers"
 STATUSES = ("finished", "running", "interrupted", "failed", "missing")
@@ -94,6 +95,52 @@ class SweepReport:
         return "\n".join(text + [f"{self.target} on {self.profile}: {counts or 'no runs'}"])
 
 
+def resolve_requests(specs: Sequence[TableSpec], profile: str, seeds: int, *, results_dir: str | Path = "results",
+                     work_dir: str | Path = "work", data_root: str | Path | None = None) -> list[RunRequest]:
+    """One request per (table row, seed) of ``specs`` on ``profile`` (rows shared by tables repeat)."""
+    return [r for spec in specs
+            for r in requests_for(spec, profile, seeds, data_root=data_root, results_dir=results_dir,
+                                  work_dir=work_dir)]
+
+
+@dataclass
+class Launch:
+    """What :func:`launch_missing` did: the distinct runs, their records and each run's (status, message)."""
+
+    runs: dict[str, RunRequest]
+    records: dict[str, Record | None]
+    status: dict[str, tuple[str, str]]
+
+    def view(self, request: RunRequest) -> Record | None:
+        """The record as ``request``'s table row sees it (its test config), or ``None``."""
+        record = self.records[request.key]
+        return row_view(record, request.model.test) if record is not None else None
+
+
+def launch_missing(requests: Sequence[RunRequest], executor: str = "local", *, run: bool = True, dry_run: bool = False,
+                   cluster: Any = None, log: Callable[[str], None] = print, **launch_options: Any) -> Launch:
+    """The one path of ``replicate sweep`` and of the notebooks: merge the requests into distinct runs,
+    find those the store lacks (or lacks an evaluation of), launch them (unless ``run`` is false or
+    ``dry_run``) and collect their records."""
+    unique = {r.key: r for r in merge_requests(requests)}
+    store = ResultsStore(requests[0].results_dir) if requests else None
+    records = {key: store.get(r.profile, key) for key, r in unique.items()}
+    to_run = [r for key, r in unique.items() if missing_tests(records[key], r.all_tests)]
+    status = {key: ("finished", "") for key, r in unique.items() if not missing_tests(records[key], r.all_tests)}
+    if dry_run or not run:
+        for r in to_run:
+            if dry_run:
+                log(f"would run {r.describe()} in {r.run_dir}")
+            status[r.key] = ("missing", "dry run" if dry_run else "not run")
+        return Launch(unique, records, status)
+    if executor == "slurm" and isinstance(cluster, (str, Path)):
+        cluster = _load_cluster(cluster)
+    for outcome in run_requests(to_run, executor, cluster=cluster, log=log, **launch_options):
+        status[outcome.request.key] = (outcome.status, outcome.message)
+        records[outcome.request.key] = outcome.record
+    return Launch(unique, records, status)
+
+
 def sweep(target: str, profile: str, executor: str = "local", seeds: int = 1, *, cluster: Any = None,
           results_dir: str | Path = "results", work_dir: str | Path = "work", data_root: str | Path | None = None,
           wait: bool = True, dry_run: bool = False, log: Callable[[str], None] = print,
@@ -102,35 +149,58 @@ def sweep(target: str, profile: str, executor: str = "local", seeds: int = 1, *,
 
     ``cluster``: a cluster profile name or YAML path (:mod:`.clusters`), or submitit parameters as a
     mapping. ``dry_run``: report what would run, submit nothing. ``launch_options`` go to
-    :func:`.launch.run_requests` (``parallelism``, ``timeout_s``, resources such as ``gpus_per_node``).
+    :func:`.launch.run_requests` (``parallelism``, ``timeout_s``, ``deadline``, resources such as
+    ``gpus_per_node``).
     """
-    requests = [r for spec in resolve_target(target)
-                for r in requests_for(spec, profile, seeds, data_root=data_root, results_dir=results_dir,
-                                      work_dir=work_dir)]
+    requests = resolve_requests(resolve_target(target), profile, seeds, results_dir=results_dir,
+                                work_dir=work_dir, data_root=data_root)
+    pending = merge_requests(requests)
     store = ResultsStore(results_dir)
-    unique = {r.key: r for r in merge_requests(requests)}
-    records = {key: store.get(profile, key) for key in unique}
-    to_run = [r for key, r in unique.items() if missing_tests(records[key], r.all_tests)]
-    log(f"{target} on {profile}: {len(unique)} runs ({len(requests)} table rows x seeds), "
-        f"{len(unique) - len(to_run)} finished, {len(to_run)} to run")
-    status = {key: ("finished", "") for key, r in unique.items() if not missing_tests(records[key], r.all_tests)}
-    if dry_run:
-        for r in to_run:
-            log(f"would run {r.describe()} in {r.run_dir}")
-            status[r.key] = ("missing", "dry run")
-    else:
-        if executor == "slurm" and isinstance(cluster, (str, Path)):
-            cluster = _load_cluster(cluster)
-        for outcome in run_requests(to_run, executor, cluster=cluster, wait=wait, log=log, **launch_options):
-            status[outcome.request.key] = (outcome.status, outcome.message)
-            records[outcome.request.key] = outcome.record
+    todo = sum(1 for r in pending if missing_tests(store.get(profile, r.key), r.all_tests))
+    log(f"{target} on {profile}: {len(pending)} runs ({len(requests)} table rows x seeds), "
+        f"{len(pending) - todo} finished, {todo} to run")
+    launched = launch_missing(requests, executor, dry_run=dry_run, cluster=cluster, log=log, wait=wait,
+                              **launch_options)
     report = SweepReport(target, profile, "dry run" if dry_run else executor)
     for r in requests:
-        view = row_view(records[r.key], r.model.test) if records[r.key] else None
+        view = launched.view(r)
         ap = (view["metrics"] or {}).get("AP") if view else None
-        state, message = status[r.key]
+        state, message = launched.status[r.key]
         report.runs.append(RunStatus(r.key, r.spec_key, r.row_label, r.seed, state, ap, message))
     return report
+
+
+def ensure_runs(spec: TableSpec, profile: str, executor: str = "debug", seeds: int = 1, *,
+                results_dir: str | Path = "results", data_root: str | Path | None = None,
+                run_missing: bool = True, work_dir: str | Path = "work",
+                **launch_options: Any) -> dict[str, list[Record]]:
+    """Row label -> the stored records of that row (by seed) for the book's notebooks.
+
+    ``seeds < 1`` means the profile's default number of seeds (:data:`replicate.profiles.Profile.seeds`).
+    With ``run_missing`` the runs not yet in the store are run first through ``executor`` (``debug``:
+    in this process; ``local``: subprocesses; ``slurm``) and waited for; runs that fail are warned
+    about. Without it the missing runs are only warned about. Rows without records (not run, or cited
+    from the paper only) map to ``[]``. ``launch_options`` go to :func:`.launch.run_requests`.
+    """
+    if seeds < 1:
+        seeds = profiles.get(profile).seeds
+    requests = resolve_requests([spec], profile, seeds, results_dir=results_dir, work_dir=work_dir,
+                                data_root=data_root)
+    launched = launch_missing(requests, executor, run=run_missing, log=lambda line: None, **launch_options)
+    unfinished = [(launched.runs[k], s, m) for k, (s, m) in launched.status.items() if s != "finished"]
+    if unfinished and run_missing:
+        warnings.warn(f"{spec.key} on {profile}: {len(unfinished)} of {len(launched.runs)} runs did not finish: "
+                      + "; ".join(f"{r.describe()}: {s} ({m})" for r, s, m in unfinished))
+    elif unfinished:
+        warnings.warn(f"{spec.key} on {profile}: {len(unfinished)} of {len(requests)} runs missing from "
+                      f"{Path(results_dir)} (" + ", ".join(r.describe() for r, _, _ in unfinished) + "); run "
+                      f"`replicate sweep {spec.key} --profile {profile} --seeds {seeds}` to produce them")
+    by_row: dict[str, list[Record]] = {row.label: [] for row in spec.rows}
+    for r in requests:
+        view = launched.view(r)
+        if view is not None:
+            by_row[r.row_label].append(view)
+    return by_row
 
 
 def _load_cluster(name_or_path: str | Path) -> Any:

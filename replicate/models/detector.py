@@ -133,12 +133,11 @@ def weights_fields(cfg: DetectorConfig) -> dict[str, Any]:
     return {**fields, "head_type": type(cfg.head).__name__}
 
 
-def build_detector(cfg: DetectorConfig | str, **overrides) -> Detector:
-    """Build a detector from a config, or from a preset name (see :data:`replicate.models.zoo.MODELS`)."""
-    if isinstance(cfg, str):
-        from .zoo import model_config
-
-        cfg = model_config(cfg)
+def build_detector(cfg: DetectorConfig, **overrides) -> Detector:
+    """Build a detector from its config (a preset's: :func:`replicate.models.zoo.model_config`)."""
+    if not isinstance(cfg, DetectorConfig):
+        raise ReplicateError(f"build_detector takes a DetectorConfig, got {type(cfg).__name__} (for a preset name "
+                             "use replicate.models.zoo.model_config)")
     if overrides:
         cfg = replace(cfg, **overrides)
     return Detector(cfg)

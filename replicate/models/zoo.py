@@ -16,49 +16,16 @@ from typing import Any, Callable
 from .. import profiles
 from ..errors import ReplicateError
 from .backbone import BackboneConfig
-from .detector import DetectorConfig, NeckConfig
+from .detector import DetectorConfig
 from .detectors.atss import atss
-from .detectors.fcos import FCOSHeadConfig
+from .detectors.fcos import fcos, fcos_giou, fcos_vanilla
 from .detectors.foveabox import foveabox
 from .detectors.gfl import gfl
 from .detectors.gflv2 import gflv2
 from .detectors.iou_aware_retinanet import iou_aware_retinanet
 from .detectors.mod import foveabox_mod, mod, mod_code, retinanet_mod
-from .detectors.retinanet import ONE_ANCHOR, RetinaNetHeadConfig
+from .detectors.retinanet import retinanet, retinanet_1anchor
 from .detectors.retinanet_conf import retinanet_conf
-from .postprocess import TestConfig
-
-FCOS_NECK = NeckConfig(extra_from="output", relu_before_extra=True)
-
-
-def retinanet() -> DetectorConfig:
-    """RetinaNet (Lin et al. 2017b): 9 anchors, focal loss, smooth L1."""
-    return DetectorConfig("retinanet", RetinaNetHeadConfig())
-
-
-def retinanet_1anchor() -> DetectorConfig:
-    """RetinaNet with one square anchor (8 x stride) per location."""
-    return DetectorConfig("retinanet_1anchor", RetinaNetHeadConfig(anchors=ONE_ANCHOR))
-
-
-def fcos_vanilla() -> DetectorConfig:
-    """FCOS as in the paper (Tian et al. 2019): centerness on the cls tower, exp distances, IoU loss."""
-    return DetectorConfig("fcos_vanilla", FCOSHeadConfig(), neck=FCOS_NECK,
-                          test=TestConfig(nms_iou=0.5, fusion="multiply"))
-
-
-def fcos() -> DetectorConfig:
-    """FCOS* with the official code's improvements (the baseline MOD builds on)."""
-    head = FCOSHeadConfig(center_sampling=True, norm_on_bbox=True, quality_on_reg=True, box_loss="giou",
-                          weight_box_by_centerness=True)
-    return DetectorConfig("fcos", head, neck=FCOS_NECK, test=TestConfig(nms_iou=0.6, fusion="sqrt"))
-
-
-def fcos_giou() -> DetectorConfig:
-    """FCOS* whose quality branch predicts the GIoU of its box (MOD's quality branch)."""
-    cfg = fcos()
-    return replace(cfg, name="fcos_giou", head=replace(cfg.head, quality="giou"))
-
 
 MODELS: dict[str, Callable[[], DetectorConfig]] = {
     "retinanet": retinanet,

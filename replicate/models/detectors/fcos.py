@@ -21,7 +21,7 @@ official code leaves the target undetached and negative GIoU unclamped: ``qualit
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
@@ -30,6 +30,7 @@ from ...errors import ReplicateError
 from .._utils import Scale, conv_tower, flatten_levels, init_normal, mean_over_ranks, prior_prob_bias
 from ..assigners import DEFAULT_FCOS_RANGES, Assignment, fcos_assign, pad_targets
 from ..box_coders import DistanceCoder
+from ..detector import DetectorConfig, NeckConfig
 from ..losses import binary_cross_entropy_with_logits, giou_loss, iou_loss, sigmoid_focal_loss_labels
 from ..postprocess import TestConfig, postprocess
 from ..priors import points_for
@@ -182,3 +183,29 @@ class FCOSHead(nn.Module):
             return self.coder.decode(pts[level][prior], dists[level][img, prior])
 
         return postprocess(probs, decode, image_sizes, cfg, quality)
+
+
+# ------------------------------------------------------------------------------------------ presets
+
+
+FCOS_NECK = NeckConfig(extra_from="output", relu_before_extra=True)
+"""FCOS' P6 from P5 (the FPN output) after a ReLU, as in its official code."""
+
+
+def fcos_vanilla() -> DetectorConfig:
+    """FCOS as in the paper (Tian et al. 2019): centerness on the cls tower, exp distances, IoU loss."""
+    return DetectorConfig("fcos_vanilla", FCOSHeadConfig(), neck=FCOS_NECK,
+                          test=TestConfig(nms_iou=0.5, fusion="multiply"))
+
+
+def fcos() -> DetectorConfig:
+    """FCOS* with the official code's improvements (the baseline MOD builds on)."""
+    head = FCOSHeadConfig(center_sampling=True, norm_on_bbox=True, quality_on_reg=True, box_loss="giou",
+                          weight_box_by_centerness=True)
+    return DetectorConfig("fcos", head, neck=FCOS_NECK, test=TestConfig(nms_iou=0.6, fusion="sqrt"))
+
+
+def fcos_giou() -> DetectorConfig:
+    """FCOS* whose quality branch predicts the GIoU of its box (MOD's quality branch)."""
+    cfg = fcos()
+    return replace(cfg, name="fcos_giou", head=replace(cfg.head, quality="giou"))

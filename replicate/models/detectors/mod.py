@@ -57,7 +57,7 @@ from ..assigners import IGNORED, Assignment, _finish, _nonempty_gt, fcos_point_m
 from ..detector import DetectorConfig
 from ..losses import giou_loss
 from ..postprocess import TestConfig
-from .fcos import FCOSHead, FCOSHeadConfig
+from .fcos import FCOS_NECK, FCOSHead, FCOSHeadConfig
 from .foveabox import FoveaBoxHead, FoveaBoxHeadConfig, fovea_encode, foveabox
 from .retinanet import RetinaNetHead, RetinaNetHeadConfig
 
@@ -373,8 +373,6 @@ def mod_fcos_baseline_head() -> MODHeadConfig:
 
 def mod() -> DetectorConfig:
     """MOD: FCOS* (GIoU quality) + RFA (first tower conv, DCNv2) + APS (paper score, K=9, 2 levels)."""
-    from ..zoo import FCOS_NECK
-
     head = replace(mod_fcos_baseline_head(), rfa="first", assigner="aps")
     return DetectorConfig("mod", head, neck=FCOS_NECK, test=TestConfig(nms_iou=0.6, fusion="sqrt"))
 

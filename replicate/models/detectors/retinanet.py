@@ -27,6 +27,7 @@ from ...errors import ReplicateError
 from .._utils import conv_tower, flatten_levels, init_normal, mean_over_ranks, prior_prob_bias
 from ..assigners import Assignment, max_iou_assign, pad_targets
 from ..box_coders import DeltaXYWHCoder
+from ..detector import DetectorConfig
 from ..losses import l1_loss, sigmoid_focal_loss_labels, smooth_l1_loss
 from ..postprocess import TestConfig, postprocess
 from ..priors import AnchorConfig, anchors_for
@@ -148,3 +149,16 @@ class RetinaNetHead(nn.Module):
             return self.coder.decode(anchors[level][prior], regs[level][img, prior])
 
         return postprocess(probs, decode, image_sizes, cfg, self.quality(outs))
+
+
+# ------------------------------------------------------------------------------------------ presets
+
+
+def retinanet() -> DetectorConfig:
+    """RetinaNet (Lin et al. 2017b): 9 anchors, focal loss, smooth L1."""
+    return DetectorConfig("retinanet", RetinaNetHeadConfig())
+
+
+def retinanet_1anchor() -> DetectorConfig:
+    """RetinaNet with one square anchor (8 x stride) per location."""
+    return DetectorConfig("retinanet_1anchor", RetinaNetHeadConfig(anchors=ONE_ANCHOR))

@@ -1,0 +1,337 @@
+"""Is the benchmark a fair proxy for COCO? The calibration statistics of the book's calibration page.
+
+Each function measures one target of the benchmark (the targets come from outside the five papers):
+
+* :func:`anchor_coverage`: the share of objects whose best RetinaNet anchor overlaps them with IoU >= 0.5
+  at the scale the detectors see (a benchmark whose objects fall between the anchors handicaps the anchor
+  based detectors against the anchor-free ones, a distortion COCO does not have to that degree);
+* :func:`size_shares`: COCO's small / medium / large buckets (area 32^2, 96^2), each of which must hold
+  at least 15 % of the validation objects for the size columns to mean something;
+* :func:`seed_noise`: the spread of AP over seeds per row (target: at most 0.6 AP points);
+* :func:`ranking`: our mean AP of the dense baselines against their COCO AP, with Spearman's rho
+  (target: at least 0.7);
+* :func:`run_costs`: wall time per run from the records (target: median at most 5 minutes).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torchvision.ops import box_iou
+
+from .. import profiles
+from ..data.card import split_statistics
+from ..data.transforms import Scale, keep_ratio_size
+from ..experiments.report import row_stats
+from ..experiments.spec import TableSpec
+from ..io import read_json
+from ..models.priors import AnchorConfig, anchors_for
+
+Record = dict[str, Any]
+NOISE_TARGET = 0.6  # AP points: the largest acceptable standard deviation over seeds
+RHO_TARGET = 0.7
+MINUTES_TARGET = 5.0
+SIZE_SHARE_TARGET = 15.0  # percent of the validation objects per COCO size bucket
+
+
+def anchor_coverage(ann_file: str | Path, scale: Scale, anchors: AnchorConfig = AnchorConfig(),
+                    iou: float = 0.5, size_divisor: int = 32) -> float:
+    """Share of the non-crowd objects of ``ann_file`` whose best anchor (of RetinaNet's anchor grid over
+    the image resized to ``scale`` and padded to ``size_divisor``) has IoU >= ``iou`` with the box."""
+    data = read_json(ann_file, what="annotation file")
+    boxes_by_image: dict[int, list[list[float]]] = {}
+    for a in data["annotations"]:
+        if not a.get("iscrowd", 0):
+            boxes_by_image.setdefault(a["image_id"], []).append(a["bbox"])
+    covered = total = 0
+    for image in data["images"]:
+        boxes = boxes_by_image.get(image["id"])
+        if not boxes:
+            continue
+        h, w = keep_ratio_size(image["height"], image["width"], scale)
+        sy, sx = h / image["height"], w / image["width"]
+        ph, pw = (math.ceil(v / size_divisor) * size_divisor for v in (h, w))
+        sizes = [(math.ceil(ph / s), math.ceil(pw / s)) for s in anchors.strides]
+        grid = torch.cat(anchors_for(anchors, sizes))
+        xywh = torch.tensor(boxes, dtype=torch.float32)
+        xyxy = torch.stack([xywh[:, 0] * sx, xywh[:, 1] * sy, (xywh[:, 0] + xywh[:, 2]) * sx,
+                            (xywh[:, 1] + xywh[:, 3]) * sy], dim=1)
+        best = box_iou(xyxy, grid).amax(dim=1)
+        covered += int((best >= iou).sum())
+        total += len(best)
+    return covered / total if total else float("nan")
+
+
+def size_shares(ann_file: str | Path) -> dict[str, float]:
+    """Percent of the non-crowd objects in COCO's small / medium / large buckets (by annotation area)."""
+    row = split_statistics(ann_file)
+    return {"small": row["small %"], "medium": row["medium %"], "large": row["large %"]}
+
+
+def seed_noise(spec: TableSpec, records_by_row: Mapping[str, Sequence[Record]], metric: str = "AP") -> pd.DataFrame:
+    """Per row: seeds, mean and standard deviation of ``metric`` (paper units), and whether the spread is
+    within :data:`NOISE_TARGET`."""
+    rows = []
+    for row in spec.rows:
+        stats = row_stats(spec, row, records_by_row.get(row.label, ()))
+        if stats is None:
+            rows.append({"row": row.label, "seeds": 0, "mean": math.nan, "std": math.nan, "within target": None})
+            continue
+        std = stats.std[metric]
+        rows.append({"row": row.label, "seeds": stats.n, "mean": stats.mean[metric], "std": std,
+                     "within target": None if math.isnan(std) else bool(std <= NOISE_TARGET)})
+    return pd.DataFrame(rows).set_index("row")
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman's rank correlation (Pearson's on average ranks, ties shared)."""
+    ra = pd.Series(list(a)).rank().to_numpy()
+    rb = pd.Series(list(b)).rank().to_numpy()
+    if len(ra) < 2 or ra.std() == 0 or rb.std() == 0:
+        return math.nan
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def ranking(spec: TableSpec, records_by_row: Mapping[str, Sequence[Record]],
+            metric: str = "AP") -> tuple[pd.DataFrame, float]:
+    """Per baseline: COCO AP, our mean and standard error over seeds, both ranks; and Spearman's rho over
+    the rows that have runs."""
+    rows = []
+    for row in spec.rows:
+        stats = row_stats(spec, row, records_by_row.get(row.label, ()))
+        mean = stats.mean[metric] if stats else math.nan
+        se = stats.std[metric] / math.sqrt(stats.n) if stats and stats.n > 1 else math.nan
+        rows.append({"row": row.label, "COCO": row.paper.get(metric, math.nan), "ours": mean, "ours SE": se,
+                     "seeds": stats.n if stats else 0})
+    frame = pd.DataFrame(rows).set_index("row")
+    have = frame["ours"].notna()
+    frame["COCO rank"] = frame["COCO"].rank(ascending=False)
+    frame["our rank"] = frame["ours"].where(have).rank(ascending=False)
+    rho = spearman(frame.loc[have, "COCO"], frame.loc[have, "ours"]) if have.sum() >= 2 else math.nan
+    return frame, rho
+
+
+def run_costs(records: Sequence[Record]) -> pd.DataFrame:
+    """Per recorded run: model, seed, training, evaluation and total wall minutes, and training images/s."""
+    rows = []
+    for r in records:
+        t = r.get("timings") or {}
+        train_s, infer_s = t.get("train_seconds"), t.get("inference_seconds")
+        if train_s is None:
+            continue
+        rows.append({"key": r["key"], "model": r["model"], "seed": r["seed"], "train min": train_s / 60,
+                     "eval min": (infer_s or 0.0) / 60, "total min": (train_s + (infer_s or 0.0)) / 60,
+                     "train img/s": t.get("train_imgs_per_s")})
+    return pd.DataFrame(rows)
+
+
+def median_minutes_by_model(costs: pd.DataFrame) -> float:
+    """The median over models of each model's median total minutes per run (the cost target's figure)."""
+    if costs.empty:
+        return math.nan
+    return float(statistics.median(costs.groupby("model")["total min"].median()))
+
+
+# ------------------------------------------------------------------------------------ the calibration page
+
+
+@dataclass(frozen=True)
+class CalibrationPlan:
+    """How many seeds each calibration table gets on a profile, and which profiles turn the dial."""
+
+    profile: str
+    ranking_seeds: int
+    noise_seeds: int
+    dial_profiles: tuple[str, ...]
+
+    def describe(self) -> str:
+        dial = ", ".join(self.dial_profiles) if self.dial_profiles else "not measured on this profile"
+        return (f"{self.profile}: ranking at {self.ranking_seeds} seed(s), noise at {self.noise_seeds} seed(s); "
+                f"dial profiles: {dial}")
+
+
+def calibration_plan(profile: str, seeds: int = 0) -> CalibrationPlan:
+    """Evidence profiles: the ranking at the profile's seeds (at least 3), the noise at 5 seeds, and the
+    dial on the proxy profile and its key-offset variants; a plumbing profile (smoke): 1 and 2 seeds, no dial."""
+    p = profiles.get(profile)
+    ranking_seeds = seeds if seeds > 0 else p.seeds
+    if not p.evidence:
+        return CalibrationPlan(profile, ranking_seeds, max(2, ranking_seeds), ())
+    dial = (profile, *profiles.DIAL_OFFSETS) if profile == "proxy" else ()
+    return CalibrationPlan(profile, max(3, ranking_seeds), max(5, ranking_seeds), dial)
+
+
+def cost_table(costs: pd.DataFrame) -> pd.DataFrame:
+    """Per model: runs, median training / evaluation / total minutes and training images per second."""
+    if costs.empty:
+        return pd.DataFrame(columns=["runs", "train min", "eval min", "total min", "train img/s"])
+    grouped = costs.groupby("model")
+    out = grouped[["train min", "eval min", "total min", "train img/s"]].median().round(2)
+    out.insert(0, "runs", grouped.size())
+    return out
+
+
+def cost_verdict(costs: pd.DataFrame, profile: str, results_dir: str | Path = "results") -> pd.DataFrame:
+    """The cost targets against what was measured: median minutes per run, runs per hour with two runs side
+    by side, the whole RetinaNet-Conf + MOD evidence at 3 seeds, and data generation (``results/bench``)."""
+    from ..experiments.runs import merge_requests, requests_for
+    from ..experiments.sweep import load_papers
+
+    median = median_minutes_by_model(costs)
+    per_hour = 2 * 60 / median if median == median else math.nan
+    papers = load_papers()
+    evidence = merge_requests([r for paper in ("retinanet_conf", "mod") for spec in papers.get(paper, {}).values()
+                               for r in requests_for(spec, profile, 3)])
+    hours = len(evidence) * median / 60 / 2 if median == median else math.nan
+    bench = Path(results_dir) / "bench" / f"data_{profile}.json"
+    data_s = read_json(bench, what="data benchmark")["seconds"] if bench.is_file() else math.nan
+    rows = [
+        ("minutes per run (median over presets)", median, MINUTES_TARGET),
+        ("runs per hour (2 runs x 1 thread)", per_hour, math.nan),
+        (f"RetinaNet-Conf + MOD at 3 seeds: {len(evidence)} runs, hours", hours, 8.0),
+        ("data generation, minutes", data_s / 60, 1.0),
+    ]
+    for path in sorted((Path(results_dir) / "bench").glob(f"threads_{profile}_*.json")):
+        t = read_json(path, what="threads benchmark")
+        for name in ("1x2", "2x1"):
+            rows.append((f"{t['model']}: {t[name]['runs']} run(s) x {t[name]['threads']} thread(s), machine img/s",
+                         t[name]["machine_imgs_per_s"], math.nan))
+    frame = pd.DataFrame(rows, columns=["measure", "measured", "target"]).set_index("measure")
+    frame["met"] = [None if math.isnan(t) or math.isnan(m) else bool(m <= t)
+                    for m, t in zip(frame["measured"], frame["target"])]
+    return frame.round(2)
+
+
+def noise_table(noise: pd.DataFrame) -> pd.DataFrame:
+    out = noise.copy()
+    out["target"] = NOISE_TARGET
+    out["over target by"] = (out["std"] - NOISE_TARGET).clip(lower=0)
+    return out.round(2)
+
+
+def plot_noise(spec: TableSpec, records_by_row: Mapping[str, Sequence[Record]], metric: str = "AP"):
+    """AP of every seed per row, with the mean and the rows' standard deviation in the legend."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.2))
+    for i, row in enumerate(spec.rows):
+        values = [100 * (r["metrics"] or {}).get(metric, math.nan) for r in records_by_row.get(row.label, ())]
+        if not values:
+            continue
+        sd = statistics.stdev(values) if len(values) > 1 else math.nan
+        ax.scatter([i] * len(values), values, label=f"{row.label}: sd {sd:.2f}")
+        ax.hlines(statistics.fmean(values), i - 0.25, i + 0.25, color="k")
+    ax.set_xticks(range(len(spec.rows)), [r.label for r in spec.rows], rotation=10)
+    ax.set_ylabel(f"{metric} (%) per seed")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def ranking_table(frame: pd.DataFrame, rho: float) -> pd.DataFrame:
+    out = frame.copy().round(2)
+    out.attrs["rho"] = rho
+    out.loc["Spearman rho (target >= 0.7)", "ours"] = round(rho, 3) if rho == rho else math.nan
+    return out
+
+
+def plot_ranking(frame: pd.DataFrame, rho: float):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.6, 4.0))
+    have = frame["ours"].notna()
+    ax.errorbar(frame.loc[have, "COCO"], frame.loc[have, "ours"], yerr=frame.loc[have, "ours SE"].fillna(0),
+                fmt="o", capsize=3)
+    for label, row in frame[have].iterrows():
+        ax.annotate(label, (row["COCO"], row["ours"]), fontsize=7, xytext=(4, 2), textcoords="offset points")
+    ax.set_xlabel("COCO box AP, R50-FPN 1x (%)")
+    ax.set_ylabel("our AP, mean over seeds ± SE (%)")
+    ax.set_title(f"Spearman rho = {rho:.2f}" if rho == rho else "Spearman rho: too few runs")
+    fig.tight_layout()
+    return fig
+
+
+def margin_table(spec: TableSpec, records_by_row: Mapping[str, Sequence[Record]]) -> pd.DataFrame:
+    """The ranking's required margins: ours ± SE over seeds and the verdict (more than 2 SE above zero)."""
+    from ..experiments.report import claim_results
+
+    rows = [{"claim": c.text, "COCO margin": c.paper_margin, "our margin": c.ours_margin, "our SE": c.ours_se,
+             "seeds": c.seeds, "verdict": c.verdict} for c in claim_results(spec, records_by_row)]
+    return pd.DataFrame(rows).set_index("claim").round(2)
+
+
+def dial_frame(spec: TableSpec, profile: str, runs_by_profile: Mapping[str, Mapping[str, Sequence[Record]]], *,
+               results_dir: str | Path = "results", data_root: str | Path | None = None) -> pd.DataFrame:
+    """Per dial profile: its key offset range, the RetinaNet run's AP and its localization gap summary."""
+    from .runs import gap_summary, row_summary
+
+    rows = []
+    for name, runs in runs_by_profile.items():
+        records = runs.get("RetinaNet", [])
+        root = data_root if name == profile else None
+        summary = row_summary(gap_summary, spec, "RetinaNet", name, records, results_dir=results_dir, data_root=root)
+        offset = profiles.get(name).synth.key_offset
+        rows.append({"profile": name, "key offset": f"{offset[0]:.1f}-{offset[1]:.1f}", "offset mid": sum(offset) / 2,
+                     "AP": 100 * records[0]["metrics"]["AP"] if records else math.nan,
+                     "objects": summary["objects"] if summary else 0,
+                     "mean IoU gap": summary["mean_gap"] if summary else math.nan,
+                     "share gap > 0.1": summary["share_gap_over_0.1"] if summary else math.nan,
+                     "mean best IoU": summary["mean_best_iou"] if summary else math.nan})
+    if not rows:
+        return pd.DataFrame(columns=["profile", "key offset", "offset mid", "AP", "objects", "mean IoU gap"])
+    return pd.DataFrame(rows).set_index("profile").sort_values("offset mid").round(3)
+
+
+def plot_dial(dial: pd.DataFrame):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.2, 3.4))
+    if len(dial):
+        ax.plot(dial["offset mid"], dial["mean IoU gap"], "o-", label="mean IoU gap")
+        ax.plot(dial["offset mid"], dial["share gap > 0.1"], "s--", label="share of objects with gap > 0.1")
+        ax.legend(fontsize=8)
+    ax.set_xlabel("key offset (middle of its range, fraction of the half-extent)")
+    ax.set_ylabel("RetinaNet, first 100 val images")
+    fig.tight_layout()
+    return fig
+
+
+def size_table(profile: str, data_root: str | Path | None = None) -> pd.DataFrame:
+    """Per split: COCO size-bucket shares (target >= 15 % each) and RetinaNet's anchor coverage."""
+    from ..data.profiles import data_config, ensure_data
+
+    cfg = data_config(profile, data_root)
+    ensure_data(cfg, progress=False)
+    rows = []
+    for split in ("train", "val"):
+        ann = cfg.paths(split)[0]
+        row = {"split": split, **{f"{k} %": v for k, v in size_shares(ann).items()}}
+        row["anchor IoU >= 0.5 %"] = 100 * anchor_coverage(ann, cfg.test_scale)
+        rows.append(row)
+    out = pd.DataFrame(rows).set_index("split")
+    out["each bucket >= 15 %"] = out[["small %", "medium %", "large %"]].min(axis=1) >= SIZE_SHARE_TARGET
+    return out.round(1)
+
+
+def precision_table(spec: TableSpec, records_by_row: Mapping[str, Sequence[Record]],
+                    noise: pd.DataFrame | None = None) -> pd.DataFrame:
+    """AP of the bf16 and float32 rows, their difference, and ATSS's seed spread (the yardstick)."""
+    rows = []
+    for row in spec.rows:
+        stats = row_stats(spec, row, records_by_row.get(row.label, ()))
+        rows.append({"row": row.label, "AP": stats.mean["AP"] if stats else math.nan,
+                     "train min": statistics.fmean(r["timings"]["train_seconds"] / 60
+                                                   for r in records_by_row[row.label]) if stats else math.nan})
+    out = pd.DataFrame(rows).set_index("row")
+    sd = noise.loc["ATSS", "std"] if noise is not None and "ATSS" in noise.index else math.nan
+    out.loc["difference (bf16 - float32)", "AP"] = out["AP"].iloc[0] - out["AP"].iloc[1]
+    out.loc["ATSS seed sd (noise table)", "AP"] = sd
+    return out.round(2)

@@ -1,0 +1,100 @@
+"""``replicate verify RECORD...``: re-train a committed record's run and check that it reproduces exactly.
+
+A record names its run by key (:func:`.store.run_key`: the hash of the model and training configs, the
+profile and the seed). Verification finds the registered table row whose run has that key, checks that
+the row's configuration today is the record's (``config``), trains it from scratch in a scratch folder
+(never the results store) and compares every COCO metric of the new run with the stored ones: equal to
+the last bit, as the same config on CPU with the same thread count gives the same numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..engine.train import train
+from ..errors import ReplicateError
+from ..io import read_json
+from ..provenance import jsonable
+from .runs import RunRequest, requests_for
+from .spec import REGISTRY
+
+
+@dataclass
+class Verification:
+    record: Path
+    key: str
+    request: RunRequest
+    stored: dict[str, float]
+    reproduced: dict[str, float]
+    differences: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    @property
+    def exact(self) -> bool:
+        return not self.differences
+
+    def format(self) -> str:
+        head = f"{self.record}: run {self.key} ({self.request.spec_key} row {self.request.row_label!r} seed " \
+               f"{self.request.seed})"
+        if self.exact:
+            return f"{head}: reproduced exactly (AP {100 * self.stored['AP']:.2f}, {len(self.stored)} metrics equal)"
+        lines = [f"  {k}: stored {a!r}, re-trained {b!r}" for k, (a, b) in sorted(self.differences.items())]
+        return "\n".join([f"{head}: NOT reproduced ({len(self.differences)} metric(s) differ)", *lines])
+
+
+def find_request(record: dict[str, Any], where: Path) -> RunRequest:
+    """The registered table row and seed whose run has ``record``'s key, with the record's config."""
+    from .sweep import load_papers
+
+    load_papers()
+    for tables in REGISTRY.values():
+        for spec in tables.values():
+            for request in requests_for(spec, record["profile"], record["seed"] + 1):
+                if request.key == record["key"] and request.seed == record["seed"]:
+                    stored = record["config"]
+                    now = {"model": jsonable(request.model), "train": jsonable(request.train)}
+                    if now != stored:
+                        raise ReplicateError(f"{where}: run {record['key']} hashes the same but its config differs "
+                                             "from the record's; the record is not verifiable with this code")
+                    return request
+    raise ReplicateError(f"{where}: no registered table row has run {record['key']} on profile {record['profile']} "
+                         "(its configuration changed since it was recorded, or its table was removed)")
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return a == b
+
+
+def verify(record_path: str | Path, *, data_root: str | Path | None = None, work_dir: str | Path | None = None,
+           threads: int = 1, progress: bool = True) -> Verification:
+    """Re-train the run of the record at ``record_path`` and compare its metrics with the stored ones.
+
+    ``threads``: intra-op threads while training (the committed records are made with one thread per run;
+    float reductions depend on the thread count)."""
+    path = Path(record_path)
+    record = read_json(path, what="run record")
+    if not isinstance(record, dict) or not {"key", "profile", "seed", "config", "metrics"} <= set(record):
+        raise ReplicateError(f"{path}: not a run record (needs key, profile, seed, config and metrics)")
+    if not record["metrics"]:
+        raise ReplicateError(f"{path}: the record holds no metrics to compare")
+    request = find_request(record, path)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with tempfile.TemporaryDirectory(dir=work_dir) as scratch:
+            result = train(request.model, request.profile, Path(scratch) / request.key, request.train,
+                           data_root=data_root, device="cpu", progress=progress)
+    finally:
+        torch.set_num_threads(before)
+    new = result["metrics"] or {}
+    stored = record["metrics"]
+    differences = {k: (stored.get(k), new.get(k)) for k in sorted(set(stored) | set(new))
+                   if not _same(stored.get(k), new.get(k))}
+    return Verification(path, record["key"], request, stored, new, differences)
