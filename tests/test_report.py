@@ -12,7 +12,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from replicate.errors import ReplicateError  # noqa: E402
-from replicate.experiments import report  # noqa: E402
+from replicate.experiments import claims, report  # noqa: E402
 from replicate.experiments.spec import Claim, Row, TableSpec  # noqa: E402
 
 SPEC = TableSpec(
@@ -69,15 +69,34 @@ def test_table_frame_means_scaling_deltas_and_status():
 def test_formatted_frame_shows_spread_only_with_several_seeds():
     text = report.formatted_frame(SPEC, RECORDS)
     assert text.loc["base", ("AP", "ours")] == f"31.0 ± {math.sqrt(2):.1f}"
-    assert text.loc["base", ("AP", "Δ")] == "-7.6"
+    assert ("AP", "Δ") not in text.columns  # COCO's level minus the benchmark's means nothing: not shown
     assert text.loc["+RFA", ("AP", "ours")] == "33.5"
     assert text.loc["+RFA", ("AP", "paper")] == "39.4"
     assert text.loc["+APS", ("AP", "ours")] == "—" and text.loc["+APS", ("AP50", "paper")] == "—"
     assert text.loc["R101", ("", "status")] == "cited only"
 
 
+def test_effects_relative_to_the_reference_row():
+    frame = report.effects_frame(SPEC, RECORDS)
+    assert frame.loc["base (reference)", ("AP", "paper")] == "38.6"  # the reference shows its own numbers
+    assert frame.loc["base (reference)", ("AP", "ours")] == "31.0"
+    assert frame.loc["+RFA", ("AP", "paper")] == "+0.8" and frame.loc["+RFA", ("AP", "ours")] == "+2.5"
+    assert frame.loc["+RFA", ("AP50", "paper")] == "+0.6" and frame.loc["+RFA", ("AP50", "ours")] == "-0.5"
+    assert frame.loc["+APS", ("AP", "ours")] == "—" and frame.loc["+APS", ("AP50", "paper")] == "—"
+    paired = {"base": RECORDS["base"], "+RFA": [record("+RFA", 0, 0.335, 0.5), record("+RFA", 1, 0.345, 0.5)]}
+    # per-seed differences 3.5 and 2.5 AP: mean 3.0, standard error 0.5
+    assert report.effects_frame(SPEC, paired).loc["+RFA", ("AP", "ours")] == "+3.0 ± 0.5"
+
+
+def test_claims_between_rows_that_did_not_learn_are_not_checked():
+    low = {"base": [record("base", 0, 0.010, 0.02)], "+RFA": [record("+RFA", 0, 0.030, 0.05)]}
+    rfa = {c.text: c for c in claims.claim_results(SPEC, low)}["RFA helps"]
+    assert rfa.ours_margin == pytest.approx(2.0) and rfa.holds is None and rfa.learned is False
+    assert rfa.verdict.startswith("not checked") and "did not learn" in rfa.verdict
+
+
 def test_claims_hold_fail_or_stay_unknown():
-    results = {c.text: c for c in report.claim_results(SPEC, RECORDS)}
+    results = {c.text: c for c in claims.claim_results(SPEC, RECORDS)}
     rfa = results["RFA helps"]
     assert rfa.paper_margin == pytest.approx(0.8) and rfa.ours_margin == pytest.approx(2.5) and rfa.holds is True
     aps = results["APS helps more"]  # paper numbers of both rows: 40.0 - 39.4; ours: +APS missing
@@ -87,7 +106,7 @@ def test_claims_hold_fail_or_stay_unknown():
     fails = results["base beats RFA on AP50"]
     assert fails.ours_margin == pytest.approx(51.0 - 50.5) and fails.holds is True
     reversed_records = {"base": RECORDS["base"], "+RFA": [record("+RFA", 0, 0.2, 0.6)]}
-    assert {c.text: c.holds for c in report.claim_results(SPEC, reversed_records)}["RFA helps"] is False
+    assert {c.text: c.holds for c in claims.claim_results(SPEC, reversed_records)}["RFA helps"] is False
 
 
 def test_undefined_coco_metrics_are_unknown_not_minus_100():
@@ -101,7 +120,7 @@ def test_undefined_coco_metrics_are_unknown_not_minus_100():
     assert math.isnan(frame.at["a", "APl ours"]) and math.isnan(frame.at["a", "APl Δ"])
     assert frame.at["a", "AP ours"] == pytest.approx(30.0)
     assert report.formatted_frame(spec, records).loc["a", ("APl", "ours")] == "—"
-    (claim,) = report.claim_results(spec, records)
+    (claim,) = claims.claim_results(spec, records)
     assert claim.ours_margin is None and claim.holds is None
 
 
@@ -109,7 +128,7 @@ def test_claim_margin_falls_back_to_the_stated_margin():
     spec = TableSpec(paper="p", table="t", title="T", source="S", metrics=("AP",),
                      rows=(Row("a", "fcos"), Row("b", "fcos", paper={"AP": 1.0})),
                      claims=(Claim("a beats b", better="a", worse="b", margin=1.5),))
-    (result,) = report.claim_results(spec, {})
+    (result,) = claims.claim_results(spec, {})
     assert result.paper_margin == 1.5 and result.ours_margin is None and result.holds is None
 
 
@@ -207,7 +226,7 @@ def test_claim_verdicts_weigh_the_margin_against_its_spread_over_seeds():
     # paired by seed: differences 1, 2, 1 -> mean 1.333, sd 0.577, se 0.333: beyond 2 se
     runs = {"a": _runs("a", [0.30, 0.32, 0.31]), "b": _runs("b", [0.29, 0.30, 0.30]),
             "c": _runs("c", [0.29, 0.29, 0.31])}
-    a_b, c_b, b_c = report.claim_results(spec, runs)
+    a_b, c_b, b_c = claims.claim_results(spec, runs)
     assert a_b.ours_margin == pytest.approx(4 / 3) and a_b.ours_se == pytest.approx(1 / 3) and a_b.seeds == 3
     assert a_b.verdict == "holds"
     # c - b: differences 0, -1, 1 -> mean 0, se 0.577: within noise (and it does not hold: margin 0)
@@ -216,16 +235,16 @@ def test_claim_verdicts_weigh_the_margin_against_its_spread_over_seeds():
 
     # unpaired (different seeds): se = sqrt(var_a / 2 + var_b / 2) = sqrt(2/2 + 2/2)
     unpaired = {"a": _runs("a", [0.30, 0.32], [0, 1]), "b": _runs("b", [0.29, 0.31], [2, 3]), "c": []}
-    result = report.claim_results(spec, unpaired)[0]
+    result = claims.claim_results(spec, unpaired)[0]
     assert result.ours_margin == pytest.approx(1.0) and result.ours_se == pytest.approx(math.sqrt(2))
     assert result.verdict == "within seed noise"
 
     # reversed beyond the noise: differences -2, -3 -> mean -2.5, se 0.5
     reversed_runs = {"a": _runs("a", [0.30, 0.30]), "b": _runs("b", [0.32, 0.33]), "c": []}
-    result = report.claim_results(spec, reversed_runs)[0]
+    result = claims.claim_results(spec, reversed_runs)[0]
     assert result.ours_se == pytest.approx(0.5) and result.holds is False and result.verdict == "reversed"
 
-    single = report.claim_results(spec, {"a": _runs("a", [0.3]), "b": _runs("b", [0.2]), "c": []})
+    single = claims.claim_results(spec, {"a": _runs("a", [0.3]), "b": _runs("b", [0.2]), "c": []})
     assert [c.verdict for c in single] == ["holds (1 seed)", "not checked", "not checked"]
     assert single[0].ours_se is None
 

@@ -30,7 +30,7 @@ from torchvision.ops import box_iou
 from .. import profiles
 from ..data.card import split_statistics
 from ..data.transforms import Scale, keep_ratio_size
-from ..experiments.report import row_stats
+from ..experiments.claims import row_stats
 from ..experiments.spec import TableSpec
 from ..io import read_json
 from ..models.priors import AnchorConfig, anchors_for
@@ -120,9 +120,13 @@ def ranking(spec: TableSpec, records_by_row: Mapping[str, Sequence[Record]],
 
 
 def run_costs(records: Sequence[Record]) -> pd.DataFrame:
-    """Per recorded run: model, seed, training, evaluation and total wall minutes, and training images/s."""
-    rows = []
+    """Per recorded run (once, however many tables share it): model, seed, training, evaluation and total
+    wall minutes, and training images/s."""
+    rows, seen = [], set()
     for r in records:
+        if r["key"] in seen:
+            continue
+        seen.add(r["key"])
         t = r.get("timings") or {}
         train_s, infer_s = t.get("train_seconds"), t.get("inference_seconds")
         if train_s is None:
@@ -261,7 +265,7 @@ def plot_ranking(frame: pd.DataFrame, rho: float):
 
 def margin_table(spec: TableSpec, records_by_row: Mapping[str, Sequence[Record]]) -> pd.DataFrame:
     """The ranking's required margins: ours ± SE over seeds and the verdict (more than 2 SE above zero)."""
-    from ..experiments.report import claim_results
+    from ..experiments.claims import claim_results
 
     rows = [{"claim": c.text, "COCO margin": c.paper_margin, "our margin": c.ours_margin, "our SE": c.ours_se,
              "seeds": c.seeds, "verdict": c.verdict} for c in claim_results(spec, records_by_row)]

@@ -128,6 +128,63 @@ def execute_notebook(run: NotebookRun, parameters: dict, cwd: Path) -> NotebookR
     return run
 
 
+SMOKE_BANNER = ("```{warning}\nBuilt from the **{profile}** profile: a plumbing check of the code path, not "
+                "evidence. Its runs train for seconds on a few images; no number on this page means anything. "
+                "The book's evidence is built with `make book` (the `proxy` profile).\n```")
+
+
+def _relative(value, root: Path):
+    """A parameter value with this machine's checkout path replaced by ``.`` (no absolute paths on a page)."""
+    return value.replace(str(root), ".") if isinstance(value, str) else value
+
+
+def present(path: Path, source: Path, root: Path, profile: str) -> None:
+    """Turn an executed notebook into a report page, in place.
+
+    Code cells get ``hide-input`` (a toggle shows the source); the parameters cell and papermill's injected
+    parameters are removed from the page, and the stderr output of every cell (warnings, run logs) is moved
+    out of the page into a collapsed "How this page was made" section at the end, with the parameters (no
+    absolute machine paths) and the papermill command that remakes the page. A page built from a profile
+    that is not evidence (``smoke``) opens with a warning banner.
+    """
+    from .. import profiles
+
+    nb = nbformat.read(path, as_version=4)
+    params: dict = {}
+    logs: list[str] = []
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        tags = set(cell.metadata.get("tags", []))
+        if tags & {"parameters", "injected-parameters"}:
+            tags.add("remove-cell")
+        else:
+            tags.add("hide-input")
+        cell.metadata["tags"] = sorted(tags)
+        kept = []
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream" and out.get("name") == "stderr":
+                logs.append(out.get("text", ""))
+            else:
+                kept.append(out)
+        cell["outputs"] = kept
+    params = {k: _relative(v, root) for k, v in nb.metadata.get("papermill", {}).get("parameters", {}).items()}
+    command = "papermill " + str(source.relative_to(root)) + " out.ipynb " + " ".join(
+        f"-p {k} {v!s}" for k, v in params.items() if v not in ("", None))
+    lines = ["<details><summary>How this page was made</summary>", "",
+             f"Executed from `{source.relative_to(root)}` with papermill (`replicate book --profile {profile}`). "
+             "To remake this page alone:", "", "```bash", command, "```", "", "Parameters:", "", "```python",
+             *(f"{k} = {v!r}" for k, v in params.items()), "```"]
+    if logs:
+        lines += ["", "Log of the page's execution (warnings, runs launched):", "", "```text",
+                  "".join(_relative(text, root) for text in logs).rstrip(), "```"]
+    lines += ["", "</details>"]
+    nb.cells.append(nbformat.v4.new_markdown_cell("\n".join(lines)))
+    if profile in profiles.PROFILES and not profiles.get(profile).evidence:
+        nb.cells.insert(0, nbformat.v4.new_markdown_cell(SMOKE_BANNER.replace("{profile}", profile)))
+    nbformat.write(nb, path)
+
+
 def failed_in_output(path: Path) -> bool:
     """Papermill marks a notebook that raised with ``metadata.papermill.exception``; JB1 would render it silently."""
     nb = nbformat.read(path, as_version=4)
@@ -212,6 +269,9 @@ def build_book(profile: str = DEFAULT_PROFILE, data_root: str | os.PathLike | No
     parameters["run_missing"] = run_missing
     runs = execute_all(pairs, parameters, root, jobs)
     failed = [r for r in runs if r.error or failed_in_output(r.output)]
+    for r in runs:
+        if r not in failed:
+            present(r.output, r.source, root, profile)
     if failed:
         lines = [f"{r.source.relative_to(root)}: {r.error or 'papermill marked it failed'} (executed copy: {r.output})"
                  for r in failed]

@@ -33,10 +33,9 @@ import pandas as pd
 
 from ..errors import ReplicateError
 from ..io import atomic_write_json, read_json
-from .spec import TIMING_METRICS, Row, TableSpec
-
-Record = Mapping[str, Any]
-RecordsByRow = Mapping[str, Sequence[Record]]
+from .claims import (NOISE_SE, ClaimResult, Record, RecordsByRow, RowStats, _all_stats, claim_results, effects,
+                     main_metric, reference_row)
+from .spec import Row, TableSpec
 
 MISSING = "missing"
 CITED_ONLY = "cited only"
@@ -48,87 +47,6 @@ class HtmlFragment(str):
 
     def _repr_html_(self) -> str:
         return str(self)
-
-
-@dataclass(frozen=True)
-class RowStats:
-    """Our numbers for one row on the paper's scale: per-metric mean and spread over ``n`` seeds."""
-
-    n: int
-    mean: dict[str, float]
-    std: dict[str, float]  # NaN with a single seed
-
-
-NOISE_SE = 2.0  # a margin within this many standard errors of zero is "within seed noise"
-
-
-@dataclass(frozen=True)
-class ClaimResult:
-    """One claim of the paper checked on our runs; margins are ``better - worse`` in the paper's units.
-
-    ``holds`` is ``None`` when either row has no runs of ours (missing, or cited only). ``ours_se`` is
-    the standard error of our margin over seeds: paired by seed when both rows have the same seeds
-    (each seed's difference; the rows then share data order and initialisation, and test-time
-    variants share the trained model), else from the two rows' spreads; ``None`` with fewer than two
-    seeds on a row. ``seeds`` is the smaller number of runs of the two rows.
-    """
-
-    text: str
-    metric: str
-    better: str
-    worse: str
-    paper_margin: float | None
-    ours_margin: float | None
-    holds: bool | None
-    ours_se: float | None = None
-    seeds: int = 0
-
-    @property
-    def verdict(self) -> str:
-        """``holds`` / ``reversed`` (beyond :data:`NOISE_SE` standard errors), ``within seed noise``,
-        ``holds (1 seed)`` / ``does not hold (1 seed)`` without a spread, or ``not checked``."""
-        if self.holds is None:
-            return "not checked"
-        if self.ours_se is None:
-            return f"{'holds' if self.holds else 'does not hold'} ({self.seeds} seed{'s' if self.seeds != 1 else ''})"
-        if abs(self.ours_margin) <= NOISE_SE * self.ours_se:
-            return "within seed noise"
-        return "holds" if self.holds else "reversed"
-
-
-def _metric_value(spec: TableSpec, record: Record, metric: str) -> float:
-    if metric in TIMING_METRICS:
-        timings = record.get("timings") or {}
-        if timings.get(TIMING_METRICS[metric]) is None:
-            raise ReplicateError(f"{spec.key}: run {record.get('key', '?')!r} has no {TIMING_METRICS[metric]!r} "
-                                 f"in its timings")
-        return float(timings[TIMING_METRICS[metric]])
-    metrics = record.get("metrics") or {}
-    if metric not in metrics or metrics[metric] is None:
-        raise ReplicateError(f"{spec.key}: run {record.get('key', '?')!r} has no {metric!r} in its metrics "
-                             f"(has {sorted(metrics)})")
-    if float(metrics[metric]) < 0:  # pycocotools' -1: no ground truth in that area range (undefined)
-        return math.nan
-    return float(metrics[metric]) * spec.paper_scale
-
-
-def row_stats(spec: TableSpec, row: Row, records: Sequence[Record]) -> RowStats | None:
-    """Mean and spread of ``records`` on the table's metrics, or ``None`` without runs to count."""
-    if not row.reproduce or not records:
-        return None
-    mean, std = {}, {}
-    for metric in spec.metrics:
-        values = [_metric_value(spec, r, metric) for r in records]
-        mean[metric] = statistics.fmean(values)
-        std[metric] = statistics.stdev(values) if len(values) > 1 else math.nan
-    return RowStats(len(records), mean, std)
-
-
-def _all_stats(spec: TableSpec, records_by_row: RecordsByRow) -> dict[str, RowStats | None]:
-    unknown = sorted(set(records_by_row) - {r.label for r in spec.rows})
-    if unknown:
-        raise ReplicateError(f"{spec.key}: records for rows {unknown} that the table does not have")
-    return {row.label: row_stats(spec, row, records_by_row.get(row.label, ())) for row in spec.rows}
 
 
 def _status(row: Row, stats: RowStats | None, seeds: int | None) -> str:
@@ -167,13 +85,12 @@ def _fmt(value: float | None, signed: bool = False) -> str:
 
 
 def formatted_frame(spec: TableSpec, records_by_row: RecordsByRow, seeds: int | None = None) -> pd.DataFrame:
-    """:func:`table_frame` as text to one decimal, ``ours`` as ``mean ± std`` with more than one seed.
-
-    Columns are a two-level index (metric, ``paper`` | ``ours`` | ``Δ``) plus ``status``.
-    """
+    """The absolute numbers as text to one decimal: the paper's and ours (``mean ± std`` with more than one
+    seed). Columns are a two-level index (metric, ``paper`` | ``ours``) plus ``status``. No difference column:
+    the paper's COCO level minus ours on the benchmark means nothing (:func:`effects_frame` compares)."""
     stats = _all_stats(spec, records_by_row)
     frame = table_frame(spec, records_by_row, seeds)
-    columns = [(m, k) for m in spec.metrics for k in ("paper", "ours", "Δ")] + [("", "status")]
+    columns = [(m, k) for m in spec.metrics for k in ("paper", "ours")] + [("", "status")]
     rows = []
     for row in spec.rows:
         s = stats[row.label]
@@ -182,67 +99,15 @@ def formatted_frame(spec: TableSpec, records_by_row: RecordsByRow, seeds: int | 
             ours = _fmt(frame.at[row.label, f"{metric} ours"])
             if s is not None and s.n > 1:
                 ours = f"{ours} ± {s.std[metric]:.1f}"
-            cells += [_fmt(frame.at[row.label, f"{metric} paper"]), ours,
-                      _fmt(frame.at[row.label, f"{metric} Δ"], signed=True)]
+            cells += [_fmt(frame.at[row.label, f"{metric} paper"]), ours]
         rows.append(cells + [frame.at[row.label, "status"]])
     return pd.DataFrame(rows, index=frame.index, columns=pd.MultiIndex.from_tuples(columns))
 
 
-def claim_results(spec: TableSpec, records_by_row: RecordsByRow) -> list[ClaimResult]:
-    """Each of the table's claims on our runs: it holds when our mean of ``better`` exceeds ``worse``'s.
-
-    The paper's margin comes from its numbers of both rows where it prints them, else from the
-    claim's stated ``margin`` (``None`` when neither exists).
-    """
-    stats = _all_stats(spec, records_by_row)
-    results = []
-    for claim in spec.claims:
-        better, worse = spec.row(claim.better), spec.row(claim.worse)
-        if claim.metric in better.paper and claim.metric in worse.paper:
-            paper_margin: float | None = float(better.paper[claim.metric]) - float(worse.paper[claim.metric])
-        else:
-            paper_margin = claim.margin
-        sb, sw = stats[claim.better], stats[claim.worse]
-        ours_margin = sb.mean[claim.metric] - sw.mean[claim.metric] if sb and sw else None
-        if ours_margin is not None and math.isnan(ours_margin):  # a metric undefined on this data
-            ours_margin = None
-        holds = None if ours_margin is None else ours_margin > 0
-        se = None
-        if ours_margin is not None:
-            se = _margin_se(spec, claim.metric, records_by_row[claim.better], records_by_row[claim.worse])
-        results.append(ClaimResult(claim.text, claim.metric, claim.better, claim.worse, paper_margin, ours_margin,
-                                   holds, se, min(sb.n, sw.n) if sb and sw else 0))
-    return results
-
-
-def _margin_se(spec: TableSpec, metric: str, better: Sequence[Record], worse: Sequence[Record]) -> float | None:
-    """Standard error of ``mean(better) - mean(worse)`` over seeds (see :class:`ClaimResult`)."""
-    b = {r.get("seed"): _metric_value(spec, r, metric) for r in better}
-    w = {r.get("seed"): _metric_value(spec, r, metric) for r in worse}
-    if len(b) != len(better) or len(w) != len(worse):  # seeds not unique: no pairing
-        b, w = dict(enumerate(b.values())), {-1 - i: v for i, v in enumerate(w.values())}
-    if set(b) == set(w) and len(b) >= 2:
-        diffs = [b[k] - w[k] for k in b]
-        return statistics.stdev(diffs) / math.sqrt(len(diffs))
-    if len(b) >= 2 and len(w) >= 2:
-        return math.sqrt(statistics.variance(b.values()) / len(b) + statistics.variance(w.values()) / len(w))
-    return None
-
-
-def _delta_style(value: str) -> str:
-    """CSS for a ``Δ`` cell: green when ours is above the paper, red when below, nothing when unknown."""
-    if value == "—":
-        return ""
-    colour = "#1a7f37" if float(value) >= 0 else "#cf222e"
-    return f"color: {colour}; font-weight: 600"
-
-
 def styled_table(spec: TableSpec, records_by_row: RecordsByRow, seeds: int | None = None):
-    """:func:`formatted_frame` as a pandas Styler with the ``Δ`` columns coloured."""
+    """:func:`formatted_frame` as a pandas Styler."""
     frame = formatted_frame(spec, records_by_row, seeds)
-    deltas = [c for c in frame.columns if c[1] == "Δ"]
-    return (frame.style.map(_delta_style, subset=deltas)
-            .set_caption(html.escape(f"{spec.title} — {spec.source}"))
+    return (frame.style.set_caption(html.escape(f"{spec.title} — {spec.source}"))
             .set_table_styles([{"selector": "td, th", "props": "padding: 0.15em 0.6em; text-align: right"}])
             .set_table_attributes('class="replicate-table"'))
 
@@ -269,16 +134,79 @@ def _margin_text(c: ClaimResult) -> str:
     return f"{text} ± {c.ours_se:.1f}" if c.ours_se is not None else text
 
 
+MAIN_COLUMNS = 6  # metrics in a table's main (effects) view; the others go to its collapsed details
+
+
+def effects_frame(spec: TableSpec, records_by_row: RecordsByRow, seeds: int | None = None,
+                  metrics: Sequence[str] | None = None) -> pd.DataFrame:
+    """Each row's effect relative to the reference row (:func:`~.claims.reference_row`): the paper's and
+    ours ± its standard error over seeds, as text; the reference row shows its absolute numbers instead.
+    Columns: (metric, ``paper`` | ``ours``) plus ``status``."""
+    metrics = list(metrics or spec.metrics)
+    ref = reference_row(spec)
+    eff = effects(spec, records_by_row)
+    stats = _all_stats(spec, records_by_row)
+    rows = []
+    for row in spec.rows:
+        cells = []
+        for metric in metrics:
+            if row.label == ref.label:
+                s = stats[row.label]
+                cells += [_fmt(float(row.paper.get(metric, math.nan))), _fmt(s.mean[metric] if s else math.nan)]
+                continue
+            e = eff[row.label][metric]
+            ours = _fmt(e.ours, signed=True)
+            if e.ours_se is not None and ours != "—":
+                ours = f"{ours} ± {e.ours_se:.1f}"
+            cells += [_fmt(e.paper, signed=True), ours]
+        rows.append(cells + [_status(row, stats[row.label], seeds)])
+    columns = [(m, k) for m in metrics for k in ("paper", "ours")] + [("", "status")]
+    index = pd.Index([f"{r.label} (reference)" if r.label == ref.label else r.label for r in spec.rows], name="row")
+    return pd.DataFrame(rows, index=index, columns=pd.MultiIndex.from_tuples(columns))
+
+
+def _agreement_style(frame: pd.DataFrame) -> pd.DataFrame:
+    """CSS per cell: our effect green when its sign is the paper's, red when opposite."""
+    styles = pd.DataFrame("", index=frame.index, columns=frame.columns)
+    for metric in {m for m, k in frame.columns if k == "ours"}:
+        for i in frame.index:
+            paper, ours = frame.at[i, (metric, "paper")], frame.at[i, (metric, "ours")]
+            if "(reference)" in str(i) or "—" in (paper, ours):
+                continue
+            p, o = float(paper), float(ours.split(" ")[0])
+            if p == 0 or o == 0:
+                continue
+            colour = "#1a7f37" if (p > 0) == (o > 0) else "#cf222e"
+            styles.at[i, (metric, "ours")] = f"color: {colour}; font-weight: 600"
+    return styles
+
+
+def _html_table(styler) -> str:
+    return ('<div class="replicate-table-wrap" style="overflow-x: auto; max-width: 100%">'
+            + styler.set_table_styles([{"selector": "td, th",
+                                        "props": "padding: 0.15em 0.45em; text-align: right; font-size: 0.85em"}])
+            .set_table_attributes('class="replicate-table"').to_html() + "</div>")
+
+
 def render_table(spec: TableSpec, records_by_row: RecordsByRow, seeds: int | None = None) -> HtmlFragment:
-    """The table (numbers to one decimal, ``Δ`` coloured) with its claims listed below, as HTML."""
-    table = styled_table(spec, records_by_row, seeds).to_html()
+    """The table as the proxy benchmark supports it, as HTML: each row's effect relative to the reference
+    row (paper's beside ours ± SE over seeds) on the main metrics, then, collapsed, the absolute numbers of
+    every metric (the paper's COCO numbers beside ours on this benchmark), then the claims."""
+    main = list(spec.metrics[:MAIN_COLUMNS])
+    ref = reference_row(spec)
+    effect = effects_frame(spec, records_by_row, seeds, main)
+    table = _html_table(effect.style.apply(_agreement_style, axis=None)
+                        .set_caption(html.escape(f"{spec.title} ({spec.source})")))
+    legend = (f"<p><small>Effects relative to <em>{html.escape(ref.label)}</em> (its row: absolute numbers), in "
+              "the paper's units; ours is the mean over seeds ± its standard error. Green: our effect has the "
+              "paper's sign; red: the opposite sign. Absolute levels are not comparable: the paper's are COCO's, "
+              "ours the benchmark's.</small></p>")
+    absolute = _html_table(styled_table(spec, records_by_row, seeds).set_caption(""))
+    details = ("<details><summary>Absolute numbers, every metric (paper: COCO; ours: this benchmark)</summary>"
+               + absolute + "</details>")
     note = f"<p><em>{html.escape(spec.note)}</em></p>" if spec.note else ""
-    return HtmlFragment(table + note + "<p><strong>Claims</strong></p>" + render_claims(spec, records_by_row))
-
-
-def main_metric(spec: TableSpec) -> str:
-    """The metric a table is summarised by: AP when it is a column, else its first column."""
-    return "AP" if "AP" in spec.metrics else spec.metrics[0]
+    return HtmlFragment(table + legend + details + note + "<p><strong>Claims</strong></p>"
+                        + render_claims(spec, records_by_row))
 
 
 def _json_number(value: float | None) -> float | None:

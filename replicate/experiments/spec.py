@@ -74,6 +74,7 @@ class TableSpec:
     claims: tuple[Claim, ...] = ()
     paper_scale: float = 100.0  # paper's unit per fraction (COCO AP printed in percent)
     note: str = ""
+    reference: str | None = None  # the row effects are measured from (default: the first reproduced row)
     profile_train_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # profile -> TrainConfig
     # changes for every row on that profile: the paper's recipe where it differs, e.g. {"coco": {"scale": "1000x600"}}
 
@@ -135,6 +136,8 @@ def validate(spec: TableSpec) -> None:
         bad = {k: v for k, v in r.paper.items() if not isinstance(v, (int, float)) or isinstance(v, bool)}
         if bad:
             raise SpecError(f"{where}, row {r.label!r}: paper numbers must be numbers, got {bad}")
+    if spec.reference is not None and spec.reference not in labels:
+        raise SpecError(f"{where}: reference row {spec.reference!r} is not a row of the table")
     for c in spec.claims:
         for lab in (c.better, c.worse):
             if lab not in labels:

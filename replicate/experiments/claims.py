@@ -1,0 +1,199 @@
+"""Claim statistics: our numbers of a table's rows and the paper's claims checked on them, with their
+spread over seeds. Rendering lives in :mod:`.report`; this module only computes.
+
+``records_by_row`` maps a row label to the run records of that row (one per seed, as the results store
+gives them; a record's ``metrics`` are fractions). Numbers come out on the paper's scale
+(``spec.paper_scale``). A claim is *checked* only when both of its rows' runs have learned: their mean
+main metric (AP) is at least :data:`LEARNED_FLOOR` points; below it (a smoke run, a diverged one) any
+ordering is noise and the claim reads "not checked".
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from ..errors import ReplicateError
+from .spec import TIMING_METRICS, Row, TableSpec
+
+Record = Mapping[str, Any]
+RecordsByRow = Mapping[str, Sequence[Record]]
+LEARNED_FLOOR = 5.0  # AP points (paper scale): a row whose mean AP is below it has not learned
+
+
+def main_metric(spec: TableSpec) -> str:
+    """The metric a table is summarised by: AP when it is a column, else its first column."""
+    return "AP" if "AP" in spec.metrics else spec.metrics[0]
+
+
+@dataclass(frozen=True)
+class RowStats:
+    """Our numbers for one row on the paper's scale: per-metric mean and spread over ``n`` seeds."""
+
+    n: int
+    mean: dict[str, float]
+    std: dict[str, float]  # NaN with a single seed
+
+
+NOISE_SE = 2.0  # a margin within this many standard errors of zero is "within seed noise"
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    """One claim of the paper checked on our runs; margins are ``better - worse`` in the paper's units.
+
+    ``holds`` is ``None`` when either row has no runs of ours (missing, or cited only). ``ours_se`` is
+    the standard error of our margin over seeds: paired by seed when both rows have the same seeds
+    (each seed's difference; the rows then share data order and initialisation, and test-time
+    variants share the trained model), else from the two rows' spreads; ``None`` with fewer than two
+    seeds on a row. ``seeds`` is the smaller number of runs of the two rows.
+    """
+
+    text: str
+    metric: str
+    better: str
+    worse: str
+    paper_margin: float | None
+    ours_margin: float | None
+    holds: bool | None
+    ours_se: float | None = None
+    seeds: int = 0
+    learned: bool = True  # both rows' mean main metric is at least LEARNED_FLOOR
+
+    @property
+    def verdict(self) -> str:
+        """``holds`` / ``reversed`` (beyond :data:`NOISE_SE` standard errors), ``within seed noise``,
+        ``holds (1 seed)`` / ``does not hold (1 seed)`` without a spread, or ``not checked``."""
+        if not self.learned:
+            return f"not checked (a row's runs did not learn: AP below {LEARNED_FLOOR:g})"
+        if self.holds is None:
+            return "not checked"
+        if self.ours_se is None:
+            return f"{'holds' if self.holds else 'does not hold'} ({self.seeds} seed{'s' if self.seeds != 1 else ''})"
+        if abs(self.ours_margin) <= NOISE_SE * self.ours_se:
+            return "within seed noise"
+        return "holds" if self.holds else "reversed"
+
+
+def _metric_value(spec: TableSpec, record: Record, metric: str) -> float:
+    if metric in TIMING_METRICS:
+        timings = record.get("timings") or {}
+        if timings.get(TIMING_METRICS[metric]) is None:
+            raise ReplicateError(f"{spec.key}: run {record.get('key', '?')!r} has no {TIMING_METRICS[metric]!r} "
+                                 f"in its timings")
+        return float(timings[TIMING_METRICS[metric]])
+    metrics = record.get("metrics") or {}
+    if metric not in metrics or metrics[metric] is None:
+        raise ReplicateError(f"{spec.key}: run {record.get('key', '?')!r} has no {metric!r} in its metrics "
+                             f"(has {sorted(metrics)})")
+    if float(metrics[metric]) < 0:  # pycocotools' -1: no ground truth in that area range (undefined)
+        return math.nan
+    return float(metrics[metric]) * spec.paper_scale
+
+
+def row_stats(spec: TableSpec, row: Row, records: Sequence[Record]) -> RowStats | None:
+    """Mean and spread of ``records`` on the table's metrics, or ``None`` without runs to count."""
+    if not row.reproduce or not records:
+        return None
+    mean, std = {}, {}
+    for metric in spec.metrics:
+        values = [_metric_value(spec, r, metric) for r in records]
+        mean[metric] = statistics.fmean(values)
+        std[metric] = statistics.stdev(values) if len(values) > 1 else math.nan
+    return RowStats(len(records), mean, std)
+
+
+def _all_stats(spec: TableSpec, records_by_row: RecordsByRow) -> dict[str, RowStats | None]:
+    unknown = sorted(set(records_by_row) - {r.label for r in spec.rows})
+    if unknown:
+        raise ReplicateError(f"{spec.key}: records for rows {unknown} that the table does not have")
+    return {row.label: row_stats(spec, row, records_by_row.get(row.label, ())) for row in spec.rows}
+
+
+def claim_results(spec: TableSpec, records_by_row: RecordsByRow) -> list[ClaimResult]:
+    """Each of the table's claims on our runs: it holds when our mean of ``better`` exceeds ``worse``'s
+    (and both rows have learned, see the module docstring).
+
+    The paper's margin comes from its numbers of both rows where it prints them, else from the
+    claim's stated ``margin`` (``None`` when neither exists).
+    """
+    stats = _all_stats(spec, records_by_row)
+    results = []
+    for claim in spec.claims:
+        better, worse = spec.row(claim.better), spec.row(claim.worse)
+        if claim.metric in better.paper and claim.metric in worse.paper:
+            paper_margin: float | None = float(better.paper[claim.metric]) - float(worse.paper[claim.metric])
+        else:
+            paper_margin = claim.margin
+        sb, sw = stats[claim.better], stats[claim.worse]
+        ours_margin = sb.mean[claim.metric] - sw.mean[claim.metric] if sb and sw else None
+        if ours_margin is not None and math.isnan(ours_margin):  # a metric undefined on this data
+            ours_margin = None
+        key = main_metric(spec)
+        learned = not (sb and sw) or min(sb.mean[key], sw.mean[key]) >= LEARNED_FLOOR
+        holds = None if ours_margin is None or not learned else ours_margin > 0
+        se = None
+        if ours_margin is not None:
+            se = _margin_se(spec, claim.metric, records_by_row[claim.better], records_by_row[claim.worse])
+        results.append(ClaimResult(claim.text, claim.metric, claim.better, claim.worse, paper_margin, ours_margin,
+                                   holds, se, min(sb.n, sw.n) if sb and sw else 0, learned))
+    return results
+
+
+def _margin_se(spec: TableSpec, metric: str, better: Sequence[Record], worse: Sequence[Record]) -> float | None:
+    """Standard error of ``mean(better) - mean(worse)`` over seeds (see :class:`ClaimResult`)."""
+    b = {r.get("seed"): _metric_value(spec, r, metric) for r in better}
+    w = {r.get("seed"): _metric_value(spec, r, metric) for r in worse}
+    if len(b) != len(better) or len(w) != len(worse):  # seeds not unique: no pairing
+        b, w = dict(enumerate(b.values())), {-1 - i: v for i, v in enumerate(w.values())}
+    if set(b) == set(w) and len(b) >= 2:
+        diffs = [b[k] - w[k] for k in b]
+        return statistics.stdev(diffs) / math.sqrt(len(diffs))
+    if len(b) >= 2 and len(w) >= 2:
+        return math.sqrt(statistics.variance(b.values()) / len(b) + statistics.variance(w.values()) / len(w))
+    return None
+
+
+
+
+def reference_row(spec: TableSpec) -> Row:
+    """The row a table's effects are measured from: ``spec.reference`` when set, else the first row we
+    reproduce that the paper prints a main-metric number for (its baseline, as the papers lay tables out)."""
+    if spec.reference:
+        return spec.row(spec.reference)
+    key = main_metric(spec)
+    for row in spec.rows:
+        if row.reproduce and key in row.paper:
+            return row
+    return spec.rows[0]
+
+
+@dataclass(frozen=True)
+class Effect:
+    """A row's effect on one metric relative to the reference row, in the paper's units."""
+
+    paper: float  # NaN when the paper prints either number not
+    ours: float  # NaN without runs of both rows
+    ours_se: float | None  # over seeds (paired by seed when the rows share seeds); None with one seed
+
+
+def effects(spec: TableSpec, records_by_row: RecordsByRow) -> dict[str, dict[str, Effect]]:
+    """Row label -> metric -> :class:`Effect` relative to :func:`reference_row` (the comparison a proxy
+    benchmark supports: how much a change moves the metric, not the metric's level)."""
+    ref = reference_row(spec)
+    stats = _all_stats(spec, records_by_row)
+    out: dict[str, dict[str, Effect]] = {}
+    for row in spec.rows:
+        per_metric = {}
+        for metric in spec.metrics:
+            paper = float(row.paper.get(metric, math.nan)) - float(ref.paper.get(metric, math.nan))
+            s, r = stats[row.label], stats[ref.label]
+            ours = s.mean[metric] - r.mean[metric] if s and r else math.nan
+            se = None
+            if s and r and row.label != ref.label:
+                se = _margin_se(spec, metric, records_by_row[row.label], records_by_row[ref.label])
+            per_metric[metric] = Effect(paper, ours, se)
+        out[row.label] = per_metric
+    return out
