@@ -20,7 +20,7 @@ from replicate.errors import ReplicateError
 from replicate.experiments import launch, runs
 from replicate.experiments import sweep as sweep_module
 from replicate.experiments.launch import make_executor, run_requests
-from replicate.experiments.runs import RunInterrupted, execute_run, requests_for
+from replicate.experiments.runs import DeadlineReached, RunInterrupted, execute_run, requests_for
 from replicate.experiments.spec import REGISTRY, Row, TableSpec, register
 from replicate.models.zoo import apply_overrides
 from replicate.engine.rescore import test_key
@@ -361,3 +361,49 @@ def test_plan_after_a_sweep_has_nothing_missing_and_measures(swept):
     assert (p.total, p.missing, p.measured) == (2 + real, real, True) and p.minutes_per_run > 0
     if not real:
         assert p.describe("smoke") == "all 2 run(s) of the registered tables are in the store for smoke"
+
+
+# ------------------------------------------------------------------------------- deadlines and verification
+def test_a_deadline_checkpoints_and_stops_without_a_record(swept, tmp_path):
+    request = demo_request(swept, results_dir=str(tmp_path / "results"), work_dir=str(tmp_path / "work"),
+                           deadline=time.time() - 1)
+    with pytest.raises(DeadlineReached, match=r"deadline at iteration 1/4; sweeping again resumes"):
+        execute_run(request)
+    assert ResultsStore(request.results_dir).get("smoke", request.key) is None
+    assert (request.run_dir / "checkpoint.pt").is_file()
+    # a sweep whose deadline has passed starts nothing, and reports the run as not submitted
+    outcomes = run_requests([dataclasses.replace(request, deadline=None)], "debug", deadline=time.time() - 1,
+                            log=lambda line: None)
+    assert [o.status for o in outcomes] == ["missing"]
+
+
+def test_cli_deadline_parses_until_and_max_minutes(monkeypatch):
+    from replicate import cli
+
+    now = time.time()
+    assert abs(cli._deadline(None, 10) - (now + 600)) < 5
+    until = cli._deadline("00:00", None)
+    assert now < until <= now + 24 * 3600 + 5  # the next midnight
+    assert cli._deadline("00:00", 1) == pytest.approx(now + 60, abs=5)  # the earlier of the two
+    assert cli._deadline(None, None) is None
+    with pytest.raises(ReplicateError, match="HH:MM"):
+        cli._deadline("25:99", None)
+
+
+def test_verify_reproduces_a_record_exactly_and_names_what_differs(swept, smoke_root, tmp_path):
+    from replicate.experiments.verify import verify
+
+    path = ResultsStore(swept[1]).path("smoke", demo_request(swept).key)
+    result = verify(path, data_root=smoke_root, progress=False)
+    assert result.exact, result.format()
+    assert "reproduced exactly" in result.format() and "loss.last" in result.stored
+    tampered = json.loads(path.read_text())
+    tampered["loss_summary"]["loss"]["last"] += 1e-6
+    bad = tmp_path / path.name
+    bad.write_text(json.dumps(tampered))
+    result = verify(bad, data_root=smoke_root, progress=False)
+    assert not result.exact and list(result.differences) == ["loss.last"] and "NOT reproduced" in result.format()
+    tampered["key"] = "0" * 12
+    bad.write_text(json.dumps(tampered))
+    with pytest.raises(ReplicateError, match="no registered table row has run 000000000000"):
+        verify(bad, data_root=smoke_root, progress=False)

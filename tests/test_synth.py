@@ -99,8 +99,10 @@ def _layouts(profile: str, n: int | None = None):
     return [synth.sample_layout(synth.image_rng(0, "val", i), p) for i in range(n or p.n_val)]
 
 
-def test_synthetic_size_and_aspect_distribution():
-    bodies = [b for lay in _layouts("synthetic") for b in lay.objects]
+@pytest.mark.parametrize("profile", ["synthetic", "proxy"])
+def test_size_and_aspect_distribution(profile):
+    """Each COCO size bucket holds at least 15 % of the validation objects (the size columns mean something)."""
+    bodies = [b for lay in _layouts(profile) for b in lay.objects]
     area = np.array([4 * b.a * b.b * SUPERELLIPSE_FILL for b in bodies])
     aspect = np.array([b.a / b.b for b in bodies])
     for name, frac in {"small": np.mean(area < SMALL_AREA),
@@ -109,7 +111,7 @@ def test_synthetic_size_and_aspect_distribution():
         assert frac >= 0.15, f"{name} objects are {frac:.1%} of validation objects"
     assert aspect.min() >= 1 / 5 - 1e-6 and aspect.max() <= 5 + 1e-6
     assert aspect.min() < 1 / 4 and aspect.max() > 4, "aspect ratios must reach 1:5 and 5:1"
-    assert 400 <= PROFILES["synthetic"].synth.n_val <= 600 and PROFILES["synthetic"].synth.n_train >= 2000
+    assert 400 <= PROFILES[profile].synth.n_val <= 600 and PROFILES[profile].synth.n_train >= 2000
 
 
 def test_keys_off_centre_and_inside_their_body():

@@ -3,8 +3,9 @@
 A record names its run by key (:func:`.store.run_key`: the hash of the model and training configs, the
 profile and the seed). Verification finds the registered table row whose run has that key, checks that
 the row's configuration today is the record's (``config``), trains it from scratch in a scratch folder
-(never the results store) and compares every COCO metric of the new run with the stored ones: equal to
-the last bit, as the same config on CPU with the same thread count gives the same numbers.
+(never the results store) and compares every COCO metric and the loss curves' first, last and lowest
+values of the new run with the stored ones: equal to the last bit, as the same config on CPU with the
+same thread count gives the same numbers.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from ..engine.train import train
 from ..errors import ReplicateError
 from ..io import read_json
 from ..provenance import jsonable
-from .runs import RunRequest, requests_for
+from .runs import RunRequest, loss_summary, requests_for
 from .spec import REGISTRY
 
 
@@ -42,7 +43,8 @@ class Verification:
         head = f"{self.record}: run {self.key} ({self.request.spec_key} row {self.request.row_label!r} seed " \
                f"{self.request.seed})"
         if self.exact:
-            return f"{head}: reproduced exactly (AP {100 * self.stored['AP']:.2f}, {len(self.stored)} metrics equal)"
+            return f"{head}: reproduced exactly (AP {100 * self.stored['AP']:.2f}; {len(self.stored)} metrics and loss " \
+                   "statistics equal)"
         lines = [f"  {k}: stored {a!r}, re-trained {b!r}" for k, (a, b) in sorted(self.differences.items())]
         return "\n".join([f"{head}: NOT reproduced ({len(self.differences)} metric(s) differ)", *lines])
 
@@ -89,12 +91,19 @@ def verify(record_path: str | Path, *, data_root: str | Path | None = None, work
     torch.set_num_threads(threads)
     try:
         with tempfile.TemporaryDirectory(dir=work_dir) as scratch:
-            result = train(request.model, request.profile, Path(scratch) / request.key, request.train,
-                           data_root=data_root, device="cpu", progress=progress)
+            out = Path(scratch) / request.key
+            result = train(request.model, request.profile, out, request.train, data_root=data_root, device="cpu",
+                           progress=progress)
+            losses = loss_summary(out / "log.jsonl")
     finally:
         torch.set_num_threads(before)
-    new = result["metrics"] or {}
-    stored = record["metrics"]
+    new = dict(result["metrics"] or {})
+    stored = dict(record["metrics"])
+    # the loss curves too: a run that reproduces its metrics by luck (a run that detects nothing) still differs here
+    for term, summary in (record.get("loss_summary") or {}).items():
+        for stat in ("first", "last", "min"):
+            stored[f"{term}.{stat}"] = summary.get(stat)
+            new[f"{term}.{stat}"] = (losses.get(term) or {}).get(stat)
     differences = {k: (stored.get(k), new.get(k)) for k in sorted(set(stored) | set(new))
                    if not _same(stored.get(k), new.get(k))}
     return Verification(path, record["key"], request, stored, new, differences)

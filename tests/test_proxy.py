@@ -1,0 +1,165 @@
+"""The proxy benchmark: its profile, the pretrained backbone, CPU mixed precision and the calibration
+statistics, against hand-computed cases and library oracles."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import nbformat
+import pytest
+import torch
+from scipy.stats import spearmanr
+
+from replicate import profiles
+from replicate.analysis import benchmark as bm
+from replicate.analysis.misalignment import ImagePredictions, object_gaps
+from replicate.book.build import present
+from replicate.engine.pretrain import PretrainConfig, pretrain
+from replicate.errors import ReplicateError
+from replicate.models.backbone import BackboneConfig, build_backbone
+from replicate.models.checkpoints import resolve_weights
+from replicate.models.detector import build_detector
+from replicate.models.zoo import model_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_every_profile_says_its_data_scale_schedule_and_narrowing():
+    for name, p in profiles.PROFILES.items():
+        assert p.name == name and p.num_classes > 0 and p.minutes["cpu"] > 0
+        assert (p.synth is None) == (name == "coco") and (p.model is None) == (name == "coco")
+    proxy = profiles.get("proxy")
+    assert proxy.committed and proxy.evidence and proxy.seeds == 3 and profiles.DEFAULT == "proxy"
+    assert (proxy.schedule.iters, proxy.schedule.batch_size, proxy.schedule.amp) == (1200, 8, "bf16")
+    assert not profiles.get("smoke").evidence
+    for name in profiles.DIAL_OFFSETS:  # the dial profiles differ from the proxy only in the key offset
+        dial = profiles.get(name)
+        assert dial.synth.key_offset == profiles.DIAL_OFFSETS[name]
+        assert {**vars(dial.synth), "name": "proxy", "key_offset": None} == \
+            {**vars(proxy.synth), "key_offset": None}
+        assert dial.schedule == proxy.schedule and dial.model == proxy.model
+    with pytest.raises(ReplicateError, match="unknown profile 'nope'"):
+        profiles.get("nope")
+
+
+def test_proxy_presets_load_the_committed_pretrained_backbones_frozen():
+    for preset, narrow in (("retinanet", "narrow"), ("atss", "narrow")):
+        cfg = model_config(preset, "proxy", 10)
+        b = cfg.backbone
+        assert (b.name, b.norm, b.frozen_stages) == (narrow, "frozen_bn", 1)
+        assert resolve_weights(b.weights).is_file(), b.weights
+        assert (cfg.neck.out_channels, cfg.head.feat_channels, cfg.head.num_convs) == (64, 64, 2)
+    deep = model_config("retinanet", "proxy", 10, {"backbone.name": "resnet101"}).backbone
+    assert deep.name == "narrow_deep" and resolve_weights(deep.weights).is_file()
+    sidecar = json.loads(resolve_weights(deep.weights).with_suffix(".json").read_text())
+    assert sidecar["trained_on"]["split"] == "train" and sidecar["profile"] == "proxy"
+    assert sidecar["sha256"].startswith(resolve_weights(deep.weights).stem.split("-")[-1])
+    # from scratch where a profile has no weights
+    assert model_config("retinanet", "smoke", 10).backbone.norm == "bn"
+
+
+def test_pretrain_reads_the_training_split_and_is_deterministic(smoke_root, tmp_path):
+    cfg = PretrainConfig(epochs=1, batch_size=32)
+    first = pretrain("smoke", tmp_path / "a", cfg, data_root=smoke_root, progress=False)
+    second = pretrain("smoke", tmp_path / "b", cfg, data_root=smoke_root, progress=False)
+    assert first["sha256"] == second["sha256"]  # the same settings on CPU give the same weights
+    assert first["weights"] == f"narrow-{first['sha256'][:8]}.pt"
+    assert first["trained_on"]["annotations"] == "annotations/train.json"
+    n_train_objects = sum(not a.get("iscrowd", 0) for a in json.loads(
+        (smoke_root / "annotations" / "train.json").read_text())["annotations"])
+    assert first["trained_on"]["objects"] + first["held_out_objects"] <= n_train_objects
+    assert 0.0 <= first["held_out_accuracy"] <= 1.0
+    weights = tmp_path / "a" / first["weights"]
+    body = build_backbone(BackboneConfig(name="narrow", norm="frozen_bn", weights=str(weights))).body
+    saved = torch.load(weights, weights_only=True)
+    assert torch.equal(body.conv1.weight, saved["conv1.weight"])
+    assert torch.equal(body.layer4[0].bn2.running_var, saved["layer4.0.bn2.running_var"])
+    with pytest.raises(ReplicateError, match="not a narrow backbone"):
+        pretrain("smoke", tmp_path, PretrainConfig(backbone="resnet50"), data_root=smoke_root)
+
+
+def test_bf16_autocast_on_cpu_keeps_losses_in_float32():
+    torch.manual_seed(0)
+    net = build_detector(model_config("retinanet", "smoke", 10)).train()
+    images = torch.randn(2, 3, 128, 160)
+    targets = [{"boxes": torch.tensor([[10.0, 12.0, 90.0, 100.0]]), "labels": torch.tensor([3]),
+                "ignore_boxes": torch.zeros(0, 4)} for _ in range(2)]
+    full = net(images, targets)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outs = net(images)
+        low = net(images, targets)
+    assert all(t.dtype == torch.float32 for maps in outs.values() for t in maps)
+    for name, value in full.items():
+        assert low[name].dtype == torch.float32
+        assert low[name].item() == pytest.approx(value.item(), rel=0.05), name
+
+
+def test_anchor_coverage_hand_computed(tmp_path):
+    # one 64x64 image, read at its own size; RetinaNet's P3 anchors are 32, 40 and 50 px squares at
+    # ratios 0.5/1/2 centred on the stride-8 grid (offset 0): a 32x32 box at (0,0)-(32,32) is centred on
+    # (16, 16), a grid point, and equals the 32 px square anchor there (IoU 1). A 6x6 box overlaps the
+    # smallest anchor with IoU 36 / 1024 < 0.5.
+    ann = {"images": [{"id": 1, "width": 64, "height": 64, "file_name": "x.jpg"}],
+           "annotations": [{"id": 1, "image_id": 1, "bbox": [0, 0, 32, 32], "category_id": 1, "iscrowd": 0},
+                           {"id": 2, "image_id": 1, "bbox": [40, 40, 6, 6], "category_id": 1, "iscrowd": 0},
+                           {"id": 3, "image_id": 1, "bbox": [0, 0, 2, 2], "category_id": 1, "iscrowd": 1}],
+           "categories": [{"id": 1, "name": "a"}]}
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps(ann))
+    assert bm.anchor_coverage(path, (64, 64)) == pytest.approx(0.5)  # the crowd box is left out
+
+
+def test_object_gaps_hand_computed():
+    gt = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0],  # IoU 1.0, class score 0.3
+                          [0.0, 0.0, 10.0, 6.0],  # IoU 0.6, class score 0.9: the top-scored one
+                          [0.0, 0.0, 10.0, 4.0]])  # IoU 0.4: not a candidate, though scored 0.95
+    scores = torch.tensor([[0.0, 0.3], [0.0, 0.9], [0.0, 0.95]])
+    pred = ImagePredictions(boxes.clone(), scores, boxes, gt, torch.tensor([1]))
+    gaps = object_gaps(pred)
+    assert gaps["candidates"].tolist() == [2]
+    assert gaps["best_iou"].tolist() == pytest.approx([1.0]) and gaps["top_iou"].tolist() == pytest.approx([0.6])
+    assert gaps["gap"].tolist() == pytest.approx([0.4])
+
+
+def test_spearman_matches_scipy_with_ties():
+    coco = [36.5, 36.6, 36.5, 38.7, 39.4, 40.2, 41.0]
+    ours = [22.0, 25.1, 21.0, 27.3, 30.2, 29.9, 31.5]
+    assert bm.spearman(coco, ours) == pytest.approx(spearmanr(coco, ours).statistic)
+    assert math.isnan(bm.spearman([1.0], [2.0]))
+
+
+def test_calibration_plan():
+    proxy = bm.calibration_plan("proxy")
+    assert (proxy.ranking_seeds, proxy.noise_seeds) == (3, 5)
+    assert proxy.dial_profiles == ("proxy", *profiles.DIAL_OFFSETS)
+    smoke = bm.calibration_plan("smoke")
+    assert (smoke.ranking_seeds, smoke.noise_seeds, smoke.dial_profiles) == (1, 2, ())
+
+
+def test_a_page_hides_code_and_keeps_parameters_and_logs_in_a_collapsed_section(tmp_path):
+    root = tmp_path / "proj"
+    (root / "notebooks").mkdir(parents=True)
+    source = root / "notebooks" / "t.ipynb"
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("profile = 'x'", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("profile = 'smoke'", metadata={"tags": ["injected-parameters"]}),
+                nbformat.v4.new_code_cell("print(1)")]
+    nb.cells[2].outputs = [nbformat.v4.new_output("stream", name="stderr", text=f"warning: {root}/results/x\n"),
+                           nbformat.v4.new_output("stream", name="stdout", text="1\n")]
+    nb.metadata["papermill"] = {"parameters": {"profile": "smoke", "results_dir": str(root / "results")}}
+    out = tmp_path / "out.ipynb"
+    nbformat.write(nb, out)
+    present(out, source, root, "smoke")
+    page = nbformat.read(out, as_version=4)
+    assert "plumbing check" in page.cells[0].source  # the smoke banner first
+    tags = [c.metadata.get("tags", []) for c in page.cells if c.cell_type == "code"]
+    assert "remove-cell" in tags[0] and "remove-cell" in tags[1] and "hide-input" in tags[2]
+    assert [o["name"] for o in page.cells[3].outputs] == ["stdout"]  # the log moved out of the page
+    made = page.cells[-1].source
+    assert made.startswith("<details><summary>How this page was made")
+    assert "papermill notebooks/t.ipynb out.ipynb -p profile smoke -p results_dir ./results" in made
+    assert "warning: ./results/x" in made and str(root) not in made
+    present(out, source, root, "proxy")  # an evidence profile gets no banner
+    assert "plumbing check" not in nbformat.read(out, as_version=4).cells[1].source
