@@ -16,7 +16,8 @@ from replicate.errors import ReplicateError
 from replicate.models.aps import APSConfig, aps_assign, aps_levels, aps_select
 from replicate.models.dcn import ModulatedDeformConv2d
 from replicate.models.detector import build_detector
-from replicate.models.detectors.mod import focal_pair_cost, per_gt_gap_and_sum, rfa_indices
+from replicate.models.detectors.mod import per_gt_gap_and_sum, rfa_indices
+from replicate.models.losses import focal_pair_cost
 from replicate.models.zoo import apply_overrides, model_config
 
 TARGETS = [

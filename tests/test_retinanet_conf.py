@@ -223,7 +223,7 @@ def test_postprocess_quality_filter_and_small_level_switch_by_hand():
 
 # ----------------------------------------------------------------------------- the paper's tables
 def test_tables_transcribe_the_paper_and_share_trained_runs():
-    from replicate.engine.rescore import test_key
+    from replicate.experiments.store import test_key
     from replicate.experiments.papers import retinanet_conf as paper
     from replicate.experiments.runs import merge_requests, requests_for
 

@@ -23,7 +23,7 @@ from replicate.experiments.launch import make_executor, run_requests
 from replicate.experiments.runs import DeadlineReached, RunInterrupted, execute_run, requests_for
 from replicate.experiments.spec import REGISTRY, Row, TableSpec, register
 from replicate.models.zoo import apply_overrides
-from replicate.engine.rescore import test_key
+from replicate.experiments.store import test_key
 from replicate.experiments.store import ResultsStore, run_key
 from replicate.experiments.sweep import ensure_runs, sweep
 from replicate.models.zoo import model_config
@@ -182,12 +182,32 @@ def test_test_time_variants_share_the_trained_run(swept, smoke_root, monkeypatch
     # one pass re-scoring the raw outputs gives what the training run's evaluation gave
     from replicate.engine.rescore import evaluate_variants
 
-    again = evaluate_variants(own.run_dir, own.model, "smoke", [own.model.test], data_root=smoke_root)
+    again = evaluate_variants(own.run_dir, own.model, "smoke", {test_key(own.model.test): own.model.test},
+                              data_root=smoke_root)
     assert again[test_key(own.model.test)]["metrics"] == record["metrics"]
     own_dets = json.loads((own.run_dir / "detections.json").read_text())
     low_dets = json.loads(open(record["evaluations"][test_key(low.model.test)]["detections"]).read())
     assert len(low_dets) > len(own_dets)  # the lower threshold keeps more boxes
     assert runs.is_complete(ResultsStore(results), merged)
+
+
+def test_a_run_asked_for_with_variants_scores_them_at_the_end_of_training(swept, smoke_root, tmp_path, monkeypatch):
+    """One pass at the end of training scores every test config the run is asked for: no re-scoring after."""
+    request = demo_request(swept, results_dir=str(tmp_path / "results"), work_dir=str(tmp_path / "work"),
+                           data_root=str(smoke_root))
+    low = dataclasses.replace(request.model.test, score_thr=0.001, fusion="none")
+    request = dataclasses.replace(request, tests=(low,))
+
+    def no_rescoring(*args, **kwargs):
+        raise AssertionError("evaluate_variants called for a run that was asked for its variants")
+
+    monkeypatch.setattr(runs, "evaluate_variants", no_rescoring)
+    record = execute_run(request)
+    assert set(record["evaluations"]) == {test_key(request.model.test), test_key(low)}
+    finished = ResultsStore(swept[1]).get("smoke", request.key)
+    assert record["metrics"] == finished["metrics"]  # the model's own evaluation is unchanged
+    assert record["evaluations"][test_key(low)]["test"]["score_thr"] == 0.001
+    assert (request.run_dir / f"detections-{test_key(low)}.json").is_file()
 
 
 def test_loss_curve_is_mean_pooled(tmp_path):

@@ -5,7 +5,7 @@
   inside its box (red = larger loss). :func:`instance_maps` computes, on every FPN level, the two
   costs APS ranks points by (Sec. 3.2.1): for every point strictly inside the GT, as if it were a
   positive of that GT, the focal loss summed over the classes with a one-hot target
-  (:func:`replicate.models.detectors.mod.focal_pair_cost`) and the box loss ``1 - GIoU`` of its decoded
+  (:func:`replicate.models.losses.focal_pair_cost`) and the box loss ``1 - GIoU`` of its decoded
   box (:func:`replicate.models.losses.giou_loss`). Each is a ``(H_l, W_l)`` array, NaN outside the box.
   :func:`plot_loss_maps` draws the two maps of one level side by side (coolwarm: blue low, red high).
 * **Figure 4** ("The visualization of spatial label assignment", Sec. 4.7): the positives APS picks
@@ -40,7 +40,8 @@ from ..errors import ReplicateError
 from ..io import atomic_write_json
 from ..models._utils import flatten_levels
 from ..models.assigners import atss_assign, fcos_point_masks, pad_targets
-from ..models.losses import giou_loss
+from ..models.aps import kept_levels
+from ..models.losses import focal_pair_cost, giou_loss
 
 ANALYSIS = "analysis"
 METHODS = ("APS", "ATSS")
@@ -197,17 +198,13 @@ def _forward(model: torch.nn.Module, images: Tensor, targets: list[dict],
 def _kept_levels(head, cost_cls: Tensor, cost_reg: Tensor, inside: Tensor, in_range: Tensor, level: Tensor,
                  num_levels: int) -> list[int]:
     """Eq. 5's kept levels of one GT, best (smallest mean top-K cost) first, as :func:`aps_assign` ranks them."""
-    from ..models.aps import _criterion_cost, _keep_levels, _level_topk
-
     aps = head.cfg.aps
     candidate = inside & in_range if aps.scale == "range" else inside
     kept_n = num_levels if aps.scale == "range" else aps.num_levels_kept
     inf = torch.full_like(cost_cls, math.inf)
     cls = torch.where(candidate, cost_cls, inf)[None]
     reg = torch.where(candidate, cost_reg, inf)[None]
-    values, _, valid = _level_topk(_criterion_cost(cls, reg, aps.criterion), candidate[None], level, num_levels,
-                                   aps.topk)
-    kept, ok = _keep_levels(values, valid, kept_n)
+    kept, ok = kept_levels(cls, reg, candidate[None], level, num_levels, aps.topk, kept_n, aps.criterion)
     return [int(k) for k, good in zip(kept[0].tolist(), ok[0].tolist()) if good]
 
 
@@ -219,8 +216,6 @@ def _maps_of(o: _Outputs, targets: list[dict], image_size: tuple[int, int], img:
     inside, _, in_range = (m[0, :, 0] for m in fcos_point_masks(o.points, o.strides, o.level, box[None, None],
                                                                 c.scale_ranges, c.center_radius))
     prior = inside.nonzero(as_tuple=True)[0]
-    from ..models.detectors.mod import focal_pair_cost
-
     img_vec = torch.full_like(prior, img)
     cost_cls = focal_pair_cost(o.cls, img_vec, prior, torch.full_like(prior, label), c.focal_alpha, c.focal_gamma)
     decoded = head.coder.decode(o.points[prior], o.dist[img, prior].float())

@@ -11,7 +11,8 @@
   A run finding one resumes from it (model, optimiser, iteration, random states); a checkpoint of
   another configuration is refused (:mod:`replicate.engine.checkpoint`).
 * ``detections.json`` and ``metrics.json`` at the end (``eval_at_end``): every process predicts a
-  contiguous shard of the val split, rank 0 gathers the shards in order, evaluates and writes.
+  contiguous shard of the val split, rank 0 gathers the shards in order, evaluates and writes
+  (:mod:`replicate.engine.evaluate`, which also scores any further test configs in the same pass).
 
 SIGTERM and SIGUSR2 (what SLURM sends before a time limit or preemption) set a flag; the loop then
 finishes the current iteration, checkpoints and returns ``{"status": "interrupted", ...}``; the
@@ -35,7 +36,7 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -52,15 +53,16 @@ from ..data.batching import Collate, ImageBatch
 from ..data.profiles import build_dataset, data_config, ensure_data
 from ..errors import ReplicateError
 from ..profiles import schedule_for
-from ..evaluation import evaluate, write_detections
 from ..io import atomic_write_json, atomic_write_text, dump_json
 from ..models.detector import DetectorConfig, build_detector, weights_fields
+from ..models.postprocess import TestConfig
 from ..models.zoo import MODELS, model_config
 from ..provenance import config_hash, jsonable, provenance
 from . import distributed as du
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, restore, save_checkpoint
 from .config import TrainConfig, weights_config
-from .inference import EVAL_BATCH_SIZE, autocast, predict_dataset
+from .evaluate import evaluate_tests
+from .inference import autocast
 from .sampler import EpochDataset, IterationBatchSampler
 from .schedule import lr_at
 
@@ -184,11 +186,14 @@ def _resolve_model(model: str | DetectorConfig, profile: str, num_classes: int) 
 
 def train(model: str | DetectorConfig, profile: str, out_dir: str | Path, train_cfg: TrainConfig | None = None, *,
           data_root: str | Path | None = None, device: str | None = None, progress: bool = True,
-          stop_after: int | None = None, deadline: float | None = None) -> dict[str, Any]:
+          stop_after: int | None = None, deadline: float | None = None,
+          tests: Mapping[str, TestConfig] | None = None) -> dict[str, Any]:
     """Train ``model`` (a preset name or a config) on ``profile``'s data, writing to ``out_dir``.
 
     ``train_cfg`` defaults to the profile's schedule (:func:`replicate.profiles.schedule_for`).
     ``deadline`` (a ``time.time()`` value): past it, training stops as on a signal (a sweep's clean stop).
+    ``tests``: further named test configs the final evaluation scores in the same pass (the result's
+    ``evaluations``, name -> ``{"test", "metrics", "detections"}``; detections in ``detections-<name>.json``).
     ``stop_after=k`` behaves as if a stop signal arrived during iteration ``k`` (1-based): checkpoint
     after ``k`` iterations and return ``"interrupted"`` (for tests of resumption).
 
@@ -287,28 +292,23 @@ def train(model: str | DetectorConfig, profile: str, out_dir: str | Path, train_
         bar.close()
         log.close()
     checkpoint(cfg.iters)
-    return _finish(net, model_cfg, profile, data, cfg, out, dev, config, ckpt_path)
+    return _finish(net, model_cfg, profile, data, cfg, out, dev, config, ckpt_path, tests or {})
 
 
 def _finish(net: nn.Module, model_cfg: DetectorConfig, profile: str, data, cfg: TrainConfig, out: Path,
-            dev: torch.device, config: dict[str, Any], ckpt_path: Path) -> dict[str, Any]:
-    """Evaluate on the val split (sharded over ranks) and write ``metrics.json`` on rank 0."""
+            dev: torch.device, config: dict[str, Any], ckpt_path: Path,
+            tests: Mapping[str, TestConfig]) -> dict[str, Any]:
+    """Evaluate on the val split under the model's own test config and ``tests`` in one pass
+    (:func:`~replicate.engine.evaluate.evaluate_tests`) and write ``metrics.json`` on rank 0."""
     main, world = du.is_main(), du.world_size()
-    metrics, timings = None, _train_timings(out / "log.jsonl", cfg) if main else {}
+    metrics, evaluations, timings = None, {}, _train_timings(out / "log.jsonl", cfg) if main else {}
     if cfg.eval_at_end:
         val_set = build_dataset(data, "val", train=False, seed=cfg.seed)
-        shard = np.array_split(np.arange(len(val_set)), world)[du.rank()]
-        results, infer = predict_dataset(net, val_set, EVAL_BATCH_SIZE, dev, indices=shard.tolist(),
-                                         num_workers=cfg.num_workers, amp=cfg.amp)
-        if world > 1:
-            gathered: list[Any] = [None] * world
-            dist.all_gather_object(gathered, (results, infer["inference_seconds"]))
-            results = [r for part, _ in gathered for r in part]
-            infer["inference_seconds"] = max(s for _, s in gathered)
-            infer["inference_fps"] = len(val_set) / infer["inference_seconds"]
+        named = {"detections": None, **{f"detections-{name}": test for name, test in tests.items()}}
+        scored, infer = evaluate_tests(net, val_set, named, dev, out, amp=cfg.amp, num_workers=cfg.num_workers)
         if main:
-            write_detections(out / "detections.json", results)
-            metrics = evaluate(val_set.coco, results, dets_source=str(out / "detections.json"))
+            metrics = scored["detections"]["metrics"]
+            evaluations = {name: scored[f"detections-{name}"] for name in tests}
             timings.update(inference_fps=infer["inference_fps"], inference_seconds=infer["inference_seconds"])
     if dev.type == "cuda":
         timings["peak_memory_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
@@ -318,6 +318,7 @@ def _finish(net: nn.Module, model_cfg: DetectorConfig, profile: str, data, cfg: 
         "profile": profile,
         "metrics": metrics,
         "test": jsonable(model_cfg.test),
+        "evaluations": evaluations,
         "timings": timings,
         "provenance": {**provenance(config, device=dev, world_size=world), "train_config": jsonable(cfg)},
     }

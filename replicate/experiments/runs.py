@@ -32,7 +32,7 @@ from ..engine import distributed as du
 from .. import profiles
 from ..engine.config import TrainConfig
 from ..engine.checkpoint import CHECKPOINT_NAME
-from ..engine.rescore import evaluate_variants, test_key
+from ..engine.rescore import evaluate_variants
 from ..engine.train import train
 from ..errors import ReplicateError
 from ..io import atomic_write_json, read_json
@@ -40,7 +40,7 @@ from ..models.detector import DetectorConfig
 from ..models.postprocess import TestConfig
 from ..provenance import jsonable
 from .spec import TableSpec, run_config
-from .store import Record, ResultsStore, run_key
+from .store import Record, ResultsStore, run_key, test_key
 
 CURVE_POINTS = 100  # at most this many (iteration, value) points per loss curve in a record
 RUN_INFO = "run.json"  # in a run's work folder: what the run is and when its first attempt started
@@ -214,8 +214,9 @@ def _execute_locked(request: RunRequest, main: bool) -> Record | None:
         if main:
             print(f"run {request.describe()}: attempt {info['attempts']} in {out} ({du.world_size()} process(es))",
                   flush=True)
+        extra = {test_key(t): t for t in request.all_tests if t != request.model.test}
         result = train(request.model, request.profile, out, request.train, data_root=request.data_root,
-                       device=request.device, progress=False, deadline=request.deadline)
+                       device=request.device, progress=False, deadline=request.deadline, tests=extra)
         if result["status"] != "finished":
             if request.deadline is not None and time.time() > request.deadline:
                 raise DeadlineReached(f"run {request.describe()} stopped at the sweep's deadline at iteration "
@@ -236,9 +237,9 @@ def _execute_locked(request: RunRequest, main: bool) -> Record | None:
                                  f"and its checkpoint {request.run_dir / CHECKPOINT_NAME} is gone; remove "
                                  f"{store.path(request.profile, request.key)} to train it again")
         print(f"run {request.describe()}: evaluating {len(todo)} test-time variant(s)", flush=True)
-        evaluations = evaluate_variants(request.run_dir, request.model, request.profile, todo,
-                                        data_root=request.data_root, scale=request.train.scale,
-                                        device=request.device)
+        evaluations = evaluate_variants(request.run_dir, request.model, request.profile,
+                                        {test_key(t): t for t in todo}, data_root=request.data_root,
+                                        scale=request.train.scale, device=request.device)
         record = {**record, "evaluations": {**record["evaluations"], **evaluations}}
         store.put(record)
     return record
@@ -276,7 +277,8 @@ def build_record(request: RunRequest, result: dict[str, Any], started: str) -> R
         "metrics": result["metrics"],
         "test": jsonable(request.model.test),
         "evaluations": ({test_key(request.model.test): {"test": jsonable(request.model.test),
-                                                         "metrics": result["metrics"]}}
+                                                         "metrics": result["metrics"]},
+                         **{k: {**v, "inference": result["timings"]} for k, v in result.get("evaluations", {}).items()}}
                         if result["metrics"] is not None else {}),
         "loss_summary": loss_summary(out / "log.jsonl"),
         "timings": result["timings"],

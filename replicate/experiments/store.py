@@ -10,7 +10,7 @@ detections stay in the run's work folder (``work/runs/<profile>/<key>/``), which
 Record fields: ``key``, ``profile``, ``seed``, ``model`` (preset name), ``config`` (``model`` and
 ``train``, as JSON), ``metrics`` (COCO metrics as fractions, under the test config ``test`` the run was
 trained with), ``evaluations`` (test-config key -> ``test`` and ``metrics``: every test-time variant the
-trained model was evaluated under, see :mod:`replicate.engine.rescore`), ``loss_summary`` (per loss term:
+trained model was evaluated under, see :mod:`replicate.engine.evaluate`), ``loss_summary`` (per loss term:
 ``first``, ``last``, ``min``, ``curve``), ``timings``, ``provenance`` (that of ``metrics.json`` plus
 ``hostname``, ``started``, ``finished``, ``command``, ``job_id``) and ``work_dir``.
 """
@@ -26,6 +26,7 @@ from ..engine.config import TrainConfig, weights_config
 from ..errors import ReplicateError
 from ..io import atomic_write_json, read_json
 from ..models.detector import DetectorConfig, weights_fields
+from ..models.postprocess import TestConfig
 from ..provenance import config_hash, jsonable
 
 Record = dict[str, Any]
@@ -41,6 +42,14 @@ def run_key(model_cfg: DetectorConfig, train_cfg: TrainConfig, profile: str, see
     and are kept in its record's ``evaluations``."""
     train = weights_config(dataclasses.replace(train_cfg, seed=seed))
     return config_hash({"model": weights_fields(model_cfg), "train": train, "profile": profile, "seed": seed})
+
+
+def test_key(test: TestConfig) -> str:
+    """The 12-hex-digit name of a test config: the key of a run record's ``evaluations``."""
+    return config_hash(jsonable(test))
+
+
+test_key.__test__ = False  # not a pytest test
 
 
 class ResultsStore:

@@ -134,6 +134,16 @@ def _criterion_cost(cost_cls: Tensor, cost_reg: Tensor, criterion: str) -> Tenso
     return {"comb": lambda: cost_cls + cost_reg, "cls": lambda: cost_cls, "reg": lambda: cost_reg}[criterion]()
 
 
+def kept_levels(cost_cls: Tensor, cost_reg: Tensor, candidate: Tensor, level_of_point: Tensor, num_levels: int,
+                topk: int = 9, num_levels_kept: int = 2, criterion: str = "comb") -> tuple[Tensor, Tensor]:
+    """Eqs. 3-5: the levels each GT keeps, best (smallest mean top-K cost) first: ``(levels, ok)``, both
+    (M, num_levels_kept); ``ok`` is false where a GT has fewer levels with candidates. The ranking
+    :func:`aps_select` and :func:`aps_levels` use, for analyses that draw it (MOD's Fig. 4)."""
+    cost = _criterion_cost(cost_cls.detach(), cost_reg.detach(), criterion)
+    values, _, level_valid = _level_topk(cost, candidate, level_of_point, num_levels, topk)
+    return _keep_levels(values, level_valid, num_levels_kept)
+
+
 def aps_levels(cost_cls: Tensor, cost_reg: Tensor, candidate: Tensor, level_of_point: Tensor, num_levels: int,
                topk: int = 9, num_levels_kept: int = 2, criterion: str = "comb") -> Tensor:
     """Eqs. 3-5 alone: the (M, num_levels) bool mask of the levels each GT keeps (at most
@@ -145,9 +155,8 @@ def aps_levels(cost_cls: Tensor, cost_reg: Tensor, candidate: Tensor, level_of_p
     mask = torch.zeros(num_gt, num_levels + 1, dtype=torch.bool, device=cost_cls.device)
     if num_gt == 0 or cost_cls.shape[1] == 0:
         return mask[:, :num_levels]
-    cost = _criterion_cost(cost_cls.detach(), cost_reg.detach(), criterion)
-    values, _, level_valid = _level_topk(cost, candidate, level_of_point, num_levels, topk)
-    kept, kept_ok = _keep_levels(values, level_valid, num_levels_kept)
+    kept, kept_ok = kept_levels(cost_cls, cost_reg, candidate, level_of_point, num_levels, topk, num_levels_kept,
+                                criterion)
     mask.scatter_(1, torch.where(kept_ok, kept, torch.full_like(kept, num_levels)), True)
     return mask[:, :num_levels]
 

@@ -127,6 +127,22 @@ def sigmoid_focal_loss_labels(
     return total / avg_factor if avg_factor is not None else total
 
 
+def focal_pair_cost(cls: Tensor, img: Tensor, prior: Tensor, label: Tensor, alpha: float = 0.25,
+                    gamma: float = 2.0) -> Tensor:
+    """:func:`sigmoid_focal_loss` summed over the classes of prior ``prior`` of image ``img`` taken as a
+    positive of class ``label`` (its one-hot target), for K (image, prior, label) triples at once: (K,).
+    ``cls`` is (B, N, C) logits. An assignment cost (MOD's APS, Eq. 4), computed without building the
+    one-hot targets: the all-negative loss of the row, minus the labelled class's negative term, plus its
+    positive term (as :func:`sigmoid_focal_loss_labels`, per triple instead of summed)."""
+    x = cls.float()
+    a_pos, a_neg = (alpha, 1.0 - alpha) if alpha >= 0 else (1.0, 1.0)
+    neg_rows = (x.sigmoid().pow(gamma) * F.softplus(x)).sum(-1)  # (B, N): sum_c -log(1 - p_c) p_c^gamma
+    xl = x[img, prior, label]
+    pl = xl.sigmoid()
+    swap = a_pos * (1.0 - pl).pow(gamma) * F.softplus(-xl) - a_neg * pl.pow(gamma) * F.softplus(xl)
+    return a_neg * neg_rows[img, prior] + swap
+
+
 def quality_focal_loss(
     logits: Tensor,
     labels: Tensor,

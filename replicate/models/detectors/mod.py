@@ -55,7 +55,7 @@ from .._utils import conv_tower, flatten_levels, init_normal
 from ..aps import APSConfig, aps_assign
 from ..assigners import IGNORED, Assignment, _finish, _nonempty_gt, fcos_point_masks, ignore_points_in_crowds, pad_targets
 from ..detector import DetectorConfig
-from ..losses import giou_loss
+from ..losses import focal_pair_cost, giou_loss, smooth_l1_loss
 from ..postprocess import TestConfig
 from .fcos import FCOS_NECK, FCOSHead, FCOSHeadConfig
 from .foveabox import FoveaBoxHead, FoveaBoxHeadConfig, fovea_encode, foveabox
@@ -93,35 +93,6 @@ def install_rfa(head: nn.Module, in_channels: int, feat_channels: int, num_convs
 
 
 # ------------------------------------------------------------------------------ assignment costs
-
-
-def _focal_terms(x: Tensor, alpha: float, gamma: float) -> tuple[Tensor, Tensor]:
-    """Elementwise sigmoid focal loss of logit ``x`` against target 1 and against target 0."""
-    p = x.sigmoid()
-    pos = -alpha * (1 - p).pow(gamma) * F.logsigmoid(x)
-    neg = -(1 - alpha) * p.pow(gamma) * F.logsigmoid(-x)
-    return pos, neg
-
-
-def focal_pair_cost(cls: Tensor, img: Tensor, prior: Tensor, label: Tensor, alpha: float, gamma: float) -> Tensor:
-    """Focal loss summed over classes of prior ``prior`` of image ``img`` as a positive of class ``label``
-    (one-hot target), for K pairs at once: (K,). ``cls`` is (B, N, C) logits.
-
-    Written as ``sum_c FL(x_c, 0) - FL(x_y, 0) + FL(x_y, 1)`` so that only one logit per pair is gathered.
-    """
-    _, neg = _focal_terms(cls.float(), alpha, gamma)
-    neg_sum = neg.sum(dim=2)  # (B, N)
-    x = cls[img, prior, label].float()
-    pos_y, neg_y = _focal_terms(x, alpha, gamma)
-    return neg_sum[img, prior] - neg_y + pos_y
-
-
-def smooth_l1_sum(diff: Tensor, beta: float) -> Tensor:
-    """Per-sample smooth L1 (L1 when ``beta == 0``) summed over the last dimension: (K, 4) -> (K,)."""
-    diff = diff.abs()
-    if beta > 0:
-        diff = torch.where(diff < beta, 0.5 * diff * diff / beta, diff - 0.5 * beta)
-    return diff.sum(dim=-1)
 
 
 def _dense(values: Tensor, img: Tensor, gt: Tensor, prior: Tensor, shape: tuple[int, int, int]) -> Tensor:
@@ -271,7 +242,7 @@ class MODRetinaNetHead(RetinaNetHead):
         cost_cls = focal_pair_cost(cls, img, anchor, gt_labels[img, gt], c.focal_alpha, c.focal_gamma)
         target = self.coder.encode(anchors[anchor], gt_boxes[img, gt].float())
         beta = c.smooth_l1_beta if c.box_loss == "smooth_l1" else 0.0
-        return cost_cls, c.box_loss_weight * smooth_l1_sum(reg[img, anchor].float() - target, beta)
+        return cost_cls, c.box_loss_weight * smooth_l1_loss(reg[img, anchor].float(), target, beta).sum(-1)
 
     def assign_outputs(self, outs: dict[str, list[Tensor]], targets: list[dict]) -> tuple[Assignment, Tensor]:
         c = self.cfg
@@ -353,7 +324,7 @@ class MODFoveaBoxHead(FoveaBoxHead):
             img, gt, prior = inside.nonzero(as_tuple=True)
             cost_cls = focal_pair_cost(cls, img, prior, gt_labels[img, gt], c.focal_alpha, c.focal_gamma)
             target = fovea_encode(points[prior], z[prior], gt_boxes[img, gt].float(), c.target_clamp)
-            cost_reg = c.box_loss_weight * smooth_l1_sum(reg[img, prior].float() - target, c.smooth_l1_beta)
+            cost_reg = c.box_loss_weight * smooth_l1_loss(reg[img, prior].float(), target, c.smooth_l1_beta).sum(-1)
             shape = tuple(inside.shape)
             gt_index = aps_assign(_dense(cost_cls, img, gt, prior, shape), _dense(cost_reg, img, gt, prior, shape),
                                   inside, level, len(pts), gt_boxes, gt_valid, c.aps)
