@@ -127,8 +127,6 @@ def test_proportion_change_reproduces_paper_text():
 
 def test_plots():
     preds = [image_a(), image_b()]
-    fig = mis.plot_scatter(preds, images=(0, 1))
-    assert isinstance(fig, Figure) and len(fig.axes) == 4
     fig = mis.plot_proportions(mis.count_table(preds))
     assert isinstance(fig, Figure) and len(fig.axes) == 1
     assert len(fig.axes[0].get_lines()) == 4
@@ -158,10 +156,6 @@ def test_bad_shapes_raise(change):
 def test_bad_arguments_raise():
     with pytest.raises(ReplicateError, match="at least one image"):
         mis.count_table([])
-    with pytest.raises(ReplicateError, match="at least one image"):
-        mis.plot_scatter([])
-    with pytest.raises(ReplicateError, match="indices"):
-        mis.plot_scatter([image_a()], images=(0, 3))
     with pytest.raises(ReplicateError, match="lowest cls threshold"):
         mis.count_table([image_a()], cls_thresholds=(0.5, 0.6))
     with pytest.raises(ReplicateError, match="After NMS"):
@@ -178,7 +172,7 @@ def test_empty_counts_give_nan_proportions():
 def test_misalignment_summary_is_computed_from_the_checkpoint_then_read_from_its_cache(smoke_root, tmp_path):
     import shutil
 
-    from replicate.analysis.runs import misalignment_summary, row_misalignment
+    from replicate.analysis.cache import misalignment_summary, row_misalignment
     from replicate.engine import SCHEDULES
     from replicate.engine.config import with_overrides
     from replicate.engine.train import train

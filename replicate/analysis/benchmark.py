@@ -275,7 +275,7 @@ def margin_table(spec: TableSpec, records_by_row: Mapping[str, Sequence[Record]]
 def dial_frame(spec: TableSpec, profile: str, runs_by_profile: Mapping[str, Mapping[str, Sequence[Record]]], *,
                results_dir: str | Path = "results", data_root: str | Path | None = None) -> pd.DataFrame:
     """Per dial profile: its key offset range, the RetinaNet run's AP and its localization gap summary."""
-    from .runs import gap_summary, row_summary
+    from .cache import gap_summary, row_summary
 
     rows = []
     for name, runs in runs_by_profile.items():

@@ -275,28 +275,6 @@ def paper_table1() -> pd.DataFrame:
     return pd.DataFrame(_PAPER_TABLE1, index=_table_index(CLS_THRESHOLDS, IOU_THRESHOLDS, 0.5), dtype="int64")
 
 
-def plot_scatter(
-    preds: Sequence[ImagePredictions],
-    images: Sequence[int] = (0, 1, 2),
-    score_thr: float = 0.05,
-    nms_iou: float = 0.5,
-    pre_nms_topk: int | None = None,
-    class_aware_iou: bool = False,
-):
-    """Figure 1: classification score against IoU with ground truth, one column per image.
-
-    Top row: all candidates (score > ``score_thr``) before NMS; bottom row: the NMS survivors.
-    ``images`` are indices into ``preds``.
-    """
-    if len(preds) == 0:
-        raise ReplicateError("plot_scatter needs at least one image of predictions, got none")
-    bad = [i for i in images if not -len(preds) <= i < len(preds)]
-    if bad or not images:
-        raise ReplicateError(f"images must be non-empty indices into the {len(preds)} predictions, got {tuple(images)}")
-    frames = [candidates(preds[i], score_thr, nms_iou, pre_nms_topk, class_aware_iou) for i in images]
-    return plot_candidates(frames, [f"Image{i % len(preds) + 1}" for i in images], score_thr, nms_iou)
-
-
 def plot_candidates(frames: Sequence[pd.DataFrame], names: Sequence[str], score_thr: float = 0.05,
                     nms_iou: float = 0.5):
     """Figure 1 from :func:`candidates` tables (one per image, titled by ``names``)."""

@@ -43,7 +43,6 @@ from ..models.assigners import atss_assign, fcos_point_masks, pad_targets
 from ..models.aps import kept_levels
 from ..models.losses import focal_pair_cost, giou_loss
 
-ANALYSIS = "analysis"
 METHODS = ("APS", "ATSS")
 ATSS_ANCHOR_SCALE = 8.0  # ATSS: one square anchor of side 8 * stride per location
 ATSS_TOPK = 9
@@ -338,10 +337,6 @@ def spread(maps: InstanceMaps, level: int | None = None) -> dict[str, float]:
 # ------------------------------------------------------------------------------ cached summary
 
 
-def summary_path(results_dir: str | Path, profile: str, key: str) -> Path:
-    return Path(results_dir) / ANALYSIS / profile / f"mod-maps-{key}.json"
-
-
 def figure_summary(record: dict[str, Any], model_cfg, profile: str, *, results_dir: str | Path = "results",
                    data_root: str | Path | None = None, scale: str | None = None,
                    images: int = 2) -> dict[str, Any]:
@@ -353,10 +348,10 @@ def figure_summary(record: dict[str, Any], model_cfg, profile: str, *, results_d
     is recomputed when its settings differ.
     """
     from ..data.batching import Collate
-    from .runs import cached_summary, trained_run
+    from .cache import cached_summary, summary_path, trained_run
 
     settings = {"images": images, "scale": scale}
-    path = summary_path(results_dir, profile, record["key"])
+    path = summary_path(results_dir, profile, "mod-maps", record["key"])
     cached = cached_summary(path, settings, "MOD loss-map summary")
     if cached is not None:
         return _summary_from_json(cached, path)
@@ -409,7 +404,7 @@ def _summary_from_json(document: dict[str, Any], path: Path) -> dict[str, Any]:
 def row_figure_summary(spec, label: str, profile: str, records: Sequence[dict[str, Any]],
                        **options: Any) -> dict[str, Any] | None:
     """:func:`figure_summary` of the first run (seed 0) of table row ``label``; ``None`` without runs."""
-    from .runs import row_summary
+    from .cache import row_summary
 
     return row_summary(figure_summary, spec, label, profile, records, **options)
 

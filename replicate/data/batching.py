@@ -6,7 +6,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import DataLoader, Dataset
 
 
 @dataclass
@@ -51,28 +50,3 @@ class Collate:
             [tuple(im.shape[-2:]) for im in images],
             [s[1] for s in samples],
         )
-
-
-def build_loader(
-    dataset: Dataset,
-    batch_size: int,
-    *,
-    shuffle: bool,
-    seed: int = 0,
-    num_workers: int = 0,
-    size_divisor: int = 32,
-    drop_last: bool = False,
-) -> DataLoader:
-    """A DataLoader whose order depends only on ``seed`` (and the dataset's epoch for shuffling)."""
-    gen = torch.Generator()
-    gen.manual_seed(seed)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        generator=gen if shuffle else None,
-        num_workers=num_workers,
-        collate_fn=Collate(size_divisor),
-        drop_last=drop_last,
-        persistent_workers=num_workers > 0,
-    )

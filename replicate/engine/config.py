@@ -130,6 +130,14 @@ def lengthened(cfg: TrainConfig, schedule: str) -> TrainConfig:
     return replace(cfg, iters=iters, steps=tuple(round(iters * f) for f in fractions))
 
 
+def run_identity(model: Any, train: TrainConfig, profile: str) -> dict[str, Any]:
+    """What determines a run's result, as JSON: the model config without its test config (``model`` is
+    :func:`replicate.models.detector.weights_fields` of it), the training config without the runtime
+    fields, the data profile and the seed. Its hash names the run in the results store
+    (:func:`replicate.experiments.store.run_key`) and guards its checkpoints against another config."""
+    return {"model": model, "train": weights_config(train), "profile": profile, "seed": train.seed}
+
+
 def weights_config(cfg: TrainConfig) -> dict[str, Any]:
     """The fields that determine the trained weights (all but :data:`RUNTIME_FIELDS`)."""
     return {k: v for k, v in cfg.to_dict().items() if k not in RUNTIME_FIELDS}

@@ -60,7 +60,7 @@ from ..models.zoo import MODELS, model_config
 from ..provenance import config_hash, jsonable, provenance
 from . import distributed as du
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, restore, save_checkpoint
-from .config import TrainConfig, weights_config
+from .config import TrainConfig, run_identity
 from .evaluate import evaluate_tests
 from .inference import autocast
 from .sampler import EpochDataset, IterationBatchSampler
@@ -214,8 +214,8 @@ def train(model: str | DetectorConfig, profile: str, out_dir: str | Path, train_
     du.barrier()
     train_set = build_dataset(data, "train", train=True, seed=cfg.seed)
     model_cfg = _resolve_model(model, profile, len(train_set.cat_ids))
-    config = {"model": weights_fields(model_cfg), "profile": profile, "train": weights_config(cfg)}
-    chash = config_hash(config)
+    config = run_identity(weights_fields(model_cfg), cfg, profile)
+    chash = config_hash(config)  # = the run's key in the results store
 
     seed_everything(cfg.seed)
     net = build_detector(model_cfg).to(dev)
@@ -292,10 +292,10 @@ def train(model: str | DetectorConfig, profile: str, out_dir: str | Path, train_
         bar.close()
         log.close()
     checkpoint(cfg.iters)
-    return _finish(net, model_cfg, profile, data, cfg, out, dev, config, ckpt_path, tests or {})
+    return _evaluate_and_record(net, model_cfg, profile, data, cfg, out, dev, config, ckpt_path, tests or {})
 
 
-def _finish(net: nn.Module, model_cfg: DetectorConfig, profile: str, data, cfg: TrainConfig, out: Path,
+def _evaluate_and_record(net: nn.Module, model_cfg: DetectorConfig, profile: str, data, cfg: TrainConfig, out: Path,
             dev: torch.device, config: dict[str, Any], ckpt_path: Path,
             tests: Mapping[str, TestConfig]) -> dict[str, Any]:
     """Evaluate on the val split under the model's own test config and ``tests`` in one pass

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import profiles
-from ..engine.config import TrainConfig, weights_config
+from ..engine.config import TrainConfig, run_identity
 from ..errors import ReplicateError
 from ..io import atomic_write_json, read_json
 from ..models.detector import DetectorConfig, weights_fields
@@ -40,8 +40,7 @@ def run_key(model_cfg: DetectorConfig, train_cfg: TrainConfig, profile: str, see
     fields that do not change results (``num_workers``, ``checkpoint_every``, ``eval_at_end``; the seed
     is ``seed``), its data profile and its seed. Test-time variants of one trained model share its key
     and are kept in its record's ``evaluations``."""
-    train = weights_config(dataclasses.replace(train_cfg, seed=seed))
-    return config_hash({"model": weights_fields(model_cfg), "train": train, "profile": profile, "seed": seed})
+    return config_hash(run_identity(weights_fields(model_cfg), dataclasses.replace(train_cfg, seed=seed), profile))
 
 
 def test_key(test: TestConfig) -> str:

@@ -74,11 +74,6 @@ def flatten_levels(maps: list[Tensor], per_prior: int) -> Tensor:
     return torch.cat(out, dim=1)
 
 
-def level_counts(maps: list[Tensor], priors_per_location: int = 1) -> list[int]:
-    """Number of priors on each level of a list of (B, C, H, W) maps."""
-    return [m.shape[-2] * m.shape[-1] * priors_per_location for m in maps]
-
-
 def mean_over_ranks(value: Tensor) -> Tensor:
     """Average a scalar over distributed ranks (identity in one process).
 

@@ -182,7 +182,7 @@ def _points_in_crowd(points: Tensor, ignore_boxes: Tensor, ignore_valid: Tensor)
     return (inside & ignore_valid[:, None, :]).any(dim=2)
 
 
-def _finish(gt_index: Tensor, gt_labels: Tensor, max_iou: Tensor) -> Assignment:
+def _with_labels(gt_index: Tensor, gt_labels: Tensor, max_iou: Tensor) -> Assignment:
     """Gather labels of the matched ground truth; -1 for negatives and ignored priors."""
     pos = gt_index >= 0
     labels = torch.gather(gt_labels, 1, gt_index.clamp(min=0))
@@ -279,7 +279,7 @@ def max_iou_assign(
 
     gt_index = _ignore_crowds(anchors, gt_index, matched, ignore_boxes, ignore_valid, ignore_iof)
 
-    return _finish(gt_index, gt_labels, max_iou)
+    return _with_labels(gt_index, gt_labels, max_iou)
 
 
 # --------------------------------------------------------------------------------- FCOS
@@ -362,7 +362,7 @@ def fcos_assign(
     best_gt = cand_area.argmin(dim=2)  # first index on ties
     gt_index = torch.where(cand.any(dim=2), best_gt, torch.full_like(best_gt, NEGATIVE))
     gt_index = ignore_points_in_crowds(points, gt_index, ignore_boxes, ignore_valid)
-    return _finish(gt_index, gt_labels, torch.zeros(gt_index.shape, dtype=dtype, device=gt_index.device))
+    return _with_labels(gt_index, gt_labels, torch.zeros(gt_index.shape, dtype=dtype, device=gt_index.device))
 
 
 def ignore_points_in_crowds(points: Tensor, gt_index: Tensor, ignore_boxes: Tensor | None,
@@ -469,4 +469,4 @@ def atss_assign(
 
     gt_index = _ignore_crowds(anchors, gt_index, is_pos, ignore_boxes, ignore_valid, ignore_iof)
 
-    return _finish(gt_index, gt_labels, max_iou)
+    return _with_labels(gt_index, gt_labels, max_iou)

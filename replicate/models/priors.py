@@ -9,7 +9,6 @@ the base anchors (``round_base=True``). FCOS maps location (x, y) to ``(x + 0.5)
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -62,9 +61,3 @@ def anchors_for(cfg: AnchorConfig, sizes: list[tuple[int, int]], device=None) ->
 def points_for(strides: tuple[int, ...], sizes: list[tuple[int, int]], offset: float = 0.5, device=None) -> list[torch.Tensor]:
     """Per level (h_l * w_l, 2) points, FCOS's ``(x + 0.5) * stride`` by default."""
     return [grid_centres(h, w, s, offset, device) for (h, w), s in zip(sizes, strides)]
-
-
-def level_sizes(image_hw: tuple[int, int], strides: tuple[int, ...]) -> list[tuple[int, int]]:
-    """Feature sizes of a padded input for stride-2 convs with padding (ceil division per level)."""
-    h, w = image_hw
-    return [(math.ceil(h / s), math.ceil(w / s)) for s in strides]

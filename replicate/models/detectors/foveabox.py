@@ -57,7 +57,7 @@ from torch import Tensor, nn
 
 from ...errors import ReplicateError
 from .._utils import conv_tower, flatten_levels, init_normal, mean_over_ranks, prior_prob_bias
-from ..assigners import IGNORED, NEGATIVE, Assignment, _finish, _nonempty_gt, _points_in_crowd, pad_targets
+from ..assigners import IGNORED, NEGATIVE, Assignment, _with_labels, _nonempty_gt, _points_in_crowd, pad_targets
 from ..detector import DetectorConfig, NeckConfig
 from ..losses import sigmoid_focal_loss_labels, smooth_l1_loss
 from ..postprocess import TestConfig, postprocess
@@ -203,7 +203,7 @@ def fovea_assign(
         crowd = _points_in_crowd(pts, ignore_boxes.to(gt_boxes.dtype), ignore_valid)
         gt_index = torch.where(crowd & (gt_index == NEGATIVE), torch.full_like(gt_index, IGNORED), gt_index)
 
-    return _finish(gt_index, gt_labels, torch.zeros(gt_index.shape, dtype=gt_boxes.dtype, device=device))
+    return _with_labels(gt_index, gt_labels, torch.zeros(gt_index.shape, dtype=gt_boxes.dtype, device=device))
 
 
 # ------------------------------------------------------------------------------------ head

@@ -53,7 +53,7 @@ from torch.nn import functional as F
 from ...errors import ReplicateError
 from .._utils import conv_tower, flatten_levels, init_normal
 from ..aps import APSConfig, aps_assign
-from ..assigners import IGNORED, Assignment, _finish, _nonempty_gt, fcos_point_masks, ignore_points_in_crowds, pad_targets
+from ..assigners import IGNORED, Assignment, _with_labels, _nonempty_gt, fcos_point_masks, ignore_points_in_crowds, pad_targets
 from ..detector import DetectorConfig
 from ..losses import focal_pair_cost, giou_loss, smooth_l1_loss
 from ..postprocess import TestConfig
@@ -171,7 +171,7 @@ class MODHead(FCOSHead):
                                   inside, level, len(c.strides), gt_boxes, gt_valid, c.aps,
                                   center=center, in_range=in_range)
         gt_index = ignore_points_in_crowds(points, gt_index, ig_boxes, ig_valid)
-        a = _finish(gt_index, gt_labels, torch.zeros(gt_index.shape, device=gt_index.device))
+        a = _with_labels(gt_index, gt_labels, torch.zeros(gt_index.shape, device=gt_index.device))
         return a, a.matched_boxes(gt_boxes)
 
     def loss(self, outs: dict[str, list[Tensor]], targets: list[dict], batch_hw: tuple[int, int]) -> dict[str, Tensor]:
@@ -280,7 +280,7 @@ class MODRetinaNetHead(RetinaNetHead):
             gt_index[b.repeat_interleave(A), (p[:, None] * A + torch.arange(A, device=p.device)).flatten()] = IGNORED
         gt_index[b, p * A + best_anchor[b, g, p]] = g
         gt_index = ignore_points_in_crowds(centres.repeat_interleave(A, dim=0), gt_index, ig_boxes, ig_valid)
-        a = _finish(gt_index, gt_labels, torch.zeros(gt_index.shape, device=gt_index.device))
+        a = _with_labels(gt_index, gt_labels, torch.zeros(gt_index.shape, device=gt_index.device))
         return a, a.matched_boxes(gt_boxes)
 
 
@@ -329,7 +329,7 @@ class MODFoveaBoxHead(FoveaBoxHead):
             gt_index = aps_assign(_dense(cost_cls, img, gt, prior, shape), _dense(cost_reg, img, gt, prior, shape),
                                   inside, level, len(pts), gt_boxes, gt_valid, c.aps)
         gt_index = ignore_points_in_crowds(points, gt_index, ig_boxes, ig_valid)
-        a = _finish(gt_index, gt_labels, torch.zeros(gt_index.shape, device=gt_index.device))
+        a = _with_labels(gt_index, gt_labels, torch.zeros(gt_index.shape, device=gt_index.device))
         return a, a.matched_boxes(gt_boxes)
 
 

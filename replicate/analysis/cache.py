@@ -1,4 +1,11 @@
-"""The misalignment analysis of a trained run: dense predictions on a few val images, summarised and cached.
+"""Analyses of trained runs, summarised and cached under ``<results_dir>/analysis/<profile>/`` so that the
+book builds from committed summaries without the runs' checkpoints.
+
+Each summary lives at :func:`summary_path` (``<kind>-<run key>.json``) with the settings it was computed
+with; :func:`cached_summary` returns it when the settings match, and :func:`trained_run` loads the run's
+final checkpoint (with a clear error when it is gone) to compute it otherwise. Kinds: ``misalignment``
+(below), ``gaps`` (:func:`gap_summary`, the calibration dial) and ``mod-maps``
+(:mod:`replicate.analysis.mod_maps`).
 
 :func:`dense_predictions` sends val images through an anchor-based detector (RetinaNet and its
 variants: a head with ``anchors`` and a box ``coder``) and returns the dense per-anchor predictions in
@@ -52,8 +59,9 @@ def dense_predictions(model: torch.nn.Module, dataset, indices: Sequence[int],
     return preds
 
 
-def summary_path(results_dir: str | Path, profile: str, key: str) -> Path:
-    return Path(results_dir) / ANALYSIS / profile / f"misalignment-{key}.json"
+def summary_path(results_dir: str | Path, profile: str, kind: str, key: str) -> Path:
+    """Where the ``kind`` summary of run ``key`` is cached."""
+    return Path(results_dir) / ANALYSIS / profile / f"{kind}-{key}.json"
 
 
 def cached_summary(path: Path, settings: dict[str, Any], what: str) -> dict[str, Any] | None:
@@ -88,7 +96,7 @@ def misalignment_summary(record: dict[str, Any], model_cfg: DetectorConfig, prof
     Cached per run key (see the module docstring); the cache is recomputed when its settings differ.
     """
     settings = {"images": images, "scatter_images": scatter_images, "score_thr": score_thr, "nms_iou": nms_iou}
-    path = summary_path(results_dir, profile, record["key"])
+    path = summary_path(results_dir, profile, "misalignment", record["key"])
     cached = cached_summary(path, settings, "misalignment summary")
     if cached is not None:
         return _from_json(cached)
@@ -118,7 +126,7 @@ def gap_summary(record: dict[str, Any], model_cfg: DetectorConfig, profile: str,
     """``{"key", "objects", "mean_gap", "share_gap_over_0.1", "mean_best_iou"}`` of a run's first ``images``
     validation images (:func:`~.misalignment.object_gaps`); cached per run key like the misalignment summary."""
     settings = {"images": images, "pos_iou": pos_iou}
-    path = Path(results_dir) / ANALYSIS / profile / f"gaps-{record['key']}.json"
+    path = summary_path(results_dir, profile, "gaps", record["key"])
     cached = cached_summary(path, settings, "localization-gap summary")
     if cached is not None:
         return cached
