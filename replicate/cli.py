@@ -16,6 +16,7 @@ from . import __version__
 from .errors import ReplicateError
 from .profiles import DEFAULT as DEFAULT_PROFILE
 from .profiles import GENERATED
+from .profiles import MAIN as MAIN_PROFILES
 from .profiles import NAMES as PROFILE_NAMES
 
 
@@ -237,7 +238,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     if not registry:
         print("no paper specs registered")
         return 0
-    profiles = [args.profile] if args.profile else list(PROFILE_NAMES)
+    profiles = [args.profile] if args.profile else list(MAIN_PROFILES)
     rows = []
     for paper in sorted(registry):
         for table in sorted(registry[paper]):

@@ -104,6 +104,7 @@ PROFILES: dict[str, Profile] = {
        for name, offset in DIAL_OFFSETS.items()},
 }
 NAMES: tuple[str, ...] = tuple(PROFILES)
+MAIN: tuple[str, ...] = tuple(n for n in PROFILES if n not in DIAL_OFFSETS)  # what `replicate list` shows
 GENERATED: tuple[str, ...] = tuple(n for n, p in PROFILES.items() if p.synth is not None)
 DEFAULT = "proxy"  # make book's profile
 

@@ -257,7 +257,7 @@ def test_verdict_statement_and_claims_frame_from_headlines(tmp_path):
     assert report.verdict_statement(headlines) == {
         "p": "1 of 2 checked claims hold; 1 beyond 2 standard errors over seeds and 0 on a single seed "
              "(spread unknown); 0 within seed noise; 1 do not hold (1 reversed beyond the noise, 0 on a single "
-             "seed); 1 not checked (rows without runs)."}
+             "seed); 1 not checked (rows without runs, or runs that did not learn)."}
     frame = report.claims_frame(headlines)
     assert list(frame["verdict"]) == ["holds", "not checked", "reversed"]
     assert frame.loc[0, "ours"] == "+1.3 ± 0.3" and frame.loc[1, "ours"] == "—" and frame.loc[0, "seeds"] == 3
@@ -268,5 +268,5 @@ def test_verdict_statement_and_claims_frame_from_headlines(tmp_path):
 def test_verdict_statement_without_checked_claims():
     spec = _spec_ab(Claim("a beats b", "a", "b"))
     assert report.verdict_statement([report.headline(spec, {})]) == {
-        "p": "none of its 1 claims checked yet (rows without runs)."}
+        "p": "none of its 1 claims checked yet (rows without runs, or runs that did not learn)."}
     assert report.verdict_statement([report.headline(_spec_ab(), {})]) == {}

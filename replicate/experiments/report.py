@@ -288,10 +288,11 @@ def verdict_statement(headlines: Sequence[Mapping[str, Any]]) -> dict[str, str]:
     out = {}
     for paper, claims in by_paper.items():
         verdicts = [c["verdict"] for c in claims]
-        checked = [v for v in verdicts if v != "not checked"]
+        checked = [v for v in verdicts if not v.startswith("not checked")]
         if not checked:
             if verdicts:
-                out[paper] = f"none of its {len(verdicts)} claims checked yet (rows without runs)."
+                out[paper] = (f"none of its {len(verdicts)} claims checked yet (rows without runs, or runs that did "
+                              "not learn).")
             continue
         firm = verdicts.count("holds")
         single_holds = sum(v.startswith("holds (") for v in verdicts)
@@ -306,7 +307,8 @@ def verdict_statement(headlines: Sequence[Mapping[str, Any]]) -> dict[str, str]:
                  f"on a single seed)"]
         unchecked = len(verdicts) - len(checked)
         text = "; ".join(parts)
-        out[paper] = text + (f"; {unchecked} not checked (rows without runs)." if unchecked else ".")
+        out[paper] = text + (f"; {unchecked} not checked (rows without runs, or runs that did not learn)."
+                             if unchecked else ".")
     return out
 
 
