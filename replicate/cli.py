@@ -126,7 +126,7 @@ def _cmd_bench_train_step(args: argparse.Namespace) -> int:
     for model in args.model:
         result = bench_train_step(model, batch_size=args.batch_size, size=(h, w), iters=args.iters,
                                   warmup=args.warmup, num_classes=args.num_classes, device=args.device,
-                                  amp=args.amp)
+                                  amp=args.amp, channels_last=args.channels_last)
         print(format_result(result))
         if not args.no_save:
             print(f"  written to {write_result(result, args.out if len(args.model) == 1 else None)}")
@@ -375,7 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=2, help="untimed iterations first")
     p.add_argument("--num-classes", type=int, default=80)
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available")
-    p.add_argument("--amp", choices=["bf16", "fp16"], help="autocast dtype (CUDA only)")
+    p.add_argument("--amp", choices=["bf16", "fp16"], help="autocast dtype (fp16: CUDA only)")
+    p.add_argument("--channels-last", action="store_true", help="NHWC weights and images")
     p.add_argument("--out", type=Path, help="result file (default results/bench/train-step_<model>_<device>.json)")
     p.add_argument("--no-save", action="store_true", help="print only")
     p.set_defaults(func=_cmd_bench_train_step)

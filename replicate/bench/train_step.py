@@ -72,7 +72,7 @@ def _timed(step, device) -> float:
 
 def bench_train_step(model: str = "retinanet", *, batch_size: int = 2, size: tuple[int, int] = (512, 512),
                      iters: int = 5, warmup: int = 2, num_classes: int = 80, num_boxes: int = 5,
-                     device: str | None = None, amp: str | None = None) -> dict:
+                     device: str | None = None, amp: str | None = None, channels_last: bool = False) -> dict:
     """Median seconds per training step, ours and torchvision's, and their ratio (ours / theirs).
 
     Both models live side by side and their steps alternate (ours first in odd rounds, torchvision's
@@ -83,14 +83,18 @@ def bench_train_step(model: str = "retinanet", *, batch_size: int = 2, size: tup
     if model not in MODELS:
         raise ReplicateError(f"bench train-step supports {MODELS}, got {model!r}")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if amp and dev.type != "cuda":
-        raise ReplicateError("--amp needs a CUDA device")
+    if amp == "fp16" and dev.type != "cuda":
+        raise ReplicateError("--amp fp16 needs a CUDA device (bf16 runs on CPU too)")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[amp]
     images, targets = _batch(batch_size, size, num_boxes, num_classes, dev)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
     steps = {}
     for who in ("ours", "torchvision"):
         torch.manual_seed(0)
         net = (_ours(model, num_classes) if who == "ours" else _theirs(model, num_classes, size)).to(dev).train()
+        if channels_last:
+            net = net.to(memory_format=torch.channels_last)
         opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
         scaler = torch.amp.GradScaler(enabled=amp == "fp16")
 
@@ -121,7 +125,7 @@ def bench_train_step(model: str = "retinanet", *, batch_size: int = 2, size: tup
                      "step_peak_mb": peaks[who] if dev.type == "cuda" else None} for who in times}
     ratio = results["ours"]["median_s"] / results["torchvision"]["median_s"]
     return {"benchmark": "train-step", "model": model, "batch_size": batch_size, "size": list(size),
-            "iters": iters, "warmup": warmup, "num_classes": num_classes, "amp": amp,
+            "iters": iters, "warmup": warmup, "num_classes": num_classes, "amp": amp, "channels_last": channels_last,
             "threads": torch.get_num_threads(), "interleaved": True, "ours": results["ours"],
             "torchvision": results["torchvision"], "ratio": ratio, "note": NOTES[model]}
 
@@ -131,10 +135,12 @@ def write_result(result: dict, out: Path | None = None) -> Path:
     from ..provenance import provenance
 
     record = {**result, "provenance": provenance({k: v for k, v in result.items() if k in
-                                                  ("benchmark", "model", "batch_size", "size", "amp")})}
+                                                  ("benchmark", "model", "batch_size", "size", "amp",
+                                                   "channels_last")})}
     if out is None:
         device = record["provenance"]["device"].replace(" ", "-").replace("/", "-")
-        out = Path("results/bench") / f"{result['benchmark']}_{result['model']}_{device}.json"
+        tags = "".join(f"_{t}" for t in (result.get("amp"), "cl" if result.get("channels_last") else None) if t)
+        out = Path("results/bench") / f"{result['benchmark']}_{result['model']}_{device}{tags}.json"
     atomic_write_json(out, record)
     return out
 
