@@ -200,7 +200,7 @@ def test_iou_target_is_iou_of_decoded_prediction():
     anchors = torch.cat(head.anchors(outs["cls"]))
     reg = flatten_levels(outs["reg"], 4)
     iou = flatten_levels(outs["iou"], 1)[..., 0]
-    a, matched = head.assign(anchors, tg)
+    a, matched = head.assign_priors(anchors, tg)
     _, target = head.iou_loss(iou, reg, anchors, matched, a.pos_mask, torch.tensor(1.0))
     b_idx, p_idx = a.pos_mask.nonzero(as_tuple=True)
     assert len(p_idx) > 5

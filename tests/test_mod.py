@@ -179,7 +179,7 @@ def _pair_oracle_fcos(head, outs, targets):
     """Per-pair costs with torchvision's focal and GIoU losses, looping over (image, GT, point)."""
     from replicate.models._utils import flatten_levels
 
-    pts, _, level = head.points(outs["cls"])
+    pts, _, level = head.level_points(outs["cls"])
     points = torch.cat(pts)
     cls = flatten_levels(outs["cls"], head.num_classes)
     dist = flatten_levels(outs["dist"], 4)
@@ -206,7 +206,7 @@ def test_mod_head_assignment_equals_aps_on_oracle_costs(score):
     net.eval()
     with torch.no_grad():
         outs = net.head(net.features(torch.randn(2, 3, 128, 160, generator=torch.Generator().manual_seed(2))))
-        a, matched = net.head.assign_outputs(outs, TARGETS)
+        a, matched = net.head.assign(outs, TARGETS)
         rows, level = _pair_oracle_fcos(net.head, outs, TARGETS)
     gt_rows = [0, 1, 0]
     for (b, cost_cls, cost_reg, inside), g in zip(rows, gt_rows):
@@ -228,7 +228,7 @@ def test_retinanet_mod_makes_one_anchor_per_positive_point_the_cheapest():
     A = head.num_anchors
     with torch.no_grad():
         outs = head(net.features(torch.randn(2, 3, 128, 160, generator=torch.Generator().manual_seed(3))))
-        a, _ = head.assign_outputs(outs, TARGETS)
+        a, _ = head.assign(outs, TARGETS)
     pos = a.pos_mask.view(2, -1, A)
     assert int(pos.sum()) > 0 and int(pos.sum(dim=2).max()) == 1
     point_has_pos = pos.any(dim=2, keepdim=True).expand_as(pos)
@@ -256,8 +256,8 @@ def test_foveabox_mod_positives_lie_inside_their_boxes():
     net = _net("foveabox_mod")
     with torch.no_grad():
         outs = net.head(net.features(torch.randn(2, 3, 128, 160)))
-        a, matched = net.head.assign_outputs(outs, TARGETS)
-    pts, _ = net.head.points(outs["cls"])
+        a, matched = net.head.assign(outs, TARGETS)
+    pts, _ = net.head.cells(outs["cls"])
     points = torch.cat(pts)
     b, p = a.pos_mask.nonzero(as_tuple=True)
     box = matched[b, p]
@@ -280,8 +280,8 @@ def test_base_assigner_keeps_fcos_assignment():
     ref = _net("fcos_giou")
     with torch.no_grad():
         outs = net.head(net.features(torch.randn(1, 3, 96, 128)))
-        a, _ = net.head.assign_outputs(outs, TARGETS[:1])
-        b, _ = ref.head.assign_outputs(outs, TARGETS[:1])
+        a, _ = net.head.assign(outs, TARGETS[:1])
+        b, _ = ref.head.assign(outs, TARGETS[:1])
     assert torch.equal(a.gt_index, b.gt_index)
 
 

@@ -87,10 +87,10 @@ def test_costs_match_torchvision_oracles(setup):
 
 def test_positives_match_the_assigners(setup):
     model, _, targets, outs, maps = setup
-    a, _ = model.head.assign_outputs(outs, targets)
+    a, _ = model.head.assign(outs, targets)
     aps = (a.gt_index[0] == maps.gt_index).nonzero(as_tuple=True)[0].numpy()
     assert np.array_equal(np.sort(maps.positives["APS"]["index"]), aps)
-    pts, _, _ = model.head.points(outs["cls"])
+    pts, _, _ = model.head.level_points(outs["cls"])
     anchors = torch.cat([torch.cat([p - 4 * s, p + 4 * s], dim=1) for p, s in zip(pts, maps.strides)])
     gt_boxes, gt_labels, gt_valid, _, _ = pad_targets(targets)
     atss = atss_assign(anchors, [len(p) for p in pts], gt_boxes, gt_labels, gt_valid, topk=9)

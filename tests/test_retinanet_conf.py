@@ -104,7 +104,7 @@ def test_target_is_iou_of_decoded_prediction_and_loss_is_mean_over_positives():
     anchors = torch.cat(head.anchors(outs["cls"]))
     reg = flatten_levels(outs["reg"], 4)
     obj = flatten_levels(outs["obj"], 1)[..., 0]
-    a, matched = head.assign(anchors, tg)
+    a, matched = head.assign_priors(anchors, tg)
     target = head.obj_targets(reg, anchors, matched, a.pos_mask)
     b_idx, p_idx = a.pos_mask.nonzero(as_tuple=True)
     assert len(p_idx) > 5
@@ -125,7 +125,7 @@ def test_ce_w_adds_weighted_negatives():
     lp, lw = plain.loss(plain(feats), tg, (128, 128)), weighted.loss(weighted(feats), tg, (128, 128))
     outs = weighted(feats)
     anchors = torch.cat(weighted.anchors(outs["cls"]))
-    a, _ = weighted.assign(anchors, tg)
+    a, _ = weighted.assign_priors(anchors, tg)
     obj = flatten_levels(outs["obj"], 1)[..., 0]
     neg = -torch.log(1 - obj[a.neg_mask].sigmoid()).sum() / a.num_pos
     assert float(lw["loss_obj"] - lp["loss_obj"]) == pytest.approx(1e-3 * float(neg), rel=1e-4)

@@ -74,3 +74,31 @@ def test_build_by_name_and_unknown_names():
         model_config("yolo")
     with pytest.raises(ReplicateError, match="unknown profile"):
         model_config("fcos", "imagenet")
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_head_keeps_the_head_contract(name):
+    """priors / assign / loss / predict with one shape per preset (replicate.models.head)."""
+    from replicate.models.head import DenseHead
+
+    torch.manual_seed(0)
+    net = build_detector(model_config(name, "smoke", 10)).train()
+    assert isinstance(net.head, DenseHead) and net.head.prior_kind in ("anchor", "point")
+    images = torch.randn(2, 3, 96, 128)
+    targets = [{"boxes": torch.tensor([[8.0, 10.0, 70.0, 80.0]]), "labels": torch.tensor([2]),
+                "ignore_boxes": torch.zeros(0, 4)} for _ in range(2)]
+    outs = net(images)
+    priors = net.head.priors(outs)
+    n = sum(m.shape[-2] * m.shape[-1] for m in outs["cls"]) * priors.per_location
+    assert priors.centres.shape == (n, 2) and priors.level.shape == (n,) and sum(priors.per_level) == n
+    assert (priors.boxes is not None) == (net.head.prior_kind == "anchor")
+    if priors.boxes is not None:
+        assert torch.allclose(priors.centres, (priors.boxes[:, :2] + priors.boxes[:, 2:]) / 2)
+    assignment, matched = net.head.assign(outs, targets)
+    assert assignment.gt_index.shape == (2, n) and matched.shape == (2, n, 4)
+    assert assignment.num_pos.item() > 0
+    losses = net(images, targets)
+    assert all(torch.isfinite(v) for v in losses.values()) and any(k.startswith("loss") for k in losses)
+    net.eval()
+    dets = net.predict(images)
+    assert len(dets) == 2 and {"boxes", "scores", "labels"} <= set(dets[0])

@@ -31,6 +31,7 @@ from ..engine.rescore import load_trained
 from ..errors import ReplicateError
 from ..io import atomic_write_json, read_json
 from ..models._utils import flatten_levels
+from ..models.box_coders import DeltaXYWHCoder
 from ..models.detector import DetectorConfig
 from .misalignment import ImagePredictions, candidates, count_table, object_gaps
 
@@ -42,13 +43,13 @@ def dense_predictions(model: torch.nn.Module, dataset, indices: Sequence[int],
                       device: str | torch.device = "cpu") -> list[ImagePredictions]:
     """Per image of ``dataset[indices]``: anchors, class probabilities and decoded boxes of every anchor."""
     head = model.head
-    if not (hasattr(head, "anchors") and hasattr(head, "coder")):
-        raise ReplicateError(f"dense predictions need an anchor-based head (RetinaNet family), got "
-                             f"{type(head).__name__}")
+    if head.prior_kind != "anchor" or not isinstance(getattr(head, "coder", None), DeltaXYWHCoder):
+        raise ReplicateError(f"dense predictions need an anchor-based head with box deltas (RetinaNet family), "
+                             f"got {type(head).__name__}")
     model = model.eval().to(device)
     batch = Collate()([dataset[i] for i in indices])
     outs = model(batch.images.to(device))
-    anchors = torch.cat(head.anchors(outs["cls"]))
+    anchors = head.priors(outs).boxes
     probs = flatten_levels(outs["cls"], head.num_classes).sigmoid()
     reg = flatten_levels(outs["reg"], 4)
     preds = []

@@ -9,7 +9,7 @@
   box (:func:`replicate.models.losses.giou_loss`). Each is a ``(H_l, W_l)`` array, NaN outside the box.
   :func:`plot_loss_maps` draws the two maps of one level side by side (coolwarm: blue low, red high).
 * **Figure 4** ("The visualization of spatial label assignment", Sec. 4.7): the positives APS picks
-  (the MOD head's own :meth:`~replicate.models.detectors.mod.MODHead.assign_outputs`) against ATSS's
+  (the MOD head's own :meth:`~replicate.models.detectors.mod.MODHead.assign`) against ATSS's
   (:func:`replicate.models.assigners.atss_assign` with one square anchor of side ``8 * stride`` centred
   on every point, ATSS's setting, top-9 per level) on the same image and the same outputs.
   :func:`plot_assignment` marks each method's positives with green crosses.
@@ -180,12 +180,12 @@ def _forward(model: torch.nn.Module, images: Tensor, targets: list[dict],
     targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
     if outs is None:
         outs = model(images)
-    pts, strides, level = head.points(outs["cls"])
+    pts, strides, level = head.level_points(outs["cls"])
     points = torch.cat(pts)
     sizes = [tuple(int(s) for s in m.shape[-2:]) for m in outs["cls"]]
     cls = flatten_levels(outs["cls"], head.num_classes)
     dist = flatten_levels(outs["dist"], 4)
-    assignment, _ = head.assign_outputs(outs, targets)
+    assignment, _ = head.assign(outs, targets)
     half = strides[:, None] * (ATSS_ANCHOR_SCALE / 2)
     anchors = torch.cat([points - half, points + half], dim=1)
     gt_boxes, gt_labels, gt_valid, _, _ = pad_targets(targets)

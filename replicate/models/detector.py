@@ -1,7 +1,8 @@
 """A dense detector = backbone -> FPN -> head, built from a typed :class:`DetectorConfig`.
 
 The head owns its priors, assignment, losses and decoding (one file per detector under
-:mod:`replicate.models.detectors`); this module only composes them:
+:mod:`replicate.models.detectors`, the contract in :mod:`replicate.models.head`); this module only composes
+them:
 
 * ``detector(images, targets)`` in training returns a dict of named loss terms (every key
   starting with ``loss`` is summed by the engine; each is logged separately);
@@ -21,6 +22,7 @@ from ..errors import ReplicateError
 from ..provenance import jsonable
 from .backbone import BackboneConfig, build_backbone
 from .fpn import FPN
+from .head import DenseHead
 from .postprocess import TestConfig
 
 
@@ -38,31 +40,17 @@ class HeadConfig(Protocol):
     feat_channels: int
     num_convs: int
 
-    def build(self, in_channels: int, num_classes: int) -> "DenseHead": ...
+    def build(self, in_channels: int, num_classes: int) -> DenseHead: ...
 
 
 @dataclass(frozen=True)
 class DetectorConfig:
     name: str
-    head: Any  # a HeadConfig dataclass of the detector's module
+    head: Any  # a HeadConfig dataclass of the detector's module; its build() gives a DenseHead
     num_classes: int = 80
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     neck: NeckConfig = field(default_factory=NeckConfig)
     test: TestConfig = field(default_factory=TestConfig)
-
-
-class DenseHead(nn.Module):
-    """Interface of a dense head: raw maps, training losses, detections."""
-
-    def forward(self, feats: list[Tensor]) -> dict[str, list[Tensor]]:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def loss(self, outs: dict[str, list[Tensor]], targets: list[dict], batch_hw: tuple[int, int]) -> dict[str, Tensor]:
-        raise NotImplementedError  # pragma: no cover - interface
-
-    def predict(self, outs: dict[str, list[Tensor]], image_sizes: list[tuple[int, int]],
-                cfg: TestConfig) -> list[dict[str, Tensor]]:
-        raise NotImplementedError  # pragma: no cover - interface
 
 
 class Detector(nn.Module):

@@ -48,6 +48,7 @@ from ..assigners import Assignment, atss_assign, pad_targets
 from ..box_coders import DeltaXYWHCoder, DistanceCoder
 from ..detector import DetectorConfig, NeckConfig
 from ..losses import binary_cross_entropy_with_logits, giou_loss, sigmoid_focal_loss_labels
+from ..head import DenseHead, Priors, anchor_priors
 from ..postprocess import TestConfig, postprocess
 from ..priors import AnchorConfig
 from .fcos import centerness_target
@@ -83,7 +84,7 @@ class ATSSHeadConfig:
         return ATSSHead(self, in_channels, num_classes)
 
 
-class OneAnchorHead(nn.Module):
+class OneAnchorHead(DenseHead):
     """Shared body of ATSS / GFL / GFLv2: cls and reg towers, a C-way classifier, a
     ``reg_channels`` regressor scaled per level, one anchor per location, ATSS assignment."""
 
@@ -104,7 +105,11 @@ class OneAnchorHead(nn.Module):
         init_normal(self)
         nn.init.constant_(self.cls_out.bias, prior_prob_bias(self.cfg.prior_prob))
 
+    prior_kind = "anchor"
     anchors = RetinaNetHead.anchors  # per-level (H*W, 4) anchors, cached per size and device
+
+    def priors(self, outs: dict[str, list[Tensor]]) -> Priors:
+        return anchor_priors(self.anchors(outs["cls"]), self.cfg.anchors.strides, 1)
 
     def towers(self, feats: list[Tensor]):
         """Yield ``(cls_feat, reg_feat, scaled regression map)`` per level."""
@@ -119,7 +124,11 @@ class OneAnchorHead(nn.Module):
         """(N,) stride of every anchor of the concatenated levels."""
         return torch.cat([torch.full((len(a),), float(s), device=a.device) for a, s in zip(levels, strides)])
 
-    def assign(self, levels: list[Tensor], targets: list[dict]) -> tuple[Assignment, Tensor]:
+    def assign(self, outs: dict[str, list[Tensor]], targets: list[dict]) -> tuple[Assignment, Tensor]:
+        """The assignment used by :meth:`loss`: ATSS's on this batch's anchors."""
+        return self.assign_priors(self.anchors(outs["cls"]), targets)
+
+    def assign_priors(self, levels: list[Tensor], targets: list[dict]) -> tuple[Assignment, Tensor]:
         """ATSS assignment (Algorithm 1) for the batch and the matched GT box of every anchor (B, N, 4)."""
         gt_boxes, gt_labels, gt_valid, ig_boxes, ig_valid = pad_targets(targets)
         anchors = torch.cat(levels)
@@ -155,7 +164,7 @@ class ATSSHead(OneAnchorHead):
         cls = flatten_levels(outs["cls"], self.num_classes)
         reg = flatten_levels(outs["reg"], 4)
         ctr_logits = flatten_levels(outs["centerness"], 1)[..., 0]
-        a, matched = self.assign(levels, targets)
+        a, matched = self.assign(outs, targets)
         num_pos = mean_over_ranks(a.num_pos).clamp(min=1.0)
 
         loss_cls = sigmoid_focal_loss_labels(cls, a.labels, ~a.ignore_mask, c.focal_alpha, c.focal_gamma,

@@ -31,6 +31,7 @@ from .._utils import Scale, conv_tower, flatten_levels, init_normal, mean_over_r
 from ..assigners import DEFAULT_FCOS_RANGES, Assignment, fcos_assign, pad_targets
 from ..box_coders import DistanceCoder
 from ..detector import DetectorConfig, NeckConfig
+from ..head import DenseHead, Priors, point_priors
 from ..losses import binary_cross_entropy_with_logits, giou_loss, iou_loss, sigmoid_focal_loss_labels
 from ..postprocess import TestConfig, postprocess
 from ..priors import points_for
@@ -73,7 +74,9 @@ def generalized_iou(a: Tensor, b: Tensor, eps: float = 1e-7) -> Tensor:
     return 1.0 - giou_loss(a, b, eps=eps)
 
 
-class FCOSHead(nn.Module):
+class FCOSHead(DenseHead):
+    prior_kind = "point"
+
     def __init__(self, cfg: FCOSHeadConfig, in_channels: int, num_classes: int) -> None:
         super().__init__()
         if cfg.quality not in ("centerness", "giou"):
@@ -107,8 +110,12 @@ class FCOSHead(nn.Module):
             dist.append(torch.relu(s) * stride if self.cfg.norm_on_bbox else s.clamp(max=math.log(1e5)).exp())
         return {"cls": cls, "dist": dist, "quality": quality}
 
-    def points(self, maps: list[Tensor]) -> tuple[list[Tensor], Tensor, Tensor]:
-        """Per-level points, and the concatenated per-point stride and level index."""
+    def priors(self, outs: dict[str, list[Tensor]]) -> Priors:
+        pts, _, _ = self.level_points(outs["cls"])
+        return point_priors(pts, self.cfg.strides)
+
+    def level_points(self, maps: list[Tensor]) -> tuple[list[Tensor], Tensor, Tensor]:
+        """Per-level points, and the concatenated per-point stride and level index (cached per size)."""
         sizes = tuple(tuple(m.shape[-2:]) for m in maps)
         key = (sizes, maps[0].device)
         if key not in self._prior_cache:
@@ -118,7 +125,7 @@ class FCOSHead(nn.Module):
             self._prior_cache = {key: (pts, strides, level)}
         return self._prior_cache[key]
 
-    def assign(self, points: Tensor, strides: Tensor, level: Tensor, targets: list[dict]) -> tuple[Assignment, Tensor]:
+    def assign_priors(self, points: Tensor, strides: Tensor, level: Tensor, targets: list[dict]) -> tuple[Assignment, Tensor]:
         gt_boxes, gt_labels, gt_valid, ig_boxes, ig_valid = pad_targets(targets)
         c = self.cfg
         a = fcos_assign(points, strides, level, gt_boxes, gt_labels, gt_valid, scale_ranges=c.scale_ranges,
@@ -126,18 +133,18 @@ class FCOSHead(nn.Module):
                         ignore_boxes=ig_boxes, ignore_valid=ig_valid)
         return a, a.matched_boxes(gt_boxes)
 
-    def assign_outputs(self, outs: dict[str, list[Tensor]], targets: list[dict]) -> tuple[Assignment, Tensor]:
+    def assign(self, outs: dict[str, list[Tensor]], targets: list[dict]) -> tuple[Assignment, Tensor]:
         """The assignment used by :meth:`loss` (FCOS's rule ignores the predictions; MOD's APS uses them)."""
-        pts, strides, level = self.points(outs["cls"])
-        return self.assign(torch.cat(pts), strides, level, targets)
+        pts, strides, level = self.level_points(outs["cls"])
+        return self.assign_priors(torch.cat(pts), strides, level, targets)
 
     def loss(self, outs: dict[str, list[Tensor]], targets: list[dict], batch_hw: tuple[int, int]) -> dict[str, Tensor]:
-        a, matched = self.assign_outputs(outs, targets)
+        a, matched = self.assign(outs, targets)
         return self.losses(outs, a, matched)
 
     def losses(self, outs: dict[str, list[Tensor]], a: Assignment, matched: Tensor) -> dict[str, Tensor]:
         """Eq. 2's terms (and FCOS*'s variants) for a given assignment."""
-        pts, _, _ = self.points(outs["cls"])
+        pts, _, _ = self.level_points(outs["cls"])
         points = torch.cat(pts)
         cls = flatten_levels(outs["cls"], self.num_classes)
         dist = flatten_levels(outs["dist"], 4)
@@ -174,7 +181,7 @@ class FCOSHead(nn.Module):
 
     def predict(self, outs: dict[str, list[Tensor]], image_sizes: list[tuple[int, int]],
                 cfg: TestConfig) -> list[dict[str, Tensor]]:
-        pts, _, _ = self.points(outs["cls"])
+        pts, _, _ = self.level_points(outs["cls"])
         probs = [flatten_levels([m], self.num_classes).sigmoid() for m in outs["cls"]]
         quality = [flatten_levels([m], 1)[..., 0].sigmoid() for m in outs["quality"]]
         dists = [flatten_levels([m], 4) for m in outs["dist"]]

@@ -60,6 +60,7 @@ from .._utils import conv_tower, flatten_levels, init_normal, mean_over_ranks, p
 from ..assigners import IGNORED, NEGATIVE, Assignment, _with_labels, _nonempty_gt, _points_in_crowd, pad_targets
 from ..detector import DetectorConfig, NeckConfig
 from ..losses import sigmoid_focal_loss_labels, smooth_l1_loss
+from ..head import DenseHead, Priors, point_priors
 from ..postprocess import TestConfig, postprocess
 from ..priors import points_for
 
@@ -209,7 +210,9 @@ def fovea_assign(
 # ------------------------------------------------------------------------------------ head
 
 
-class FoveaBoxHead(nn.Module):
+class FoveaBoxHead(DenseHead):
+    prior_kind = "point"
+
     def __init__(self, cfg: FoveaBoxHeadConfig, in_channels: int, num_classes: int) -> None:
         super().__init__()
         n = len(cfg.strides)
@@ -239,7 +242,11 @@ class FoveaBoxHead(nn.Module):
             reg.append(self.reg_out(self.reg_tower(x)))
         return {"cls": cls, "reg": reg}
 
-    def points(self, maps: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+    def priors(self, outs: dict[str, list[Tensor]]) -> Priors:
+        pts, _ = self.cells(outs["cls"])
+        return point_priors(pts, self.cfg.strides)
+
+    def cells(self, maps: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         """Per-level cell centres ``s_l (x + 0.5)`` (N_l, 2) and normalisers z (N_l,), cached per size."""
         sizes = tuple(tuple(m.shape[-2:]) for m in maps)
         key = (sizes, maps[0].device)
@@ -249,7 +256,7 @@ class FoveaBoxHead(nn.Module):
             self._prior_cache = {key: (pts, z)}
         return self._prior_cache[key]
 
-    def assign(self, maps: list[Tensor], targets: list[dict]) -> tuple[Assignment, Tensor]:
+    def assign_priors(self, maps: list[Tensor], targets: list[dict]) -> tuple[Assignment, Tensor]:
         """Fovea assignment for the batch; returns it and the matched GT box per cell (B, N, 4)."""
         gt_boxes, gt_labels, gt_valid, ig_boxes, ig_valid = pad_targets(targets)
         c = self.cfg
@@ -258,17 +265,17 @@ class FoveaBoxHead(nn.Module):
                          sigma=c.sigma, neg_sigma=c.neg_sigma, ignore_boxes=ig_boxes, ignore_valid=ig_valid)
         return a, a.matched_boxes(gt_boxes)
 
-    def assign_outputs(self, outs: dict[str, list[Tensor]], targets: list[dict]) -> tuple[Assignment, Tensor]:
+    def assign(self, outs: dict[str, list[Tensor]], targets: list[dict]) -> tuple[Assignment, Tensor]:
         """The assignment used by :meth:`loss` (the fovea rule ignores the predictions; MOD's APS uses them)."""
-        return self.assign(outs["cls"], targets)
+        return self.assign_priors(outs["cls"], targets)
 
     def loss(self, outs: dict[str, list[Tensor]], targets: list[dict], batch_hw: tuple[int, int]) -> dict[str, Tensor]:
         c = self.cfg
-        pts, zs = self.points(outs["cls"])
+        pts, zs = self.cells(outs["cls"])
         points, z = torch.cat(pts), torch.cat(zs)
         cls = flatten_levels(outs["cls"], self.num_classes)
         reg = flatten_levels(outs["reg"], 4)
-        a, matched = self.assign_outputs(outs, targets)
+        a, matched = self.assign(outs, targets)
         num_pos = mean_over_ranks(a.num_pos)
         B = cls.shape[0]
         cls_norm = num_pos + B if c.cls_normalizer == "num_pos_plus_images" else num_pos.clamp(min=1.0)
@@ -284,7 +291,7 @@ class FoveaBoxHead(nn.Module):
 
     def predict(self, outs: dict[str, list[Tensor]], image_sizes: list[tuple[int, int]],
                 cfg: TestConfig) -> list[dict[str, Tensor]]:
-        pts, zs = self.points(outs["cls"])
+        pts, zs = self.cells(outs["cls"])
         probs = [flatten_levels([m], self.num_classes).sigmoid() for m in outs["cls"]]
         regs = [flatten_levels([m], 4) for m in outs["reg"]]
 

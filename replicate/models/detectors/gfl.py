@@ -110,7 +110,7 @@ class GFLHead(OneAnchorHead):
         strides = self.level_strides(levels, c.anchors.strides)
         scores = torch.cat(self.level_scores(outs), dim=1)
         reg = flatten_levels(outs["reg"], 4 * n)
-        a, matched = self.assign(levels, targets)
+        a, matched = self.assign(outs, targets)
         num_pos = mean_over_ranks(a.num_pos).clamp(min=1.0)
 
         b_idx, p_idx = a.pos_mask.nonzero(as_tuple=True)

@@ -78,7 +78,7 @@ class IoUAwareRetinaNetHead(RetinaNetHead):
         cls = flatten_levels(outs["cls"], self.num_classes)
         reg = flatten_levels(outs["reg"], 4)
         iou = flatten_levels(outs["iou"], 1)[..., 0]
-        a, matched = self.assign(anchors, targets)
+        a, matched = self.assign(outs, targets)
         num_pos = mean_over_ranks(a.num_pos).clamp(min=1.0)
         loss_iou, _ = self.iou_loss(iou, reg, anchors, matched, a.pos_mask, num_pos)
         return {

@@ -150,11 +150,11 @@ class MODHead(FCOSHead):
         boxes = self.coder.decode(points[prior], dist[img, prior].float())
         return cost_cls, giou_loss(boxes, gt_boxes[img, gt].float(), reduction="none")
 
-    def assign_outputs(self, outs: dict[str, list[Tensor]], targets: list[dict]) -> tuple[Assignment, Tensor]:
+    def assign(self, outs: dict[str, list[Tensor]], targets: list[dict]) -> tuple[Assignment, Tensor]:
         c = self.cfg
         if c.assigner == "base":
-            return super().assign_outputs(outs, targets)
-        pts, strides, level = self.points(outs["cls"])
+            return super().assign(outs, targets)
+        pts, strides, level = self.level_points(outs["cls"])
         points = torch.cat(pts)
         gt_boxes, gt_labels, gt_valid, ig_boxes, ig_valid = pad_targets(targets)
         gt_boxes, gt_labels, gt_valid = _nonempty_gt(gt_boxes, gt_labels, gt_valid)
@@ -175,14 +175,14 @@ class MODHead(FCOSHead):
         return a, a.matched_boxes(gt_boxes)
 
     def loss(self, outs: dict[str, list[Tensor]], targets: list[dict], batch_hw: tuple[int, int]) -> dict[str, Tensor]:
-        a, matched = self.assign_outputs(outs, targets)
+        a, matched = self.assign(outs, targets)
         return {**self.losses(outs, a, matched), **self.level_stats(outs, a, matched)}
 
     @torch.no_grad()
     def level_stats(self, outs: dict[str, list[Tensor]], a: Assignment, matched: Tensor) -> dict[str, Tensor]:
         """Tables 3-4: per GT the mean cls and reg cost over its positives; their gap and sum, averaged
         over the GTs of the batch (0 when the batch has no positive)."""
-        pts, _, _ = self.points(outs["cls"])
+        pts, _, _ = self.level_points(outs["cls"])
         points = torch.cat(pts)
         cls = flatten_levels(outs["cls"], self.num_classes)
         dist = flatten_levels(outs["dist"], 4)
@@ -244,10 +244,10 @@ class MODRetinaNetHead(RetinaNetHead):
         beta = c.smooth_l1_beta if c.box_loss == "smooth_l1" else 0.0
         return cost_cls, c.box_loss_weight * smooth_l1_loss(reg[img, anchor].float(), target, beta).sum(-1)
 
-    def assign_outputs(self, outs: dict[str, list[Tensor]], targets: list[dict]) -> tuple[Assignment, Tensor]:
+    def assign(self, outs: dict[str, list[Tensor]], targets: list[dict]) -> tuple[Assignment, Tensor]:
         c = self.cfg
         if c.assigner == "base":
-            return super().assign_outputs(outs, targets)
+            return super().assign(outs, targets)
         per_level = self.anchors(outs["cls"])
         anchors = torch.cat(per_level)
         A = self.num_anchors
@@ -308,11 +308,11 @@ class MODFoveaBoxHead(FoveaBoxHead):
         super().__init__(cfg, in_channels, num_classes)
         install_rfa(self, in_channels, cfg.feat_channels, cfg.num_convs, cfg.norm, cfg.rfa, cfg.rfa_modulated)
 
-    def assign_outputs(self, outs: dict[str, list[Tensor]], targets: list[dict]) -> tuple[Assignment, Tensor]:
+    def assign(self, outs: dict[str, list[Tensor]], targets: list[dict]) -> tuple[Assignment, Tensor]:
         c = self.cfg
         if c.assigner == "base":
-            return super().assign_outputs(outs, targets)
-        pts, zs = self.points(outs["cls"])
+            return super().assign(outs, targets)
+        pts, zs = self.cells(outs["cls"])
         points, z = torch.cat(pts), torch.cat(zs)
         level = torch.cat([torch.full((len(p),), i, dtype=torch.long, device=points.device) for i, p in enumerate(pts)])
         gt_boxes, gt_labels, gt_valid, ig_boxes, ig_valid = pad_targets(targets)

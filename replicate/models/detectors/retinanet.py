@@ -28,6 +28,7 @@ from .._utils import conv_tower, flatten_levels, init_normal, mean_over_ranks, p
 from ..assigners import Assignment, max_iou_assign, pad_targets
 from ..box_coders import DeltaXYWHCoder
 from ..detector import DetectorConfig
+from ..head import DenseHead, Priors, anchor_priors
 from ..losses import l1_loss, sigmoid_focal_loss_labels, smooth_l1_loss
 from ..postprocess import TestConfig, postprocess
 from ..priors import AnchorConfig, anchors_for
@@ -58,7 +59,9 @@ class RetinaNetHeadConfig:
         return RetinaNetHead(self, in_channels, num_classes)
 
 
-class RetinaNetHead(nn.Module):
+class RetinaNetHead(DenseHead):
+    prior_kind = "anchor"
+
     def __init__(self, cfg: RetinaNetHeadConfig, in_channels: int, num_classes: int) -> None:
         super().__init__()
         if cfg.box_loss not in ("smooth_l1", "l1"):
@@ -95,7 +98,10 @@ class RetinaNetHead(nn.Module):
         return self._anchor_cache[key]
 
     # ------------------------------------------------------------------------------- train
-    def assign(self, anchors: Tensor, targets: list[dict]) -> tuple[Assignment, Tensor]:
+    def priors(self, outs: dict[str, list[Tensor]]) -> Priors:
+        return anchor_priors(self.anchors(outs["cls"]), self.cfg.anchors.strides, self.num_anchors)
+
+    def assign_priors(self, anchors: Tensor, targets: list[dict]) -> tuple[Assignment, Tensor]:
         """Max-IoU assignment for the batch; returns it and the matched GT box per anchor (B, N, 4)."""
         gt_boxes, gt_labels, gt_valid, ig_boxes, ig_valid = pad_targets(targets)
         c = self.cfg
@@ -119,15 +125,15 @@ class RetinaNetHead(nn.Module):
             loss = smooth_l1_loss(reg[pos], target, self.cfg.smooth_l1_beta, reduction="mean", avg_factor=num_pos)
         return self.cfg.box_loss_weight * loss
 
-    def assign_outputs(self, outs: dict[str, list[Tensor]], targets: list[dict]) -> tuple[Assignment, Tensor]:
+    def assign(self, outs: dict[str, list[Tensor]], targets: list[dict]) -> tuple[Assignment, Tensor]:
         """The assignment used by :meth:`loss` (max-IoU ignores the predictions; MOD's APS uses them)."""
-        return self.assign(torch.cat(self.anchors(outs["cls"])), targets)
+        return self.assign_priors(torch.cat(self.anchors(outs["cls"])), targets)
 
     def loss(self, outs: dict[str, list[Tensor]], targets: list[dict], batch_hw: tuple[int, int]) -> dict[str, Tensor]:
         anchors = torch.cat(self.anchors(outs["cls"]))
         cls = flatten_levels(outs["cls"], self.num_classes)
         reg = flatten_levels(outs["reg"], 4)
-        a, matched = self.assign_outputs(outs, targets)
+        a, matched = self.assign(outs, targets)
         num_pos = mean_over_ranks(a.num_pos).clamp(min=1.0)
         return {
             "loss_cls": self.classification_loss(cls, a, num_pos),

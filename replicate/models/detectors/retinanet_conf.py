@@ -133,7 +133,7 @@ class RetinaNetConfHead(RetinaNetHead):
         cls = flatten_levels(outs["cls"], self.num_classes)
         reg = flatten_levels(outs["reg"], 4)
         obj = flatten_levels(outs["obj"], 1)[..., 0]
-        a, matched = self.assign(anchors, targets)
+        a, matched = self.assign(outs, targets)
         num_pos = mean_over_ranks(a.num_pos).clamp(min=1.0)
         return {
             "loss_cls": self.classification_loss(cls, a, num_pos),
