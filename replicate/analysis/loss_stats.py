@@ -1,7 +1,7 @@
 """MOD Tables 3-4: the loss gap and loss sum of the assigned levels at points of training, FCOS vs FCOS+RFA.
 
 The MOD heads log ``stat_loss_gap`` and ``stat_loss_sum`` every iteration
-(:meth:`replicate.models.detectors.mod.MODHead.level_stats`); a run record keeps each logged term's
+(:func:`replicate.models.detectors.mod.loss_gap_statistics`); a run record keeps each logged term's
 curve, mean-pooled to at most 100 points (``loss_summary[term]["curve"]``,
 :func:`replicate.experiments.runs.loss_summary`). The paper reads its statistics at 15k, 30k, 45k, 60k
 and 75k of 90k iterations; :func:`stat_at` reads ours at the same fractions of the run's own schedule,

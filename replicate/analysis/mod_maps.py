@@ -9,7 +9,7 @@
   box (:func:`replicate.models.losses.giou_loss`). Each is a ``(H_l, W_l)`` array, NaN outside the box.
   :func:`plot_loss_maps` draws the two maps of one level side by side (coolwarm: blue low, red high).
 * **Figure 4** ("The visualization of spatial label assignment", Sec. 4.7): the positives APS picks
-  (the MOD head's own :meth:`~replicate.models.detectors.mod.MODHead.assign`) against ATSS's
+  (the MOD head's APS, :class:`~replicate.models.detectors.mod.APSAssigner`) against ATSS's
   (:func:`replicate.models.assigners.atss_assign` with one square anchor of side ``8 * stride`` centred
   on every point, ATSS's setting, top-9 per level) on the same image and the same outputs.
   :func:`plot_assignment` marks each method's positives with green crosses.
@@ -123,11 +123,12 @@ def _positives_from_json(p: dict[str, list]) -> dict[str, np.ndarray]:
 
 
 def _require_mod_head(model: torch.nn.Module):
-    from ..models.detectors.mod import MODHead
+    from ..models.detectors.fcos import FCOSHead
+    from ..models.detectors.mod import APSAssigner
 
     head = getattr(model, "head", None)
-    if not isinstance(head, MODHead):
-        raise ReplicateError(f"MOD loss maps need a MOD head (FCOS + RFA + APS, MODHead), got "
+    if not (isinstance(head, FCOSHead) and isinstance(head.assigner, APSAssigner)):
+        raise ReplicateError(f"MOD loss maps need a MOD head (FCOS + RFA + APS: an FCOS head with the APS assigner), got "
                              f"{type(head).__name__}")
     return head
 
@@ -249,7 +250,7 @@ def instance_maps(model: torch.nn.Module, images: Tensor, targets: list[dict],
                   gt: tuple[int, int] | None = None, *, outs: dict[str, list[Tensor]] | None = None) -> InstanceMaps:
     """MOD Fig. 1's loss maps and Fig. 4's positives of GT ``gt = (image index, GT index)`` of a batch.
 
-    Default: the GT of largest area in image 0. The model must have a MOD head (``MODHead``); it is
+    Default: the GT of largest area in image 0. The model must have a MOD head (FCOS with the APS assigner); it is
     put in eval mode (and left so). ``outs``: the model's raw outputs on ``images`` in eval mode, when
     already at hand (saves the forward pass).
     """

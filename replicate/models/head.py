@@ -19,7 +19,7 @@ proposal step in place of ``priors``/``assign``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -40,12 +40,24 @@ class Priors:
     per_location: int = 1  # anchors per feature location (consecutive in the flat order)
 
 
+Assigner = Callable[["DenseHead", dict, list], tuple[Assignment, Tensor]]
+Statistic = Callable[["DenseHead", dict, list, Assignment, Tensor], dict]
+
+
 class DenseHead(nn.Module):
-    """Base of every dense head: see the module docstring for the contract."""
+    """Base of every dense head: see the module docstring for the contract.
+
+    Plug-ins compose with any head: ``assigner`` (``None``: the head's own rule, :meth:`assign_by_rule`)
+    replaces the assignment, e.g. MOD's APS; ``statistics`` add logged ``stat_*`` terms computed from the
+    assignment (MOD's Tables 3-4). A head implements :meth:`losses` for a given assignment; :meth:`loss`
+    composes assignment, losses and statistics.
+    """
 
     prior_kind: ClassVar[str] = "point"  # "anchor" or "point"
     cfg: Any
     num_classes: int
+    assigner: Assigner | None = None
+    statistics: tuple[Statistic, ...] = ()
 
     def forward(self, feats: list[Tensor]) -> dict[str, list[Tensor]]:  # pragma: no cover - interface
         raise NotImplementedError
@@ -54,10 +66,24 @@ class DenseHead(nn.Module):
         raise NotImplementedError
 
     def assign(self, outs: dict[str, list[Tensor]], targets: list[dict]) -> tuple[Assignment, Tensor]:
+        """The assignment :meth:`loss` trains with: the plug-in ``assigner`` if any, else the head's rule."""
+        if self.assigner is not None:
+            return self.assigner(self, outs, targets)
+        return self.assign_by_rule(outs, targets)
+
+    def assign_by_rule(self, outs: dict[str, list[Tensor]], targets: list[dict]) -> tuple[Assignment, Tensor]:
+        raise NotImplementedError  # pragma: no cover - interface
+
+    def losses(self, outs: dict[str, list[Tensor]], a: Assignment, matched: Tensor) -> dict[str, Tensor]:
         raise NotImplementedError  # pragma: no cover - interface
 
     def loss(self, outs: dict[str, list[Tensor]], targets: list[dict], batch_hw: tuple[int, int]) -> dict[str, Tensor]:
-        raise NotImplementedError  # pragma: no cover - interface
+        """The head's loss terms on its assignment, and the statistics' ``stat_*`` terms."""
+        a, matched = self.assign(outs, targets)
+        terms = self.losses(outs, a, matched)
+        for statistic in self.statistics:
+            terms.update(statistic(self, outs, targets, a, matched))
+        return terms
 
     def predict(self, outs: dict[str, list[Tensor]], image_sizes: list[tuple[int, int]],
                 cfg: TestConfig) -> list[dict[str, Tensor]]:

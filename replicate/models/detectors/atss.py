@@ -124,8 +124,8 @@ class OneAnchorHead(DenseHead):
         """(N,) stride of every anchor of the concatenated levels."""
         return torch.cat([torch.full((len(a),), float(s), device=a.device) for a, s in zip(levels, strides)])
 
-    def assign(self, outs: dict[str, list[Tensor]], targets: list[dict]) -> tuple[Assignment, Tensor]:
-        """The assignment used by :meth:`loss`: ATSS's on this batch's anchors."""
+    def assign_by_rule(self, outs: dict[str, list[Tensor]], targets: list[dict]) -> tuple[Assignment, Tensor]:
+        """The head's own assignment rule (it ignores the predictions; a plug-in assigner may not)."""
         return self.assign_priors(self.anchors(outs["cls"]), targets)
 
     def assign_priors(self, levels: list[Tensor], targets: list[dict]) -> tuple[Assignment, Tensor]:
@@ -157,14 +157,13 @@ class ATSSHead(OneAnchorHead):
             ctr.append(self.centerness_out(r))
         return {"cls": cls, "reg": reg, "centerness": ctr}
 
-    def loss(self, outs: dict[str, list[Tensor]], targets: list[dict], batch_hw: tuple[int, int]) -> dict[str, Tensor]:
+    def losses(self, outs: dict[str, list[Tensor]], a: Assignment, matched: Tensor) -> dict[str, Tensor]:
         c = self.cfg
         levels = self.anchors(outs["cls"])
         anchors = torch.cat(levels)
         cls = flatten_levels(outs["cls"], self.num_classes)
         reg = flatten_levels(outs["reg"], 4)
         ctr_logits = flatten_levels(outs["centerness"], 1)[..., 0]
-        a, matched = self.assign(outs, targets)
         num_pos = mean_over_ranks(a.num_pos).clamp(min=1.0)
 
         loss_cls = sigmoid_focal_loss_labels(cls, a.labels, ~a.ignore_mask, c.focal_alpha, c.focal_gamma,

@@ -28,11 +28,11 @@ from torch import Tensor, nn
 
 from ...errors import ReplicateError
 from .._utils import Scale, conv_tower, flatten_levels, init_normal, mean_over_ranks, prior_prob_bias
-from ..assigners import DEFAULT_FCOS_RANGES, Assignment, fcos_assign, pad_targets
+from ..assigners import DEFAULT_FCOS_RANGES, Assignment, fcos_assign, fcos_point_masks, pad_targets
 from ..box_coders import DistanceCoder
 from ..detector import DetectorConfig, NeckConfig
 from ..head import DenseHead, Priors, point_priors
-from ..losses import binary_cross_entropy_with_logits, giou_loss, iou_loss, sigmoid_focal_loss_labels
+from ..losses import binary_cross_entropy_with_logits, focal_pair_cost, giou_loss, iou_loss, sigmoid_focal_loss_labels
 from ..postprocess import TestConfig, postprocess
 from ..priors import points_for
 
@@ -133,14 +133,30 @@ class FCOSHead(DenseHead):
                         ignore_boxes=ig_boxes, ignore_valid=ig_valid)
         return a, a.matched_boxes(gt_boxes)
 
-    def assign(self, outs: dict[str, list[Tensor]], targets: list[dict]) -> tuple[Assignment, Tensor]:
-        """The assignment used by :meth:`loss` (FCOS's rule ignores the predictions; MOD's APS uses them)."""
+    def assign_by_rule(self, outs: dict[str, list[Tensor]], targets: list[dict]) -> tuple[Assignment, Tensor]:
+        """The head's own assignment rule (it ignores the predictions; a plug-in assigner may not)."""
         pts, strides, level = self.level_points(outs["cls"])
         return self.assign_priors(torch.cat(pts), strides, level, targets)
 
-    def loss(self, outs: dict[str, list[Tensor]], targets: list[dict], batch_hw: tuple[int, int]) -> dict[str, Tensor]:
-        a, matched = self.assign(outs, targets)
-        return self.losses(outs, a, matched)
+    def aps_candidates(self, priors: Priors, gt_boxes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(B, G, P) masks of each GT's points: inside its box, inside its centre region, in its level's
+        scale range (what a loss-based assigner such as MOD's APS may narrow its candidates by)."""
+        c = self.cfg
+        masks = fcos_point_masks(priors.centres, priors.strides, priors.level, gt_boxes, c.scale_ranges,
+                                 c.center_radius)
+        return tuple(m.transpose(1, 2) for m in masks)
+
+    @torch.no_grad()
+    def pair_costs(self, outs: dict[str, list[Tensor]], priors: Priors, img: Tensor, prior: Tensor, boxes: Tensor,
+                   labels: Tensor) -> tuple[Tensor, Tensor]:
+        """This head's losses of K (image, point) pairs taken as positives of ``boxes`` / ``labels`` (K,):
+        the focal loss summed over the classes (one-hot target) and ``1 - GIoU`` of the decoded box."""
+        c = self.cfg
+        cls = flatten_levels(outs["cls"], self.num_classes)
+        dist = flatten_levels(outs["dist"], 4)
+        cost_cls = focal_pair_cost(cls, img, prior, labels, c.focal_alpha, c.focal_gamma)
+        decoded = self.coder.decode(priors.centres[prior], dist[img, prior].float())
+        return cost_cls, giou_loss(decoded, boxes.float(), reduction="none")
 
     def losses(self, outs: dict[str, list[Tensor]], a: Assignment, matched: Tensor) -> dict[str, Tensor]:
         """Eq. 2's terms (and FCOS*'s variants) for a given assignment."""

@@ -59,7 +59,7 @@ from ...errors import ReplicateError
 from .._utils import conv_tower, flatten_levels, init_normal, mean_over_ranks, prior_prob_bias
 from ..assigners import IGNORED, NEGATIVE, Assignment, _with_labels, _nonempty_gt, _points_in_crowd, pad_targets
 from ..detector import DetectorConfig, NeckConfig
-from ..losses import sigmoid_focal_loss_labels, smooth_l1_loss
+from ..losses import focal_pair_cost, sigmoid_focal_loss_labels, smooth_l1_loss
 from ..head import DenseHead, Priors, point_priors
 from ..postprocess import TestConfig, postprocess
 from ..priors import points_for
@@ -265,17 +265,29 @@ class FoveaBoxHead(DenseHead):
                          sigma=c.sigma, neg_sigma=c.neg_sigma, ignore_boxes=ig_boxes, ignore_valid=ig_valid)
         return a, a.matched_boxes(gt_boxes)
 
-    def assign(self, outs: dict[str, list[Tensor]], targets: list[dict]) -> tuple[Assignment, Tensor]:
-        """The assignment used by :meth:`loss` (the fovea rule ignores the predictions; MOD's APS uses them)."""
+    def assign_by_rule(self, outs: dict[str, list[Tensor]], targets: list[dict]) -> tuple[Assignment, Tensor]:
+        """The head's own assignment rule (it ignores the predictions; a plug-in assigner may not)."""
         return self.assign_priors(outs["cls"], targets)
 
-    def loss(self, outs: dict[str, list[Tensor]], targets: list[dict], batch_hw: tuple[int, int]) -> dict[str, Tensor]:
+    @torch.no_grad()
+    def pair_costs(self, outs: dict[str, list[Tensor]], priors: Priors, img: Tensor, prior: Tensor, boxes: Tensor,
+                   labels: Tensor) -> tuple[Tensor, Tensor]:
+        """This head's losses of K (image, cell) pairs taken as positives of ``boxes`` / ``labels`` (K,): its
+        focal loss summed over the classes (one-hot target) and smooth L1 on the log-space targets."""
+        c = self.cfg
+        _, zs = self.cells(outs["cls"])
+        cls = flatten_levels(outs["cls"], self.num_classes)
+        reg = flatten_levels(outs["reg"], 4)
+        cost_cls = focal_pair_cost(cls, img, prior, labels, c.focal_alpha, c.focal_gamma)
+        target = fovea_encode(priors.centres[prior], torch.cat(zs)[prior], boxes.float(), c.target_clamp)
+        return cost_cls, c.box_loss_weight * smooth_l1_loss(reg[img, prior].float(), target, c.smooth_l1_beta).sum(-1)
+
+    def losses(self, outs: dict[str, list[Tensor]], a: Assignment, matched: Tensor) -> dict[str, Tensor]:
         c = self.cfg
         pts, zs = self.cells(outs["cls"])
         points, z = torch.cat(pts), torch.cat(zs)
         cls = flatten_levels(outs["cls"], self.num_classes)
         reg = flatten_levels(outs["reg"], 4)
-        a, matched = self.assign(outs, targets)
         num_pos = mean_over_ranks(a.num_pos)
         B = cls.shape[0]
         cls_norm = num_pos + B if c.cls_normalizer == "num_pos_plus_images" else num_pos.clamp(min=1.0)

@@ -40,6 +40,7 @@ from torch import Tensor
 
 from ...errors import ReplicateError
 from .._utils import flatten_levels, mean_over_ranks
+from ..assigners import Assignment
 from ..box_coders import DistanceCoder, DistributionCoder
 from ..detector import DetectorConfig
 from ..losses import aligned_box_iou, distribution_focal_loss, giou_loss, quality_focal_loss
@@ -102,7 +103,7 @@ class GFLHead(OneAnchorHead):
         return quality_focal_loss(scores, labels, quality, self.cfg.qfl_beta, reduction="mean", avg_factor=avg_factor)
 
     # ------------------------------------------------------------------------------- train
-    def loss(self, outs: dict[str, list[Tensor]], targets: list[dict], batch_hw: tuple[int, int]) -> dict[str, Tensor]:
+    def losses(self, outs: dict[str, list[Tensor]], a: Assignment, matched: Tensor) -> dict[str, Tensor]:
         c = self.cfg
         n = self.dist_coder.num_bins
         levels = self.anchors(outs["cls"])
@@ -110,7 +111,6 @@ class GFLHead(OneAnchorHead):
         strides = self.level_strides(levels, c.anchors.strides)
         scores = torch.cat(self.level_scores(outs), dim=1)
         reg = flatten_levels(outs["reg"], 4 * n)
-        a, matched = self.assign(outs, targets)
         num_pos = mean_over_ranks(a.num_pos).clamp(min=1.0)
 
         b_idx, p_idx = a.pos_mask.nonzero(as_tuple=True)

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from .._utils import flatten_levels, mean_over_ranks
+from ..assigners import Assignment
 from ..detector import DetectorConfig
 from ..losses import aligned_box_iou, binary_cross_entropy_with_logits
 from ..postprocess import TestConfig
@@ -73,12 +74,11 @@ class IoUAwareRetinaNetHead(RetinaNetHead):
                                                 avg_factor=num_pos)
         return self.cfg.iou_loss_weight * loss, target
 
-    def loss(self, outs: dict[str, list[Tensor]], targets: list[dict], batch_hw: tuple[int, int]) -> dict[str, Tensor]:
+    def losses(self, outs: dict[str, list[Tensor]], a: Assignment, matched: Tensor) -> dict[str, Tensor]:
         anchors = torch.cat(self.anchors(outs["cls"]))
         cls = flatten_levels(outs["cls"], self.num_classes)
         reg = flatten_levels(outs["reg"], 4)
         iou = flatten_levels(outs["iou"], 1)[..., 0]
-        a, matched = self.assign(outs, targets)
         num_pos = mean_over_ranks(a.num_pos).clamp(min=1.0)
         loss_iou, _ = self.iou_loss(iou, reg, anchors, matched, a.pos_mask, num_pos)
         return {

@@ -53,12 +53,11 @@ from torch.nn import functional as F
 from ...errors import ReplicateError
 from .._utils import conv_tower, flatten_levels, init_normal
 from ..aps import APSConfig, aps_assign
-from ..assigners import IGNORED, Assignment, _with_labels, _nonempty_gt, fcos_point_masks, ignore_points_in_crowds, pad_targets
+from ..assigners import IGNORED, Assignment, _nonempty_gt, _with_labels, ignore_points_in_crowds, pad_targets
 from ..detector import DetectorConfig
-from ..losses import focal_pair_cost, giou_loss, smooth_l1_loss
 from ..postprocess import TestConfig
 from .fcos import FCOS_NECK, FCOSHead, FCOSHeadConfig
-from .foveabox import FoveaBoxHead, FoveaBoxHeadConfig, fovea_encode, foveabox
+from .foveabox import FoveaBoxHead, FoveaBoxHeadConfig, foveabox
 from .retinanet import RetinaNetHead, RetinaNetHeadConfig
 
 RFA_POSITIONS = ("none", "first", "last")
@@ -92,7 +91,7 @@ def install_rfa(head: nn.Module, in_channels: int, feat_channels: int, num_convs
         setattr(head, name, tower)
 
 
-# ------------------------------------------------------------------------------ assignment costs
+# ------------------------------------------------------------------------------ APS as a plug-in assigner
 
 
 def _dense(values: Tensor, img: Tensor, gt: Tensor, prior: Tensor, shape: tuple[int, int, int]) -> Tensor:
@@ -101,17 +100,11 @@ def _dense(values: Tensor, img: Tensor, gt: Tensor, prior: Tensor, shape: tuple[
     return out
 
 
-def _inside(points: Tensor, gt_boxes: Tensor) -> Tensor:
+def inside_boxes(points: Tensor, gt_boxes: Tensor) -> Tensor:
     """(B, G, P) bool: point strictly inside the box."""
     x, y = points[None, None, :, 0], points[None, None, :, 1]
-    g = gt_boxes[:, :, None, :]
-    return (x > g[..., 0]) & (y > g[..., 1]) & (x < g[..., 2]) & (y < g[..., 3])
-
-
-def _check_transfer(aps: APSConfig, detector: str) -> None:
-    if aps.scale != "loss" or aps.spatial != "gmm":
-        raise ReplicateError(f"{detector}+MOD supports the full APS only (scale='loss', spatial='gmm'); "
-                             f"got scale={aps.scale!r}, spatial={aps.spatial!r}")
+    b = gt_boxes[..., None]
+    return (x > b[:, :, 0]) & (x < b[:, :, 2]) & (y > b[:, :, 1]) & (y < b[:, :, 3])
 
 
 def _check_assigner(assigner: str) -> None:
@@ -119,80 +112,69 @@ def _check_assigner(assigner: str) -> None:
         raise ReplicateError(f"MOD assigner must be one of {ASSIGNERS}, got {assigner!r}")
 
 
-# ------------------------------------------------------------------------------ FCOS + MOD
+class APSAssigner:
+    """The Aligned Points Sampler as the assignment of any dense head that prices its own pairs (Sec. 3.2,
+    4.5): ``head.assigner = APSAssigner(cfg)``.
 
+    It reads the head's contract only: :meth:`~replicate.models.head.DenseHead.priors` and the head's
+    ``pair_costs(outs, priors, img, prior, boxes, labels)`` (its own classification and box losses of a
+    prior taken as a positive of a box, without gradient). Candidates are the feature locations strictly
+    inside a GT on every level (a head may narrow or annotate them with ``aps_candidates``: FCOS gives its
+    centre region and scale range for Table 5's ablations). With A > 1 anchors per location (RetinaNet),
+    each (GT, location) pair takes its cheapest anchor, APS runs on locations, and a positive location
+    makes exactly that anchor positive; its other anchors are ignored (``other_anchors="ignore"``) or
+    negatives (``"negative"``).
+    """
 
-@dataclass(frozen=True)
-class MODHeadConfig(FCOSHeadConfig):
-    rfa: str = "first"  # "first" (paper), "last" (released code) or "none"
-    rfa_modulated: bool = True  # DCNv2 (released code); False: DCNv1
-    assigner: str = "aps"  # "aps" or "base" (FCOS's own rule)
-    aps: APSConfig = field(default_factory=APSConfig)
+    def __init__(self, cfg: APSConfig, other_anchors: str = "ignore") -> None:
+        cfg.check()
+        if other_anchors not in ("ignore", "negative"):
+            raise ReplicateError(f"MOD other_anchors must be 'ignore' or 'negative', got {other_anchors!r}")
+        self.cfg, self.other_anchors = cfg, other_anchors
 
-    def build(self, in_channels: int, num_classes: int) -> "MODHead":
-        return MODHead(self, in_channels, num_classes)
-
-
-class MODHead(FCOSHead):
-    """FCOS* head with a GIoU quality branch, RFA and APS (see the module docstring)."""
-
-    def __init__(self, cfg: MODHeadConfig, in_channels: int, num_classes: int) -> None:
-        _check_assigner(cfg.assigner)
-        cfg.aps.check()
-        super().__init__(cfg, in_channels, num_classes)
-        install_rfa(self, in_channels, cfg.feat_channels, cfg.num_convs, cfg.norm, cfg.rfa, cfg.rfa_modulated)
-
-    def pair_costs(self, cls: Tensor, dist: Tensor, points: Tensor, gt_boxes: Tensor, gt_labels: Tensor,
-                   img: Tensor, gt: Tensor, prior: Tensor) -> tuple[Tensor, Tensor]:
-        """Classification and regression cost of K (image, GT, point) pairs, each (K,)."""
-        c = self.cfg
-        cost_cls = focal_pair_cost(cls, img, prior, gt_labels[img, gt], c.focal_alpha, c.focal_gamma)
-        boxes = self.coder.decode(points[prior], dist[img, prior].float())
-        return cost_cls, giou_loss(boxes, gt_boxes[img, gt].float(), reduction="none")
-
-    def assign(self, outs: dict[str, list[Tensor]], targets: list[dict]) -> tuple[Assignment, Tensor]:
-        c = self.cfg
-        if c.assigner == "base":
-            return super().assign(outs, targets)
-        pts, strides, level = self.level_points(outs["cls"])
-        points = torch.cat(pts)
+    def __call__(self, head: nn.Module, outs: dict[str, list[Tensor]], targets: list[dict]) -> tuple[Assignment, Tensor]:
+        pri = head.priors(outs)
+        A = pri.per_location
+        centres = pri.centres.view(-1, A, 2)[:, 0]  # (P, 2): one per feature location
+        level = pri.level.view(-1, A)[:, 0]
         gt_boxes, gt_labels, gt_valid, ig_boxes, ig_valid = pad_targets(targets)
         gt_boxes, gt_labels, gt_valid = _nonempty_gt(gt_boxes, gt_labels, gt_valid)
         with torch.no_grad():
-            cls = flatten_levels(outs["cls"], self.num_classes)
-            dist = flatten_levels(outs["dist"], 4)
-            inside, center, in_range = (m.transpose(1, 2) for m in fcos_point_masks(
-                points, strides, level, gt_boxes, c.scale_ranges, c.center_radius))
+            if hasattr(head, "aps_candidates"):
+                inside, center, in_range = head.aps_candidates(pri, gt_boxes)
+            else:
+                inside, center, in_range = inside_boxes(centres, gt_boxes), None, None
             inside = inside & gt_valid[:, :, None]
-            img, gt, prior = inside.nonzero(as_tuple=True)
-            cost_cls, cost_reg = self.pair_costs(cls, dist, points, gt_boxes, gt_labels, img, gt, prior)
+            img, gt, loc = inside.nonzero(as_tuple=True)
+            k = torch.arange(A, device=loc.device)
+            rep = lambda t: t.repeat_interleave(A, dim=0)  # noqa: E731
+            prior = (loc[:, None] * A + k).flatten()
+            cost_cls, cost_reg = head.pair_costs(outs, pri, rep(img), prior, rep(gt_boxes[img, gt]),
+                                                 rep(gt_labels[img, gt]))
+            cost_cls, cost_reg = cost_cls.view(-1, A), cost_reg.view(-1, A)
+            best = (cost_cls + cost_reg).argmin(dim=1, keepdim=True)
             shape = tuple(inside.shape)
-            gt_index = aps_assign(_dense(cost_cls, img, gt, prior, shape), _dense(cost_reg, img, gt, prior, shape),
-                                  inside, level, len(c.strides), gt_boxes, gt_valid, c.aps,
-                                  center=center, in_range=in_range)
-        gt_index = ignore_points_in_crowds(points, gt_index, ig_boxes, ig_valid)
+            loc_gt = aps_assign(_dense(cost_cls.gather(1, best)[:, 0], img, gt, loc, shape),
+                                _dense(cost_reg.gather(1, best)[:, 0], img, gt, loc, shape),
+                                inside, level, len(pri.per_level), gt_boxes, gt_valid, self.cfg,
+                                center=center, in_range=in_range)
+            best_anchor = torch.zeros(shape, dtype=torch.long, device=loc.device)
+            best_anchor[img, gt, loc] = best[:, 0]
+        if A == 1:
+            gt_index = loc_gt
+        else:
+            gt_index = torch.full((shape[0], pri.centres.shape[0]), -1, dtype=torch.long, device=loc.device)
+            b, p = (loc_gt >= 0).nonzero(as_tuple=True)
+            g = loc_gt[b, p]
+            if self.other_anchors == "ignore":
+                gt_index[b.repeat_interleave(A), (p[:, None] * A + torch.arange(A, device=p.device)).flatten()] = IGNORED
+            gt_index[b, p * A + best_anchor[b, g, p]] = g
+        gt_index = ignore_points_in_crowds(pri.centres, gt_index, ig_boxes, ig_valid)
         a = _with_labels(gt_index, gt_labels, torch.zeros(gt_index.shape, device=gt_index.device))
         return a, a.matched_boxes(gt_boxes)
 
-    def loss(self, outs: dict[str, list[Tensor]], targets: list[dict], batch_hw: tuple[int, int]) -> dict[str, Tensor]:
-        a, matched = self.assign(outs, targets)
-        return {**self.losses(outs, a, matched), **self.level_stats(outs, a, matched)}
 
-    @torch.no_grad()
-    def level_stats(self, outs: dict[str, list[Tensor]], a: Assignment, matched: Tensor) -> dict[str, Tensor]:
-        """Tables 3-4: per GT the mean cls and reg cost over its positives; their gap and sum, averaged
-        over the GTs of the batch (0 when the batch has no positive)."""
-        pts, _, _ = self.level_points(outs["cls"])
-        points = torch.cat(pts)
-        cls = flatten_levels(outs["cls"], self.num_classes)
-        dist = flatten_levels(outs["dist"], 4)
-        img, prior = a.pos_mask.nonzero(as_tuple=True)
-        gt = a.gt_index[img, prior]
-        boxes = self.coder.decode(points[prior], dist[img, prior].float())
-        cost_cls = focal_pair_cost(cls, img, prior, a.labels[img, prior], self.cfg.focal_alpha, self.cfg.focal_gamma)
-        cost_reg = giou_loss(boxes, matched[img, prior].float(), reduction="none")
-        gap, total = per_gt_gap_and_sum(cost_cls, cost_reg, img * (int(a.gt_index.max()) + 1) + gt)
-        return {"stat_loss_gap": gap, "stat_loss_sum": total}
+# ------------------------------------------------------------------------------ Tables 3-4 statistics
 
 
 def per_gt_gap_and_sum(cost_cls: Tensor, cost_reg: Tensor, group: Tensor) -> tuple[Tensor, Tensor]:
@@ -208,129 +190,75 @@ def per_gt_gap_and_sum(cost_cls: Tensor, cost_reg: Tensor, group: Tensor) -> tup
     return (mean_cls - mean_reg).abs().mean(), (mean_cls + mean_reg).mean()
 
 
-# ------------------------------------------------------------------------------ RetinaNet + MOD
+@torch.no_grad()
+def loss_gap_statistics(head: nn.Module, outs: dict[str, list[Tensor]], targets: list[dict], a: Assignment,
+                        matched: Tensor) -> dict[str, Tensor]:
+    """Tables 3-4: per GT the mean cls and reg cost over its positives; their gap and sum, averaged over the
+    GTs of the batch (0 when the batch has no positive). A head statistic (logged, never optimised)."""
+    img, prior = a.pos_mask.nonzero(as_tuple=True)
+    gt = a.gt_index[img, prior]
+    cost_cls, cost_reg = head.pair_costs(outs, head.priors(outs), img, prior, matched[img, prior], a.labels[img, prior])
+    gap, total = per_gt_gap_and_sum(cost_cls, cost_reg, img * (int(a.gt_index.max()) + 1) + gt)
+    return {"stat_loss_gap": gap, "stat_loss_sum": total}
+
+
+def with_mod(head: nn.Module, cfg, in_channels: int) -> nn.Module:
+    """``head`` with MOD's parts as ``cfg`` asks: RFA in its towers, APS as its assigner."""
+    _check_assigner(cfg.assigner)
+    install_rfa(head, in_channels, cfg.feat_channels, cfg.num_convs, cfg.norm, cfg.rfa, cfg.rfa_modulated)
+    if cfg.assigner == "aps":
+        head.assigner = APSAssigner(cfg.aps, getattr(cfg, "other_anchors", "ignore"))
+    return head
+
+
+def _check_transfer(aps: APSConfig, detector: str) -> None:
+    if aps.scale != "loss" or aps.spatial != "gmm":
+        raise ReplicateError(f"{detector}+MOD supports the full APS only (scale='loss', spatial='gmm'); "
+                             f"got scale={aps.scale!r}, spatial={aps.spatial!r}")
+
+
+@dataclass(frozen=True)
+class MODHeadConfig(FCOSHeadConfig):
+    """FCOS* with RFA and APS (see the module docstring); it logs Tables 3-4's statistics."""
+
+    rfa: str = "first"  # "first" (paper), "last" (released code) or "none"
+    rfa_modulated: bool = True  # DCNv2 (released code); False: DCNv1
+    assigner: str = "aps"  # "aps" or "base" (FCOS's own rule)
+    aps: APSConfig = field(default_factory=APSConfig)
+
+    def build(self, in_channels: int, num_classes: int) -> FCOSHead:
+        head = with_mod(FCOSHead(self, in_channels, num_classes), self, in_channels)
+        head.statistics = (loss_gap_statistics,)
+        return head
 
 
 @dataclass(frozen=True)
 class MODRetinaNetHeadConfig(RetinaNetHeadConfig):
+    """RetinaNet with RFA and APS on points, one anchor per point (Sec. 4.5)."""
+
     rfa: str = "first"
     rfa_modulated: bool = True
     assigner: str = "aps"  # "aps" or "base" (max-IoU)
     aps: APSConfig = field(default_factory=APSConfig)
     other_anchors: str = "ignore"  # the other anchors of a positive point: "ignore" (our reading) or "negative"
 
-    def build(self, in_channels: int, num_classes: int) -> "MODRetinaNetHead":
-        return MODRetinaNetHead(self, in_channels, num_classes)
-
-
-class MODRetinaNetHead(RetinaNetHead):
-    """RetinaNet with RFA and APS on points, one anchor per point (Sec. 4.5)."""
-
-    def __init__(self, cfg: MODRetinaNetHeadConfig, in_channels: int, num_classes: int) -> None:
-        _check_assigner(cfg.assigner)
-        if cfg.other_anchors not in ("ignore", "negative"):
-            raise ReplicateError(f"RetinaNet+MOD other_anchors must be 'ignore' or 'negative', got {cfg.other_anchors!r}")
-        cfg.aps.check()
-        _check_transfer(cfg.aps, "RetinaNet")
-        super().__init__(cfg, in_channels, num_classes)
-        install_rfa(self, in_channels, cfg.feat_channels, cfg.num_convs, cfg.norm, cfg.rfa, cfg.rfa_modulated)
-
-    def anchor_costs(self, cls: Tensor, reg: Tensor, anchors: Tensor, gt_boxes: Tensor, gt_labels: Tensor,
-                     img: Tensor, gt: Tensor, anchor: Tensor) -> tuple[Tensor, Tensor]:
-        """Focal (summed over classes) and box-loss (summed over the 4 deltas) cost of (image, GT, anchor) pairs."""
-        c = self.cfg
-        cost_cls = focal_pair_cost(cls, img, anchor, gt_labels[img, gt], c.focal_alpha, c.focal_gamma)
-        target = self.coder.encode(anchors[anchor], gt_boxes[img, gt].float())
-        beta = c.smooth_l1_beta if c.box_loss == "smooth_l1" else 0.0
-        return cost_cls, c.box_loss_weight * smooth_l1_loss(reg[img, anchor].float(), target, beta).sum(-1)
-
-    def assign(self, outs: dict[str, list[Tensor]], targets: list[dict]) -> tuple[Assignment, Tensor]:
-        c = self.cfg
-        if c.assigner == "base":
-            return super().assign(outs, targets)
-        per_level = self.anchors(outs["cls"])
-        anchors = torch.cat(per_level)
-        A = self.num_anchors
-        centres = ((anchors[:, :2] + anchors[:, 2:]) / 2).view(-1, A, 2)[:, 0]  # (P, 2), one per location
-        level = torch.cat([torch.full((len(a) // A,), i, dtype=torch.long, device=anchors.device)
-                           for i, a in enumerate(per_level)])
-        gt_boxes, gt_labels, gt_valid, ig_boxes, ig_valid = pad_targets(targets)
-        gt_boxes, gt_labels, gt_valid = _nonempty_gt(gt_boxes, gt_labels, gt_valid)
-        with torch.no_grad():
-            cls = flatten_levels(outs["cls"], self.num_classes)
-            reg = flatten_levels(outs["reg"], 4)
-            inside = _inside(centres, gt_boxes) & gt_valid[:, :, None]  # (B, G, P)
-            img, gt, point = inside.nonzero(as_tuple=True)
-            k = torch.arange(A, device=anchors.device)
-            anchor = (point[:, None] * A + k).flatten()
-            rep = lambda t: t.repeat_interleave(A)  # noqa: E731
-            cost_cls, cost_reg = self.anchor_costs(cls, reg, anchors, gt_boxes, gt_labels, rep(img), rep(gt), anchor)
-            cost_cls, cost_reg = cost_cls.view(-1, A), cost_reg.view(-1, A)
-            best = (cost_cls + cost_reg).argmin(dim=1, keepdim=True)
-            shape = tuple(inside.shape)
-            point_gt = aps_assign(_dense(cost_cls.gather(1, best)[:, 0], img, gt, point, shape),
-                                  _dense(cost_reg.gather(1, best)[:, 0], img, gt, point, shape),
-                                  inside, level, len(per_level), gt_boxes, gt_valid, c.aps)
-            best_anchor = torch.zeros(shape, dtype=torch.long, device=anchors.device)
-            best_anchor[img, gt, point] = best[:, 0]
-        gt_index = torch.full((shape[0], anchors.shape[0]), -1, dtype=torch.long, device=anchors.device)
-        b, p = (point_gt >= 0).nonzero(as_tuple=True)
-        g = point_gt[b, p]
-        if c.other_anchors == "ignore":
-            gt_index[b.repeat_interleave(A), (p[:, None] * A + torch.arange(A, device=p.device)).flatten()] = IGNORED
-        gt_index[b, p * A + best_anchor[b, g, p]] = g
-        gt_index = ignore_points_in_crowds(centres.repeat_interleave(A, dim=0), gt_index, ig_boxes, ig_valid)
-        a = _with_labels(gt_index, gt_labels, torch.zeros(gt_index.shape, device=gt_index.device))
-        return a, a.matched_boxes(gt_boxes)
-
-
-# ------------------------------------------------------------------------------ FoveaBox + MOD
+    def build(self, in_channels: int, num_classes: int) -> RetinaNetHead:
+        _check_transfer(self.aps, "RetinaNet")
+        return with_mod(RetinaNetHead(self, in_channels, num_classes), self, in_channels)
 
 
 @dataclass(frozen=True)
 class MODFoveaBoxHeadConfig(FoveaBoxHeadConfig):
+    """FoveaBox with RFA and APS: candidates are all cells inside the box on every level (Sec. 4.5)."""
+
     rfa: str = "first"
     rfa_modulated: bool = True
     assigner: str = "aps"  # "aps" or "base" (fovea areas)
     aps: APSConfig = field(default_factory=APSConfig)
 
-    def build(self, in_channels: int, num_classes: int) -> "MODFoveaBoxHead":
-        return MODFoveaBoxHead(self, in_channels, num_classes)
-
-
-class MODFoveaBoxHead(FoveaBoxHead):
-    """FoveaBox with RFA and APS: candidates are all cells inside the box on every level (Sec. 4.5)."""
-
-    def __init__(self, cfg: MODFoveaBoxHeadConfig, in_channels: int, num_classes: int) -> None:
-        _check_assigner(cfg.assigner)
-        cfg.aps.check()
-        _check_transfer(cfg.aps, "FoveaBox")
-        super().__init__(cfg, in_channels, num_classes)
-        install_rfa(self, in_channels, cfg.feat_channels, cfg.num_convs, cfg.norm, cfg.rfa, cfg.rfa_modulated)
-
-    def assign(self, outs: dict[str, list[Tensor]], targets: list[dict]) -> tuple[Assignment, Tensor]:
-        c = self.cfg
-        if c.assigner == "base":
-            return super().assign(outs, targets)
-        pts, zs = self.cells(outs["cls"])
-        points, z = torch.cat(pts), torch.cat(zs)
-        level = torch.cat([torch.full((len(p),), i, dtype=torch.long, device=points.device) for i, p in enumerate(pts)])
-        gt_boxes, gt_labels, gt_valid, ig_boxes, ig_valid = pad_targets(targets)
-        gt_boxes, gt_labels, gt_valid = _nonempty_gt(gt_boxes, gt_labels, gt_valid)
-        with torch.no_grad():
-            cls = flatten_levels(outs["cls"], self.num_classes)
-            reg = flatten_levels(outs["reg"], 4)
-            inside = _inside(points, gt_boxes) & gt_valid[:, :, None]
-            img, gt, prior = inside.nonzero(as_tuple=True)
-            cost_cls = focal_pair_cost(cls, img, prior, gt_labels[img, gt], c.focal_alpha, c.focal_gamma)
-            target = fovea_encode(points[prior], z[prior], gt_boxes[img, gt].float(), c.target_clamp)
-            cost_reg = c.box_loss_weight * smooth_l1_loss(reg[img, prior].float(), target, c.smooth_l1_beta).sum(-1)
-            shape = tuple(inside.shape)
-            gt_index = aps_assign(_dense(cost_cls, img, gt, prior, shape), _dense(cost_reg, img, gt, prior, shape),
-                                  inside, level, len(pts), gt_boxes, gt_valid, c.aps)
-        gt_index = ignore_points_in_crowds(points, gt_index, ig_boxes, ig_valid)
-        a = _with_labels(gt_index, gt_labels, torch.zeros(gt_index.shape, device=gt_index.device))
-        return a, a.matched_boxes(gt_boxes)
+    def build(self, in_channels: int, num_classes: int) -> FoveaBoxHead:
+        _check_transfer(self.aps, "FoveaBox")
+        return with_mod(FoveaBoxHead(self, in_channels, num_classes), self, in_channels)
 
 
 # ------------------------------------------------------------------------------ presets

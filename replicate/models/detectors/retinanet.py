@@ -29,7 +29,7 @@ from ..assigners import Assignment, max_iou_assign, pad_targets
 from ..box_coders import DeltaXYWHCoder
 from ..detector import DetectorConfig
 from ..head import DenseHead, Priors, anchor_priors
-from ..losses import l1_loss, sigmoid_focal_loss_labels, smooth_l1_loss
+from ..losses import focal_pair_cost, l1_loss, sigmoid_focal_loss_labels, smooth_l1_loss
 from ..postprocess import TestConfig, postprocess
 from ..priors import AnchorConfig, anchors_for
 
@@ -125,15 +125,27 @@ class RetinaNetHead(DenseHead):
             loss = smooth_l1_loss(reg[pos], target, self.cfg.smooth_l1_beta, reduction="mean", avg_factor=num_pos)
         return self.cfg.box_loss_weight * loss
 
-    def assign(self, outs: dict[str, list[Tensor]], targets: list[dict]) -> tuple[Assignment, Tensor]:
-        """The assignment used by :meth:`loss` (max-IoU ignores the predictions; MOD's APS uses them)."""
+    def assign_by_rule(self, outs: dict[str, list[Tensor]], targets: list[dict]) -> tuple[Assignment, Tensor]:
+        """The head's own assignment rule (it ignores the predictions; a plug-in assigner may not)."""
         return self.assign_priors(torch.cat(self.anchors(outs["cls"])), targets)
 
-    def loss(self, outs: dict[str, list[Tensor]], targets: list[dict], batch_hw: tuple[int, int]) -> dict[str, Tensor]:
+    @torch.no_grad()
+    def pair_costs(self, outs: dict[str, list[Tensor]], priors: Priors, img: Tensor, anchor: Tensor, boxes: Tensor,
+                   labels: Tensor) -> tuple[Tensor, Tensor]:
+        """This head's losses of K (image, anchor) pairs taken as positives of ``boxes`` / ``labels`` (K,): the
+        focal loss summed over the classes (one-hot target) and the box loss summed over the 4 deltas."""
+        c = self.cfg
+        cls = flatten_levels(outs["cls"], self.num_classes)
+        reg = flatten_levels(outs["reg"], 4)
+        cost_cls = focal_pair_cost(cls, img, anchor, labels, c.focal_alpha, c.focal_gamma)
+        target = self.coder.encode(priors.boxes[anchor], boxes.float())
+        beta = c.smooth_l1_beta if c.box_loss == "smooth_l1" else 0.0
+        return cost_cls, c.box_loss_weight * smooth_l1_loss(reg[img, anchor].float(), target, beta).sum(-1)
+
+    def losses(self, outs: dict[str, list[Tensor]], a: Assignment, matched: Tensor) -> dict[str, Tensor]:
         anchors = torch.cat(self.anchors(outs["cls"]))
         cls = flatten_levels(outs["cls"], self.num_classes)
         reg = flatten_levels(outs["reg"], 4)
-        a, matched = self.assign(outs, targets)
         num_pos = mean_over_ranks(a.num_pos).clamp(min=1.0)
         return {
             "loss_cls": self.classification_loss(cls, a, num_pos),

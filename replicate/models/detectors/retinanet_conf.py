@@ -128,12 +128,11 @@ class RetinaNetConfHead(RetinaNetHead):
                                        gamma=c.obj_gamma, smooth_l1_beta=c.obj_smooth_l1_beta)
         return c.obj_loss_weight * total / num_pos
 
-    def loss(self, outs: dict[str, list[Tensor]], targets: list[dict], batch_hw: tuple[int, int]) -> dict[str, Tensor]:
+    def losses(self, outs: dict[str, list[Tensor]], a: Assignment, matched: Tensor) -> dict[str, Tensor]:
         anchors = torch.cat(self.anchors(outs["cls"]))
         cls = flatten_levels(outs["cls"], self.num_classes)
         reg = flatten_levels(outs["reg"], 4)
         obj = flatten_levels(outs["obj"], 1)[..., 0]
-        a, matched = self.assign(outs, targets)
         num_pos = mean_over_ranks(a.num_pos).clamp(min=1.0)
         return {
             "loss_cls": self.classification_loss(cls, a, num_pos),
