@@ -9,7 +9,8 @@ else (``data``, ``engine``, ``models.zoo``, ``experiments``, the CLI) reads thes
   images of 160-208 px, objects sized so that COCO's size buckets (32^2, 96^2 px) each hold at least
   15 % of the objects, the narrow ResNet *pretrained once on this profile's training split* (its
   objects' keys, :mod:`replicate.pretrain`; frozen stem, stage 1 and BatchNorm, as ImageNet
-  initialisation in the papers), FPN/head width 64 with 2 tower convs, batch 8, bf16 autocast on CPU.
+  initialisation in the papers), FPN/head width 64 with 2 tower convs, 2400 iterations at batch 8, bf16
+  autocast and channels_last on CPU.
   Each choice and the measurement behind it is on the book's calibration page.
 * ``synthetic``: the larger generated benchmark (4000 images of 288-352 px, width 128 and 4 tower
   convs, from scratch), kept as the GPU / cluster profile; its records are not committed.
@@ -73,11 +74,14 @@ PROXY_DATA = SynthProfile(
     crowded_objects=(10, 16),
 )
 
-#: The proxy profile's schedule: 1200 iterations at batch 8 (3.2 epochs of 3000 images), lr 0.01 with
+#: The proxy profile's schedule: 2400 iterations at batch 8 (6.4 epochs of 3000 images), lr 0.01 with
 #: mmdetection's 1x shape (steps at 2/3 and 11/12 of the run), a 100-iteration warmup, bf16 autocast
 #: and channels_last on CPU (1.8x faster per step than float32 at this width, measured; the precision
-#: table checks the metric).
-PROXY_SCHEDULE = TrainConfig(iters=1200, batch_size=8, lr=0.01, steps=(800, 1100), warmup="linear",
+#: table checks the metric). Calibrated on the benchmark's schedule table: at 1200 iterations RetinaNet
+#: reached AP 18.0-23.6 over 3 seeds, at 2400 iterations 42.2 and 43.8 (2 seeds): half the schedule is
+#: still on the steep part of the learning curve, where seed noise and the baselines' order say more
+#: about speed of convergence than about the methods.
+PROXY_SCHEDULE = TrainConfig(iters=2400, batch_size=8, lr=0.01, steps=(1600, 2200), warmup="linear",
                              warmup_iters=100, warmup_ratio=0.001, grad_clip=35.0, amp="bf16", channels_last=True,
                              checkpoint_every=250, num_workers=0)
 
@@ -94,13 +98,13 @@ PROFILES: dict[str, Profile] = {
                      minutes={"cpu": 0.5, "cuda": 0.5}, evidence=False),
     "proxy": Profile("proxy", PROXY_DATA, "proxy-192", PROXY_SCHEDULE,
                      PROXY_SCALE,
-                     num_classes=10, minutes={"cpu": 5.0, "cuda": 1.0}, seeds=3, committed=True),
+                     num_classes=10, minutes={"cpu": 10.0, "cuda": 2.0}, seeds=3, committed=True),
     "synthetic": Profile("synthetic", SYNTHETIC_DATA, "synthetic-320", SCHEDULES["synthetic"], ModelScale(128, 4),
                          num_classes=10, minutes={"cpu": 275.0, "cuda": 20.0}),
     "coco": Profile("coco", None, "1333x800", SCHEDULES["1x"], None, num_classes=80,
                     minutes={"cpu": 270_000.0, "cuda": 300.0}),
     **{name: Profile(name, replace(PROXY_DATA, name=name, key_offset=offset), "proxy-192", PROXY_SCHEDULE, PROXY_SCALE,
-                     num_classes=10, minutes={"cpu": 5.0, "cuda": 1.0}, committed=True)
+                     num_classes=10, minutes={"cpu": 10.0, "cuda": 2.0}, committed=True)
        for name, offset in DIAL_OFFSETS.items()},
 }
 NAMES: tuple[str, ...] = tuple(PROFILES)

@@ -105,8 +105,9 @@ PINNED_KEYS = {
     ("synthetic", "retinanet_conf:table4", "cls (obj>0.5)", 1): "0efbf45d1cf9",
     ("coco", "mod:table2", "MOD", 1): "d9558a1d869a",
     ("coco", "retinanet_conf:code_variants", "RetinaNet-Conf (released code)", 0): "3ccc46015298",
-    ("proxy", "benchmark:ranking", "RetinaNet", 0): "57efa6ca4de5",
-    ("proxy", "benchmark:ranking", "ATSS", 0): "b11bce73de5b",
+    ("proxy", "benchmark:ranking", "RetinaNet", 0): "308609856249",
+    ("proxy", "benchmark:schedule", "RetinaNet, 1200 iterations", 0): "57efa6ca4de5",
+    ("proxy", "benchmark:schedule", "ATSS", 1): "ee0eab3a5ad2",
 }
 
 
