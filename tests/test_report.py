@@ -270,3 +270,15 @@ def test_verdict_statement_without_checked_claims():
     assert report.verdict_statement([report.headline(spec, {})]) == {
         "p": "none of its 1 claims checked yet (rows without runs, or runs that did not learn)."}
     assert report.verdict_statement([report.headline(_spec_ab(), {})]) == {}
+
+
+def test_spread_of_a_metric_undefined_on_some_seeds_is_unknown_not_an_error():
+    """APl is -1 (no large objects) on some runs: its spread is NaN; statistics.stdev would raise."""
+    spec = TableSpec(paper="p", table="t", title="T", source="S", metrics=("AP", "APl"),
+                     rows=(Row("a", "fcos"), Row("b", "fcos")), claims=(Claim("a beats b", "a", "b", metric="APl"),))
+    runs = {label: [{**record(label, s, 0.3 + 0.01 * s, 0.5), "metrics": {"AP": 0.3 + 0.01 * s, "APl": -1.0}}
+                    for s in range(2)] for label in ("a", "b")}
+    stats = claims.row_stats(spec, spec.rows[0], runs["a"])
+    assert stats.std["AP"] == pytest.approx(math.sqrt(0.5)) and math.isnan(stats.std["APl"])
+    (claim,) = claims.claim_results(spec, runs)
+    assert claim.holds is None and claim.ours_se is None

@@ -30,7 +30,7 @@ from torchvision.ops import box_iou
 from .. import profiles
 from ..data.card import split_statistics
 from ..data.transforms import Scale, keep_ratio_size
-from ..experiments.claims import row_stats
+from ..experiments.claims import row_stats, sample_std
 from ..experiments.spec import TableSpec
 from ..io import read_json
 from ..models.priors import AnchorConfig, anchors_for
@@ -230,7 +230,7 @@ def plot_noise(spec: TableSpec, records_by_row: Mapping[str, Sequence[Record]], 
         values = [100 * (r["metrics"] or {}).get(metric, math.nan) for r in records_by_row.get(row.label, ())]
         if not values:
             continue
-        sd = statistics.stdev(values) if len(values) > 1 else math.nan
+        sd = sample_std(values)
         ax.scatter([i] * len(values), values, label=f"{row.label}: sd {sd:.2f}")
         ax.hlines(statistics.fmean(values), i - 0.25, i + 0.25, color="k")
     ax.set_xticks(range(len(spec.rows)), [r.label for r in spec.rows], rotation=10)
@@ -339,3 +339,16 @@ def precision_table(spec: TableSpec, records_by_row: Mapping[str, Sequence[Recor
     out.loc["difference (bf16 - float32)", "AP"] = out["AP"].iloc[0] - out["AP"].iloc[1]
     out.loc["ATSS seed sd (noise table)", "AP"] = sd
     return out.round(2)
+
+
+def schedule_table(spec: TableSpec, records_by_row: Mapping[str, Sequence[Record]], metric: str = "AP") -> pd.DataFrame:
+    """Per row of the schedule table: iterations, seeds, mean and standard deviation of ``metric``."""
+    rows = []
+    for row in spec.rows:
+        records = records_by_row.get(row.label, ())
+        stats = row_stats(spec, row, records)
+        iters = records[0]["config"]["train"]["iters"] if records else None
+        rows.append({"row": row.label, "iterations": iters, "seeds": stats.n if stats else 0,
+                     "mean": stats.mean[metric] if stats else math.nan,
+                     "std": stats.std[metric] if stats else math.nan})
+    return pd.DataFrame(rows).set_index("row").round(2)

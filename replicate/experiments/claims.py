@@ -23,6 +23,19 @@ RecordsByRow = Mapping[str, Sequence[Record]]
 LEARNED_FLOOR = 5.0  # AP points (paper scale): a row whose mean AP is below it has not learned
 
 
+def sample_variance(values: Sequence[float]) -> float:
+    """The sample variance (``ddof=1``); NaN with fewer than two values or when any value is NaN (a metric
+    undefined on this data: :mod:`statistics` raises on NaN)."""
+    values = list(values)
+    if len(values) < 2 or any(math.isnan(v) for v in values):
+        return math.nan
+    return statistics.variance(values)
+
+
+def sample_std(values: Sequence[float]) -> float:
+    return math.sqrt(sample_variance(values))
+
+
 def main_metric(spec: TableSpec) -> str:
     """The metric a table is summarised by: AP when it is a column, else its first column."""
     return "AP" if "AP" in spec.metrics else spec.metrics[0]
@@ -101,7 +114,7 @@ def row_stats(spec: TableSpec, row: Row, records: Sequence[Record]) -> RowStats 
     for metric in spec.metrics:
         values = [_metric_value(spec, r, metric) for r in records]
         mean[metric] = statistics.fmean(values)
-        std[metric] = statistics.stdev(values) if len(values) > 1 else math.nan
+        std[metric] = sample_std(values)
     return RowStats(len(records), mean, std)
 
 
@@ -150,9 +163,11 @@ def _margin_se(spec: TableSpec, metric: str, better: Sequence[Record], worse: Se
         b, w = dict(enumerate(b.values())), {-1 - i: v for i, v in enumerate(w.values())}
     if set(b) == set(w) and len(b) >= 2:
         diffs = [b[k] - w[k] for k in b]
-        return statistics.stdev(diffs) / math.sqrt(len(diffs))
+        se = sample_std(diffs) / math.sqrt(len(diffs))
+        return None if math.isnan(se) else se
     if len(b) >= 2 and len(w) >= 2:
-        return math.sqrt(statistics.variance(b.values()) / len(b) + statistics.variance(w.values()) / len(w))
+        se = math.sqrt(sample_variance(b.values()) / len(b) + sample_variance(w.values()) / len(w))
+        return None if math.isnan(se) else se
     return None
 
 
