@@ -12,9 +12,11 @@ module of :data:`PAPERS_PACKAGE` (once it exists) so that the command line knows
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import pkgutil
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -186,7 +188,9 @@ def ensure_runs(spec: TableSpec, profile: str, executor: str = "debug", seeds: i
         seeds = profiles.get(profile).seeds
     requests = resolve_requests([spec], profile, seeds, results_dir=results_dir, work_dir=work_dir,
                                 data_root=data_root)
-    launched = launch_missing(requests, executor, run=run_missing, log=lambda line: None, **launch_options)
+    # the runs' own log lines go to stderr: a book page keeps them out of its body (replicate.book.build.present)
+    with contextlib.redirect_stdout(sys.stderr):
+        launched = launch_missing(requests, executor, run=run_missing, log=lambda line: None, **launch_options)
     unfinished = [(launched.runs[k], s, m) for k, (s, m) in launched.status.items() if s != "finished"]
     if unfinished and run_missing:
         warnings.warn(f"{spec.key} on {profile}: {len(unfinished)} of {len(launched.runs)} runs did not finish: "
