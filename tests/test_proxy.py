@@ -15,7 +15,7 @@ from replicate import profiles
 from replicate.analysis import benchmark as bm
 from replicate.analysis.misalignment import ImagePredictions, object_gaps
 from replicate.book.build import present
-from replicate.engine.pretrain import PretrainConfig, pretrain
+from replicate.engine.pretrain import PretrainConfig, ensure_pretrained, pretrain
 from replicate.errors import ReplicateError
 from replicate.models.backbone import BackboneConfig, build_backbone
 from replicate.models.checkpoints import resolve_weights
@@ -48,10 +48,10 @@ def test_proxy_presets_load_the_committed_pretrained_backbones_frozen():
         cfg = model_config(preset, "proxy", 10)
         b = cfg.backbone
         assert (b.name, b.norm, b.frozen_stages) == (narrow, "frozen_bn", 1)
-        assert resolve_weights(b.weights).is_file(), b.weights
+        assert resolve_weights(b.weights).with_suffix(".json").is_file(), b.weights  # the committed record
         assert (cfg.neck.out_channels, cfg.head.feat_channels, cfg.head.num_convs) == (64, 64, 2)
     deep = model_config("retinanet", "proxy", 10, {"backbone.name": "resnet101"}).backbone
-    assert deep.name == "narrow_deep" and resolve_weights(deep.weights).is_file()
+    assert deep.name == "narrow_deep" and resolve_weights(deep.weights).with_suffix(".json").is_file()
     sidecar = json.loads(resolve_weights(deep.weights).with_suffix(".json").read_text())
     assert sidecar["trained_on"]["split"] == "train" and sidecar["profile"] == "proxy"
     assert sidecar["sha256"].startswith(resolve_weights(deep.weights).stem.split("-")[-1])
@@ -77,6 +77,16 @@ def test_pretrain_reads_the_training_split_and_is_deterministic(smoke_root, tmp_
     assert torch.equal(body.layer4[0].bn2.running_var, saved["layer4.0.bn2.running_var"])
     with pytest.raises(ReplicateError, match="not a narrow backbone"):
         pretrain("smoke", tmp_path, PretrainConfig(backbone="resnet50"), data_root=smoke_root)
+    # a missing weights file is re-made from its record, and must hash as recorded
+    weights.unlink()
+    ensure_pretrained(str(weights), profile="smoke", data_root=smoke_root, progress=False)
+    assert weights.is_file() and torch.equal(torch.load(weights, weights_only=True)["conv1.weight"],
+                                             saved["conv1.weight"])
+    record = weights.with_suffix(".json")
+    record.write_text(json.dumps({**json.loads(record.read_text()), "sha256": "0" * 64}))
+    weights.unlink()
+    with pytest.raises(ReplicateError, match="did not reproduce here"):
+        ensure_pretrained(str(weights), profile="smoke", data_root=smoke_root, progress=False)
 
 
 def test_bf16_autocast_on_cpu_keeps_losses_in_float32():

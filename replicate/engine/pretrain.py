@@ -12,7 +12,8 @@ learning rate, horizontal flips and a small random shift of each crop per epoch.
 state dict in torchvision's names (``<name>-<sha256[:8]>.pt``: the content names the file, so a run's
 config, which names the file, changes with the weights) and, beside it, the ``.json``: what it was trained
 on (the data manifest), the settings, the held-out accuracy (a slice of the training split's objects)
-and provenance. The same settings on CPU give the same weights.
+and provenance. The same settings on CPU give the same weights: only the ``.json`` is committed, and
+:func:`ensure_pretrained` re-makes a missing weights file from it (checking its SHA-256).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import ReplicateError
 from ..io import atomic_write_bytes, atomic_write_json, read_json
 from ..models.backbone import NARROW_BLOCKS, BackboneConfig, build_backbone
+from ..models.checkpoints import resolve_weights
 from ..provenance import provenance
 
 
@@ -110,9 +112,9 @@ def _accuracy(model: nn.Module, crops: torch.Tensor, labels: torch.Tensor, batch
 
 
 def pretrain(profile: str, out_dir: str | Path, cfg: PretrainConfig = PretrainConfig(), *,
-             data_root: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+             data_root: str | Path | None = None, progress: bool = True, record: bool = True) -> dict[str, Any]:
     """Pretrain ``cfg.backbone`` on ``profile``'s training objects; write ``out_dir/<backbone>-<sha>.pt`` and
-    its ``.json``; return the JSON document (which names the weights file and its SHA-256)."""
+    (with ``record``) its ``.json``; return the JSON document (which names the weights file and its SHA-256)."""
     if cfg.backbone not in NARROW_BLOCKS:
         raise ReplicateError(f"pretrain: backbone {cfg.backbone!r} is not a narrow backbone; choose from "
                              f"{list(NARROW_BLOCKS)}")
@@ -175,5 +177,37 @@ def pretrain(profile: str, out_dir: str | Path, cfg: PretrainConfig = PretrainCo
         "config": asdict(cfg),
         "provenance": provenance(asdict(cfg), device="cpu"),
     }
-    atomic_write_json(weights.with_suffix(".json"), document, indent=1)
+    if record:
+        atomic_write_json(weights.with_suffix(".json"), document, indent=1)
     return document
+
+
+def ensure_pretrained(weights: str | None, *, profile: str | None = None, data_root: str | Path | None = None,
+                      progress: bool = True) -> None:
+    """Re-make a profile's pretrained backbone from its committed record when the weights file is absent.
+
+    Only the small ``.json`` record of a pretrained backbone is committed, not its weights: pretraining is
+    deterministic on CPU, so the file is re-made from the record's settings (``profile``'s ``data_root`` is
+    used when the record was trained on that profile) and must hash to the recorded SHA-256, else it is an
+    error (another machine's float reductions, say). Weights without such a record are left to the
+    backbone, which reports a missing file."""
+    if weights is None:
+        return
+    path = resolve_weights(weights)
+    sidecar = path.with_suffix(".json")
+    if path.is_file() or not sidecar.is_file():
+        return
+    doc = read_json(sidecar, what="pretrained-backbone record")
+    root = data_root if profile == doc["profile"] else None
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the committed backbones were pretrained with one thread (float reductions)
+    try:
+        made = pretrain(doc["profile"], path.parent, PretrainConfig(**doc["config"]), data_root=root,
+                        progress=progress, record=False)
+    finally:
+        torch.set_num_threads(threads)
+    if made["sha256"] != doc["sha256"]:
+        (path.parent / made["weights"]).unlink(missing_ok=True)
+        raise ReplicateError(f"{sidecar}: re-made weights hash to {made['sha256'][:12]}, not the recorded "
+                             f"{doc['sha256'][:12]}; pretraining did not reproduce here (different CPU or "
+                             "library versions?), so runs on these weights cannot be reproduced exactly")

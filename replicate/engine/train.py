@@ -62,6 +62,7 @@ from . import distributed as du
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, restore, save_checkpoint
 from .config import TrainConfig, run_identity
 from .evaluate import evaluate_tests
+from .pretrain import ensure_pretrained
 from .inference import autocast
 from .sampler import EpochDataset, IterationBatchSampler
 from .schedule import lr_at
@@ -217,6 +218,9 @@ def train(model: str | DetectorConfig, profile: str, out_dir: str | Path, train_
     config = run_identity(weights_fields(model_cfg), cfg, profile)
     chash = config_hash(config)  # = the run's key in the results store
 
+    if main:
+        ensure_pretrained(model_cfg.backbone.weights, profile=profile, data_root=data_root, progress=progress)
+    du.barrier()
     seed_everything(cfg.seed)
     net = build_detector(model_cfg).to(dev)
     if cfg.channels_last:
