@@ -64,3 +64,20 @@ def test_bench_aps_writes_result(tmp_path, capsys):
     assert {"commit", "versions", "device", "config_hash"} <= set(record["provenance"])
     printed = capsys.readouterr().out
     assert "speedup" in printed and "identical assignments: yes" in printed and "WARNING" not in printed
+
+
+def test_bench_eval_writes_result(tmp_path, capsys):
+    from replicate.bench.eval import make_problem
+
+    gt, dets = make_problem(images=20, categories=5, dets_per_image=30, seed=2)
+    assert len(dets) == 20 * 30 and {d["image_id"] for d in dets} == set(range(1, 21))
+    assert {a["category_id"] for a in gt["annotations"]} <= set(range(1, 6))
+    out = tmp_path / "eval.json"
+    assert main(["bench", "eval", "--images", "20", "--dets-per-image", "30", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["benchmark"] == "eval" and record["detections"] == 20 * 30
+    assert record["pycocotools_seconds"] > 0 and record["faster-coco-eval_seconds"] > 0
+    assert record["speedup"] == record["pycocotools_seconds"] / record["faster-coco-eval_seconds"]
+    assert record["max_stat_difference"] < 1e-12 and 0 < record["AP"] < 1
+    assert {"commit", "versions", "device", "config_hash"} <= set(record["provenance"])
+    assert "faster-coco-eval" in capsys.readouterr().out

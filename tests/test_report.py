@@ -187,8 +187,14 @@ def test_bench_and_environment_frames(tmp_path):
         "benchmark": "aps", "score": "paper", "images": 16, "boxes_per_image": 7, "num_points": 100,
         "reference": {"median_s": 0.3}, "ours": {"median_s": 0.02}, "identical": True, "threads": 1,
         "provenance": {"device": "cpu"}}))
+    (tmp_path / "eval_cpu.json").write_text(json.dumps({
+        "benchmark": "eval", "images": 5000, "detections": 500000, "pycocotools_seconds": 90.0,
+        "faster-coco-eval_seconds": 10.0, "max_stat_difference": 2e-16, "provenance": {"device": "cpu"}}))
     frame = report.bench_frame(tmp_path).set_index("file")
     step, aps = frame.loc["train-step_fcos_cpu.json"], frame.loc["aps_paper_cpu.json"]
+    coco = frame.loc["eval_cpu.json"]
+    assert coco["speed-up"] == pytest.approx(9.0) and coco["same result"] is True
+    assert coco["baseline"] == "pycocotools (reference)" and coco["load"] == "500,000 detections, 5,000 images"
     assert step["speed-up"] == pytest.approx(0.8) and step["baseline median s"] == 0.4
     assert step["baseline"] == "torchvision" and step["load"] == "batch 2 at 512x512"
     assert aps["speed-up"] == pytest.approx(15.0) and aps["same result"] is True

@@ -339,16 +339,25 @@ def bench_frame(bench_dir: str | Path) -> pd.DataFrame:
     """The ``replicate bench`` results under ``bench_dir`` (``*.json``), one row per file.
 
     Every benchmark times ours against a baseline on the same input (``train-step``: torchvision's
-    detector; ``aps``: the released code's per-box scikit-learn loop); ``speed-up`` is baseline time over
-    ours (above 1: ours is faster). ``same result`` is the APS parity check (``None`` where none is made).
+    detector; ``aps``: the released code's per-box scikit-learn loop; ``eval``: the optional
+    faster-coco-eval backend against pycocotools, the reference); ``speed-up`` is baseline time over
+    ours (above 1: ours is faster). ``same result`` is the APS parity check, or for ``eval`` whether every
+    stat agrees to 1e-12 (``None`` where none is made).
     """
     columns = ["file", "benchmark", "what", "load", "ours median s", "baseline", "baseline median s", "speed-up",
                "same result", "device", "threads"]
     data = []
     for path in sorted(Path(bench_dir).glob("*.json")):
         b = read_json(path, what="benchmark result")
-        if b.get("benchmark") not in ("aps", "train-step"):
+        if b.get("benchmark") not in ("aps", "train-step", "eval"):
             continue  # the cost benchmarks (data, threads) have no baseline: the calibration page shows them
+        if b.get("benchmark") == "eval":
+            load = f"{b.get('detections'):,} detections, {b.get('images'):,} images"
+            ours, base = b.get("faster-coco-eval_seconds"), b.get("pycocotools_seconds")
+            data.append([path.name, "eval", "COCO evaluation, faster-coco-eval backend", load, ours,
+                         "pycocotools (reference)", base, base / ours if ours and base else None,
+                         b.get("max_stat_difference", 1.0) < 1e-12, _get(b, "provenance", "device"), b.get("threads")])
+            continue
         if b.get("benchmark") == "aps":
             what, baseline, base_key = f"APS, {b.get('score')} score", "per-GT scikit-learn (released code)", "reference"
             load = f"{b.get('images')} images x {b.get('boxes_per_image')} boxes, {b.get('num_points')} points"
