@@ -7,6 +7,7 @@ import json
 import math
 
 import nbformat
+import pandas as pd
 import pytest
 import torch
 from scipy.stats import spearmanr
@@ -138,6 +139,20 @@ def test_spearman_matches_scipy_with_ties():
     ours = [22.0, 25.1, 21.0, 27.3, 30.2, 29.9, 31.5]
     assert bm.spearman(coco, ours) == pytest.approx(spearmanr(coco, ours).statistic)
     assert math.isnan(bm.spearman([1.0], [2.0]))
+
+
+def test_distortion_hand_computed():
+    frame = pd.DataFrame({"COCO": [36.5, 36.5, 39.4, 40.2], "ours": [40.0, 50.0, 46.0, float("nan")]},
+                         index=["RetinaNet", "FoveaBox", "ATSS", "GFL"])
+    out = bm.distortion(frame)
+    assert list(out.index) == ["RetinaNet", "FoveaBox", "ATSS"]  # GFL has no runs
+    assert out.loc["ATSS", "COCO lead"] == pytest.approx(2.9) and out.loc["ATSS", "our lead"] == pytest.approx(6.0)
+    assert out.loc["ATSS", "amplification"] == pytest.approx(6.0 / 2.9)
+    assert math.isnan(out.loc["FoveaBox", "amplification"])  # COCO's lead is 0: no ratio
+    # leaving FoveaBox out leaves RetinaNet < ATSS on both: rho 1; leaving ATSS out: COCO tie vs ours 40 < 50
+    assert out.loc["FoveaBox", "rho without it"] == pytest.approx(1.0)
+    assert math.isnan(out.loc["ATSS", "rho without it"])  # COCO's two remaining ranks are tied
+    assert bm.distortion(frame, reference="FCOS").empty
 
 
 def test_calibration_plan():

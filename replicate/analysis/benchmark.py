@@ -119,6 +119,23 @@ def ranking(spec: TableSpec, records_by_row: Mapping[str, Sequence[Record]],
     return frame, rho
 
 
+def distortion(frame: pd.DataFrame, reference: str = "RetinaNet") -> pd.DataFrame:
+    """How the benchmark stretches COCO's differences, from :func:`ranking`'s frame: per baseline, its lead
+    over ``reference`` on COCO and ours (AP points), their ratio (``amplification``; undefined where COCO's
+    lead is within 0.05 AP of zero), and Spearman's rho over the baselines with runs when that baseline is
+    left out (which one alone decides whether the ranking target is met)."""
+    have = frame["ours"].notna()
+    if reference not in frame.index or not have.get(reference, False):
+        return pd.DataFrame(columns=["COCO lead", "our lead", "amplification", "rho without it"])
+    out = pd.DataFrame(index=frame.index[have])
+    out["COCO lead"] = frame.loc[have, "COCO"] - frame.loc[reference, "COCO"]
+    out["our lead"] = frame.loc[have, "ours"] - frame.loc[reference, "ours"]
+    out["amplification"] = (out["our lead"] / out["COCO lead"]).where(out["COCO lead"].abs() > 0.05)
+    kept = frame[have]
+    out["rho without it"] = [spearman(kept.drop(label)["COCO"], kept.drop(label)["ours"]) for label in out.index]
+    return out
+
+
 def run_costs(records: Sequence[Record]) -> pd.DataFrame:
     """Per recorded run (once, however many tables share it): model, seed, training, evaluation and total
     wall minutes, and training images/s."""
