@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The proxy evidence sweep of this 2-core machine, in priority order, from its own git worktree at a
+# fixed commit (each record's provenance names it), two runs side by side with one thread each, with a
+# clean stop at UNTIL (HH:MM, local time). Sweeping again resumes: finished runs are skipped, interrupted
+# ones continue from their checkpoints in WORK.
+#
+#   UNTIL=02:10 setsid nohup scripts/sweep_evidence.sh > ../sweep.log 2>&1 < /dev/null &
+#
+# Records land in RESULTS (default: this checkout's results/); commit them as they land:
+#   git add results/proxy*/*.json && git commit -m "Proxy records: ..."
+# Stop early: kill -TERM -- -<pid of this script> (runs checkpoint and stop).
+set -uo pipefail
+HERE="$(cd "$(dirname "$0")/.." && pwd)"
+UNTIL="${UNTIL:?set UNTIL=HH:MM, the clean-stop time}"
+RESULTS="${RESULTS:-$HERE/results}"
+DATA="${DATA:-$HERE/data}"
+WORK="${WORK:-$(dirname "$HERE")/sweep-work}"
+COMMIT="$(git -C "$HERE" rev-parse --short HEAD)"
+TREE="${TREE:-$(dirname "$HERE")/sweep-$COMMIT}"
+R="${REPLICATE:-$HERE/.venv/bin/replicate}"
+[ -d "$TREE" ] || git -C "$HERE" worktree add --detach "$TREE" HEAD >/dev/null || exit 1
+cd "$TREE" || exit 1
+export PYTHONPATH="$TREE" OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+for profile in proxy proxy-offset0 proxy-offset0.3; do
+  [ -f "$DATA/$profile/annotations/val.json" ] || "$R" data synth --profile "$profile" --out "$DATA/$profile" || exit 1
+done
+# one absolute deadline (the next UNTIL from now), so that a step starting after it does not read
+# UNTIL as tomorrow's: each step gets the minutes left
+DEADLINE=$(date -d "$UNTIL" +%s) || exit 1
+[ "$DEADLINE" -gt "$(date +%s)" ] || DEADLINE=$((DEADLINE + 86400))
+common=(--executor local --results "$RESULTS" --work "$WORK")
+sweep() {  # sweep TARGET SEEDS [PROFILE] [PARALLELISM]
+  local profile="${3:-proxy}" left=$(( (DEADLINE - $(date +%s)) / 60 ))
+  [ "$left" -ge 1 ] || { echo "== deadline $UNTIL reached"; exit 0; }
+  echo "== $(date +%H:%M) $1 --seeds $2 --profile $profile ($left min left)"
+  "$R" sweep "$1" --seeds "$2" --profile "$profile" --data-root "$DATA/$profile" --parallelism "${4:-2}" \
+      --max-minutes "$left" "${common[@]}"
+}
+# 1. calibration: the ranking at 3 seeds, the dial, the noise at 5 seeds, the precision check
+sweep benchmark:ranking 3
+sweep benchmark:dial 1 proxy-offset0 1 & sweep benchmark:dial 1 proxy-offset0.3 1; wait
+sweep benchmark:noise 5
+sweep benchmark:precision 1
+# 2. the evidence: every reproduced row of RetinaNet-Conf and MOD, the main tables first, 2 seeds then 3
+for seeds in 2 3; do
+  for target in retinanet_conf:table1 retinanet_conf:table2 mod:table1 mod:table2 mod:table5 mod:table6 \
+                retinanet_conf:code_variants mod:code_variants retinanet_conf mod; do
+    sweep "$target" "$seeds"
+  done
+done
+# 3. the schedule table's 2x rows (twice a run's cost), one seed
+sweep benchmark:schedule 1
+echo "== $(date +%H:%M) sweep_evidence done"
