@@ -155,6 +155,29 @@ def test_distortion_hand_computed():
     assert bm.distortion(frame, reference="FCOS").empty
 
 
+def test_cost_verdict_hand_computed(tmp_path):
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    (bench / "threads_proxy_atss.json").write_text(json.dumps({
+        "benchmark": "threads", "model": "atss", "profile": "proxy",
+        "1x2": {"runs": 1, "threads": 2, "seconds_per_iter": [0.15], "machine_imgs_per_s": 53.3},
+        "2x1": {"runs": 2, "threads": 1, "seconds_per_iter": [0.25, 0.35], "machine_imgs_per_s": 55.0}}))
+    (bench / "data_proxy.json").write_text(json.dumps({"benchmark": "data", "seconds": 30.0}))
+    costs = pd.DataFrame({"model": ["atss", "atss", "retinanet"], "total min": [12.0, 14.0, 16.0],
+                          "eval min": [0.1, 0.2, 0.3]})
+    out = bm.cost_verdict(costs, "proxy", tmp_path)["measured"]
+    runs, load = bm.evidence_load("proxy")
+    assert runs >= load / 2 > 0 and load >= runs  # 2x rows count twice
+    median = 14.5  # median over presets of (atss 13, retinanet 16)
+    assert out["recorded: machine minutes per run"] == pytest.approx(median / 2, abs=0.01)
+    # 2400 iterations: alone 0.15 s -> 6 min; side by side mean 0.30 s -> 12 min; + median eval 0.2 min
+    assert out["idle, atss: one run alone (2 threads), wall minutes"] == pytest.approx(6.2)
+    assert out["idle, atss: two runs side by side (1 thread each), machine minutes per run"] == pytest.approx(6.1)
+    hours = [k for k in out.index if k.startswith("idle, atss rate")][0]
+    assert out[hours] == pytest.approx(round(load * 12.2 / 2 / 60, 2))
+    assert out["data generation, minutes"] == pytest.approx(0.5)
+
+
 def test_calibration_plan():
     proxy = bm.calibration_plan("proxy")
     assert (proxy.ranking_seeds, proxy.noise_seeds) == (3, 5)
