@@ -258,7 +258,9 @@ def build_book(profile: str = DEFAULT_PROFILE, data_root: str | os.PathLike | No
 
     if run_missing is None:
         run_missing = profile == "smoke"
-    runs_plan = plan(profile, seeds or 1, results_dir=root / RESULTS)
+    from ..profiles import PROFILES
+
+    runs_plan = plan(profile, seeds or PROFILES[profile].seeds, results_dir=root / RESULTS)
     print(runs_plan.describe(profile), flush=True)
     if runs_plan.missing and not run_missing:
         print(f"missing runs are not trained by this build (shown as missing); produce them with `replicate sweep "
