@@ -18,6 +18,7 @@ from replicate.analysis.misalignment import ImagePredictions, object_gaps
 from replicate.book.build import present
 from replicate.engine.pretrain import PretrainConfig, ensure_pretrained, pretrain
 from replicate.errors import ReplicateError
+from replicate.experiments.sweep import load_papers
 from replicate.models.backbone import BackboneConfig, build_backbone
 from replicate.models.checkpoints import resolve_weights
 from replicate.models.detector import build_detector
@@ -153,6 +154,15 @@ def test_distortion_hand_computed():
     assert out.loc["FoveaBox", "rho without it"] == pytest.approx(1.0)
     assert math.isnan(out.loc["ATSS", "rho without it"])  # COCO's two remaining ranks are tied
     assert bm.distortion(frame, reference="FCOS").empty
+
+
+def test_metric_means():
+    spec = load_papers()["benchmark"]["ranking"]
+    rec = lambda seed, ap, ap50: {"key": f"k{seed}", "seed": seed, "metrics": {m: 0.1 for m in spec.metrics} | {"AP": ap, "AP50": ap50}}
+    out = bm.metric_means(spec, {"ATSS": [rec(0, 0.40, 0.60), rec(1, 0.42, 0.64)]})
+    assert list(out.index) == ["ATSS"] and out.loc["ATSS", "seeds"] == 2
+    assert out.loc["ATSS", "AP"] == pytest.approx(41.0) and out.loc["ATSS", "AP50"] == pytest.approx(62.0)
+    assert out.loc["ATSS", "APl"] == pytest.approx(10.0)
 
 
 def test_cost_verdict_hand_computed(tmp_path):

@@ -120,6 +120,17 @@ def ranking(spec: TableSpec, records_by_row: Mapping[str, Sequence[Record]],
     return frame, rho
 
 
+def metric_means(spec: TableSpec, records_by_row: Mapping[str, Sequence[Record]]) -> pd.DataFrame:
+    """Per row with runs: the mean over seeds of every metric of the table (paper units), to see where a
+    baseline's lead comes from (AP50 against AP75: finding objects or placing boxes; the size columns)."""
+    rows = {}
+    for row in spec.rows:
+        stats = row_stats(spec, row, records_by_row.get(row.label, ()))
+        if stats:
+            rows[row.label] = {**stats.mean, "seeds": stats.n}
+    return pd.DataFrame.from_dict(rows, orient="index", columns=[*spec.metrics, "seeds"])
+
+
 def distortion(frame: pd.DataFrame, reference: str = "RetinaNet") -> pd.DataFrame:
     """How the benchmark stretches COCO's differences, from :func:`ranking`'s frame: per baseline, its lead
     over ``reference`` on COCO and ours (AP points), their ratio (``amplification``; undefined where COCO's
