@@ -442,12 +442,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "sweep", help="run every missing run of a paper or of one of its tables (submitit: local, slurm, debug)",
-        description="Make the runs of TARGET (PAPER, e.g. mod, or PAPER:TABLE, e.g. mod:table3): one per reproduced "
+        description="Make the runs of TARGET (PAPER, e.g. mod, or PAPER:TABLE, e.g. mod:table3, or several of them "
+                    "comma-separated, in priority order: mod:table2,mod:table1): one per reproduced "
                     "row and seed, a run shared by several tables once. Runs already in the results store are "
                     "skipped; the others are submitted as one job array and waited for. Training runs in "
                     "WORK/runs/PROFILE/KEY/ and resumes from its checkpoint when interrupted or requeued; a finished "
                     "run is recorded in RESULTS/PROFILE/KEY.json. Exit status 1 if a run failed.")
-    p.add_argument("target", metavar="TARGET", help="PAPER or PAPER:TABLE (see `replicate list`)")
+    p.add_argument("target", metavar="TARGET",
+                   help="PAPER or PAPER:TABLE, or several comma-separated (see `replicate list`)")
     p.add_argument("--profile", choices=PROFILE_NAMES, required=True, help="data profile")
     p.add_argument("--executor", choices=["local", "slurm", "debug"], default="local",
                    help="local: subprocesses on this machine (default); slurm: a SLURM job array; "

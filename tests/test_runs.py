@@ -353,6 +353,12 @@ def test_cli_unknown_target(demo, capsys):
     assert err.startswith("replicate: error: unknown sweep target 'nope'") and "demo:table1, demo:table2" in err
 
 
+def test_several_targets_in_their_order(demo):
+    assert [s.key for s in sweep_module.resolve_target("demo:table2, demo")] == ["demo:table2", "demo:table1"]
+    with pytest.raises(ReplicateError, match="unknown sweep target 'demo:nope' in 'demo:table1,demo:nope'"):
+        sweep_module.resolve_target("demo:table1,demo:nope")
+
+
 def _real_paper_runs(seeds: int) -> int:
     """Runs of the project's own registered papers (registered beside the demo paper here)."""
     return len(runs.merge_requests([r for paper, tables in REGISTRY.items() if paper != "demo"

@@ -48,16 +48,29 @@ def known_targets() -> list[str]:
 
 
 def resolve_target(target: str) -> list[TableSpec]:
-    """The tables of ``PAPER`` or the one table of ``PAPER:TABLE``; unknown ones are an error listing the known."""
+    """The tables of ``PAPER`` or the one table of ``PAPER:TABLE``, or of several such targets separated by
+    commas (in that order, each table once: a sweep's priority order, one job array for all); unknown ones
+    are an error listing the known."""
     load_papers()
-    paper, _, table = target.partition(":")
+    specs: list[TableSpec] = []
+    for part in target.split(","):
+        for spec in _resolve_one(part.strip(), target):
+            if spec not in specs:
+                specs.append(spec)
+    return specs
+
+
+def _resolve_one(part: str, target: str) -> list[TableSpec]:
+    paper, _, table = part.partition(":")
     tables = REGISTRY.get(paper, {})
     if tables and not table:
         return [tables[t] for t in sorted(tables)]
     if table in tables:
         return [tables[table]]
     known = ", ".join(known_targets()) or "none registered"
-    raise ReplicateError(f"unknown sweep target {target!r}: give PAPER or PAPER:TABLE; known tables: {known}")
+    where = f" in {target!r}" if part != target else ""
+    raise ReplicateError(f"unknown sweep target {part!r}{where}: give PAPER or PAPER:TABLE (several: comma-separated); "
+                         f"known tables: {known}")
 
 
 @dataclass(frozen=True)
