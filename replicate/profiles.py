@@ -120,6 +120,13 @@ def get(name: str) -> Profile:
     return PROFILES[name]
 
 
+def trains_missing_by_default(name: str) -> bool:
+    """Whether a book page (and ``replicate book``) trains the runs the results store lacks unless told:
+    only on a plumbing profile (seconds per run); on an evidence profile it shows what the store holds
+    (the proxy's records are committed) and says what is missing."""
+    return not get(name).evidence
+
+
 def schedule_for(name: str) -> TrainConfig:
     """The training schedule of profile ``name`` (``coco`` -> mmdetection's ``1x``)."""
     return get(name).schedule

@@ -188,6 +188,11 @@ def test_cost_verdict_hand_computed(tmp_path):
     assert out["data generation, minutes"] == pytest.approx(0.5)
 
 
+def test_only_the_plumbing_profile_trains_missing_runs_by_default():
+    assert profiles.trains_missing_by_default("smoke")
+    assert not any(profiles.trains_missing_by_default(p) for p in ("proxy", "proxy-offset0", "synthetic", "coco"))
+
+
 def test_calibration_plan():
     proxy = bm.calibration_plan("proxy")
     assert (proxy.ranking_seeds, proxy.noise_seeds) == (3, 5)

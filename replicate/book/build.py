@@ -240,7 +240,8 @@ def build_book(profile: str = DEFAULT_PROFILE, data_root: str | os.PathLike | No
     ``root`` is the folder holding ``book/`` and ``notebooks/`` (default: this checkout); run results
     live in ``root/results``. ``executor`` (where missing runs are launched) and ``seeds`` (runs per
     table row) reach the notebooks that declare them; ``None`` keeps the notebooks' defaults.
-    ``run_missing``: whether table notebooks train the runs the store lacks; by default only on
+    ``run_missing``: whether table notebooks train the runs the store lacks; by default
+    (:func:`replicate.profiles.trains_missing_by_default`) only on
     ``smoke`` (seconds per run), while on the other profiles the book shows what the store holds (the
     ``proxy`` records are committed) and marks the rest missing: produce them with ``replicate sweep``.
     """
@@ -255,11 +256,10 @@ def build_book(profile: str = DEFAULT_PROFILE, data_root: str | os.PathLike | No
         pairs = [p for p in pairs if any(s in str(p[0]) for s in only)]
     ensure_kernel()
     from ..experiments.sweep import plan
+    from ..profiles import PROFILES, trains_missing_by_default
 
     if run_missing is None:
-        run_missing = profile == "smoke"
-    from ..profiles import PROFILES
-
+        run_missing = trains_missing_by_default(profile)
     runs_plan = plan(profile, seeds or PROFILES[profile].seeds, results_dir=root / RESULTS)
     print(runs_plan.describe(profile), flush=True)
     if runs_plan.missing and not run_missing:

@@ -187,18 +187,21 @@ def sweep(target: str, profile: str, executor: str = "local", seeds: int = 1, *,
 
 def ensure_runs(spec: TableSpec, profile: str, executor: str = "debug", seeds: int = 1, *,
                 results_dir: str | Path = "results", data_root: str | Path | None = None,
-                run_missing: bool = True, work_dir: str | Path = "work",
+                run_missing: bool | None = None, work_dir: str | Path = "work",
                 **launch_options: Any) -> dict[str, list[Record]]:
     """Row label -> the stored records of that row (by seed) for the book's notebooks.
 
     ``seeds < 1`` means the profile's default number of seeds (:data:`replicate.profiles.Profile.seeds`).
-    With ``run_missing`` the runs not yet in the store are run first through ``executor`` (``debug``:
-    in this process; ``local``: subprocesses; ``slurm``) and waited for; runs that fail are warned
+    With ``run_missing`` (``None``: :func:`replicate.profiles.trains_missing_by_default`, smoke only) the
+    runs not yet in the store are run first through ``executor`` (``debug``: in this process; ``local``:
+    subprocesses; ``slurm``) and waited for; runs that fail are warned
     about. Without it the missing runs are only warned about. Rows without records (not run, or cited
     from the paper only) map to ``[]``. ``launch_options`` go to :func:`.launch.run_requests`.
     """
     if seeds < 1:
         seeds = profiles.get(profile).seeds
+    if run_missing is None:
+        run_missing = profiles.trains_missing_by_default(profile)
     requests = resolve_requests([spec], profile, seeds, results_dir=results_dir, work_dir=work_dir,
                                 data_root=data_root)
     # the runs' own log lines go to stderr: a book page keeps them out of its body (replicate.book.build.present)
