@@ -193,6 +193,26 @@ def test_only_the_plumbing_profile_trains_missing_runs_by_default():
     assert not any(profiles.trains_missing_by_default(p) for p in ("proxy", "proxy-offset0", "synthetic", "coco"))
 
 
+def test_targets_at_a_glance_hand_made():
+    noise = pd.DataFrame({"seeds": [5, 1], "std": [0.9, float("nan")]}, index=["RetinaNet", "ATSS"])
+    ranking = pd.DataFrame({"ours": [40.0, 45.0, float("nan")]}, index=["RetinaNet", "ATSS", "GFL"])
+    margins = pd.DataFrame({"our margin": [5.0], "our SE": [1.0], "seeds": [3]}, index=["ATSS beats RetinaNet"])
+    dial = pd.DataFrame({"share gap > 0.1": [0.2, 0.35]}, index=["proxy-offset0", "proxy"])
+    sizes = pd.DataFrame({"small %": [28.0], "medium %": [53.0], "large %": [12.0]}, index=["val"])
+    cost = pd.DataFrame({"measured": [6.0, 2.0], "target": [5.0, float("nan")], "met": [False, None]},
+                        index=["minutes per run", "img/s"])
+    out = bm.targets_at_a_glance(noise, ranking, 0.65, margins, dial, sizes, cost)
+    assert out.loc["noise: RetinaNet", "met"] is False and out.loc["noise: RetinaNet", "missed by"] == "0.30 AP over"
+    assert out.loc["noise: ATSS", "met"] is None  # one seed: nothing to judge
+    rho = out.loc["ranking: Spearman rho"]
+    assert rho["met"] is False and rho["missed by"] == "0.050 short" and "2 of 3 baselines" in rho["measured"]
+    assert out.loc["ranking: ATSS beats RetinaNet", "met"] is True and out.loc["ranking: ATSS beats RetinaNet", "missed by"] == ""
+    assert out.loc["dial: misalignment fades at the lowest offset", "met"] is True
+    assert out.loc["sizes: each COCO bucket's share of the val objects", "missed by"] == "3.0 points short"
+    assert out.loc["cost: minutes per run", "missed by"] == "1.20x the target"
+    assert "cost: img/s" not in out.index  # no target
+
+
 def test_calibration_plan():
     proxy = bm.calibration_plan("proxy")
     assert (proxy.ranking_seeds, proxy.noise_seeds) == (3, 5)

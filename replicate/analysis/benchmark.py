@@ -417,3 +417,47 @@ def schedule_table(spec: TableSpec, records_by_row: Mapping[str, Sequence[Record
                      "mean": stats.mean[metric] if stats else math.nan,
                      "std": stats.std[metric] if stats else math.nan})
     return pd.DataFrame(rows).set_index("row").round(2)
+
+
+def targets_at_a_glance(noise: pd.DataFrame, ranking_frame: pd.DataFrame, rho: float, margins: pd.DataFrame,
+                        dial: pd.DataFrame, sizes: pd.DataFrame, cost: pd.DataFrame) -> pd.DataFrame:
+    """One line per calibration target of the page: what was measured, the target, whether it is met and,
+    where it is missed, by how much (``None`` where there is nothing to judge yet). The inputs are the
+    page's own frames (:func:`seed_noise`, :func:`ranking`, :func:`margin_table`, :func:`dial_frame`,
+    :func:`size_table`, :func:`cost_verdict`)."""
+    rows: list[tuple[str, str, str, bool | None, str]] = []
+
+    def add(target: str, measured: str, wanted: str, met: bool | None, miss: str = "") -> None:
+        rows.append((target, measured, wanted, met, "" if met or met is None else miss))
+
+    for label, r in noise.iterrows():
+        n = int(r["seeds"])
+        met = None if n < 2 or math.isnan(r["std"]) else bool(r["std"] <= NOISE_TARGET)
+        add(f"noise: {label}", f"sd {r['std']:.2f} AP over {n} seeds" if n >= 2 else f"{n} seed(s)",
+            f"<= {NOISE_TARGET} over 5 seeds", met, f"{r['std'] - NOISE_TARGET:.2f} AP over")
+    have = int(ranking_frame["ours"].notna().sum())
+    add("ranking: Spearman rho", f"{rho:.3f} over {have} of {len(ranking_frame)} baselines" if rho == rho else "too few runs",
+        f">= {RHO_TARGET}", None if rho != rho else bool(rho >= RHO_TARGET), f"{RHO_TARGET - rho:.3f} short")
+    for claim, r in margins.iterrows():
+        se = r["our SE"]
+        judged = r["our margin"] == r["our margin"] and se == se
+        add(f"ranking: {claim}", f"{r['our margin']:+.2f} ± {se:.2f} AP ({int(r['seeds'])} seeds)" if judged else "no spread yet",
+            "> 2 SE above 0", bool(r["our margin"] > 2 * se) if judged else None, "within 2 SE")
+    if len(dial) >= 2 and dial["share gap > 0.1"].notna().all():
+        low, default = dial.iloc[0], dial.iloc[-1]
+        add("dial: misalignment fades at the lowest offset",
+            f"share of objects giving away > 0.1 IoU: {100 * low['share gap > 0.1']:.1f} % at {dial.index[0]}, "
+            f"{100 * default['share gap > 0.1']:.1f} % at {dial.index[-1]}",
+            "smaller at the lowest offset", bool(low["share gap > 0.1"] < default["share gap > 0.1"]), "not smaller")
+    else:
+        add("dial: misalignment fades at the lowest offset", "dial runs missing", "smaller at the lowest offset", None)
+    if "val" in sizes.index:
+        smallest = float(sizes.loc["val", ["small %", "medium %", "large %"]].min())
+        add("sizes: each COCO bucket's share of the val objects", f"smallest {smallest:.1f} %", f">= {SIZE_SHARE_TARGET:g} %",
+            bool(smallest >= SIZE_SHARE_TARGET), f"{SIZE_SHARE_TARGET - smallest:.1f} points short")
+    for measure, r in cost.iterrows():
+        if r["target"] == r["target"]:
+            add(f"cost: {measure}", f"{r['measured']:.2f}", f"<= {r['target']:g}", r["met"],
+                f"{r['measured'] / r['target']:.2f}x the target")
+    out = pd.DataFrame(rows, columns=["target", "measured", "wanted", "met", "missed by"]).set_index("target")
+    return out
