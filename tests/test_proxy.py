@@ -196,7 +196,8 @@ def test_only_the_plumbing_profile_trains_missing_runs_by_default():
 def test_targets_at_a_glance_hand_made():
     noise = pd.DataFrame({"seeds": [5, 1], "std": [0.9, float("nan")]}, index=["RetinaNet", "ATSS"])
     ranking = pd.DataFrame({"ours": [40.0, 45.0, float("nan")]}, index=["RetinaNet", "ATSS", "GFL"])
-    margins = pd.DataFrame({"our margin": [5.0], "our SE": [1.0], "seeds": [3]}, index=["ATSS beats RetinaNet"])
+    margins = pd.DataFrame({"our margin": [5.0, 1.0], "our SE": [1.0, None], "seeds": [3, 1]},
+                           index=["ATSS beats RetinaNet", "GFL beats RetinaNet"])
     dial = pd.DataFrame({"share gap > 0.1": [0.2, 0.35]}, index=["proxy-offset0", "proxy"])
     sizes = pd.DataFrame({"small %": [28.0], "medium %": [53.0], "large %": [12.0]}, index=["val"])
     cost = pd.DataFrame({"measured": [6.0, 2.0], "target": [5.0, float("nan")], "met": [False, None]},
@@ -207,7 +208,12 @@ def test_targets_at_a_glance_hand_made():
     rho = out.loc["ranking: Spearman rho"]
     assert rho["met"] is False and rho["missed by"] == "0.050 short" and "2 of 3 baselines" in rho["measured"]
     assert out.loc["ranking: ATSS beats RetinaNet", "met"] is True and out.loc["ranking: ATSS beats RetinaNet", "missed by"] == ""
+    assert out.loc["ranking: GFL beats RetinaNet", "met"] is None  # one seed: no spread
+    assert out.loc["ranking: GFL beats RetinaNet", "measured"] == "no spread yet"
     assert out.loc["dial: misalignment fades at the lowest offset", "met"] is True
+    empty = bm.targets_at_a_glance(noise, ranking, float("nan"), margins.iloc[:0], pd.DataFrame(), sizes, cost.iloc[:0])
+    assert empty.loc["dial: misalignment fades at the lowest offset", "met"] is None
+    assert empty.loc["ranking: Spearman rho", "measured"] == "too few runs"
     assert out.loc["sizes: each COCO bucket's share of the val objects", "missed by"] == "3.0 points short"
     assert out.loc["cost: minutes per run", "missed by"] == "1.20x the target"
     assert "cost: img/s" not in out.index  # no target

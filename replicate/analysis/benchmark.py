@@ -431,19 +431,19 @@ def targets_at_a_glance(noise: pd.DataFrame, ranking_frame: pd.DataFrame, rho: f
         rows.append((target, measured, wanted, met, "" if met or met is None else miss))
 
     for label, r in noise.iterrows():
-        n = int(r["seeds"])
-        met = None if n < 2 or math.isnan(r["std"]) else bool(r["std"] <= NOISE_TARGET)
-        add(f"noise: {label}", f"sd {r['std']:.2f} AP over {n} seeds" if n >= 2 else f"{n} seed(s)",
-            f"<= {NOISE_TARGET} over 5 seeds", met, f"{r['std'] - NOISE_TARGET:.2f} AP over")
+        n, std = int(r["seeds"]), _number(r["std"])
+        met = None if n < 2 or math.isnan(std) else bool(std <= NOISE_TARGET)
+        add(f"noise: {label}", f"sd {std:.2f} AP over {n} seeds" if met is not None else f"{n} seed(s)",
+            f"<= {NOISE_TARGET} over 5 seeds", met, f"{std - NOISE_TARGET:.2f} AP over")
     have = int(ranking_frame["ours"].notna().sum())
     add("ranking: Spearman rho", f"{rho:.3f} over {have} of {len(ranking_frame)} baselines" if rho == rho else "too few runs",
         f">= {RHO_TARGET}", None if rho != rho else bool(rho >= RHO_TARGET), f"{RHO_TARGET - rho:.3f} short")
     for claim, r in margins.iterrows():
-        se = r["our SE"]
-        judged = r["our margin"] == r["our margin"] and se == se
-        add(f"ranking: {claim}", f"{r['our margin']:+.2f} ± {se:.2f} AP ({int(r['seeds'])} seeds)" if judged else "no spread yet",
-            "> 2 SE above 0", bool(r["our margin"] > 2 * se) if judged else None, "within 2 SE")
-    if len(dial) >= 2 and dial["share gap > 0.1"].notna().all():
+        margin, se = _number(r["our margin"]), _number(r["our SE"])  # None (one seed, no runs) -> NaN
+        judged = not (math.isnan(margin) or math.isnan(se))
+        add(f"ranking: {claim}", f"{margin:+.2f} ± {se:.2f} AP ({int(r['seeds'])} seeds)" if judged else "no spread yet",
+            "> 2 SE above 0", bool(margin > 2 * se) if judged else None, "within 2 SE")
+    if len(dial) >= 2 and "share gap > 0.1" in dial and dial["share gap > 0.1"].notna().all():
         low, default = dial.iloc[0], dial.iloc[-1]
         add("dial: misalignment fades at the lowest offset",
             f"share of objects giving away > 0.1 IoU: {100 * low['share gap > 0.1']:.1f} % at {dial.index[0]}, "
@@ -456,8 +456,14 @@ def targets_at_a_glance(noise: pd.DataFrame, ranking_frame: pd.DataFrame, rho: f
         add("sizes: each COCO bucket's share of the val objects", f"smallest {smallest:.1f} %", f">= {SIZE_SHARE_TARGET:g} %",
             bool(smallest >= SIZE_SHARE_TARGET), f"{SIZE_SHARE_TARGET - smallest:.1f} points short")
     for measure, r in cost.iterrows():
-        if r["target"] == r["target"]:
-            add(f"cost: {measure}", f"{r['measured']:.2f}", f"<= {r['target']:g}", r["met"],
-                f"{r['measured'] / r['target']:.2f}x the target")
+        measured, target = _number(r["measured"]), _number(r["target"])
+        if not math.isnan(target):
+            met = None if math.isnan(measured) else bool(measured <= target)
+            add(f"cost: {measure}", f"{measured:.2f}", f"<= {target:g}", met, f"{measured / target:.2f}x the target")
     out = pd.DataFrame(rows, columns=["target", "measured", "wanted", "met", "missed by"]).set_index("target")
     return out
+
+
+def _number(value: Any) -> float:
+    """``value`` as a float, NaN for ``None`` / NA (a frame's missing cell)."""
+    return math.nan if value is None or pd.isna(value) else float(value)
