@@ -312,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iou-type", choices=["bbox", "segm"], default="bbox")
     p.add_argument("--backend", choices=["pycocotools", "faster-coco-eval"], default="pycocotools",
                    help="COCOeval implementation: pycocotools (the reference, default) or faster-coco-eval (optional "
-                        "package, same stats on the parity cases, ~3x faster)")
+                        "package, the same stats to 1e-12 on the parity cases, ~9x faster on a COCO-sized file)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object with AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ARs, ARm, ARl")
     p.add_argument("--all", action="store_true", help="with --json: add AP at IoU 0.5..0.9 per object size")

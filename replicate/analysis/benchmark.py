@@ -248,7 +248,7 @@ def cost_verdict(costs: pd.DataFrame, profile: str, results_dir: str | Path = "r
     the idle machine of ``replicate bench threads`` (its preset's training, plus the recorded median
     evaluation). Machine minutes per run are the wall minutes of two runs side by side over 2. The
     RetinaNet-Conf + MOD evidence at 3 seeds counts each distinct run once, 2x rows twice
-    (:func:`evidence_load`)."""
+    (:func:`evidence_load`). By how much a target is missed is :func:`targets_at_a_glance`'s to say."""
     median = median_minutes_by_model(costs)
     eval_min = float(costs["eval min"].median()) if not costs.empty else 0.0
     runs, load = evidence_load(profile)
@@ -274,8 +274,6 @@ def cost_verdict(costs: pd.DataFrame, profile: str, results_dir: str | Path = "r
     frame = pd.DataFrame(rows, columns=["measure", "measured", "target"]).set_index("measure")
     frame["met"] = [None if math.isnan(t) or math.isnan(m) else bool(m <= t)
                     for m, t in zip(frame["measured"], frame["target"])]
-    frame["over target by"] = [None if met is None or met else f"{m / t:.2f}x"
-                               for m, t, met in zip(frame["measured"], frame["target"], frame["met"])]
     return frame.round(2)
 
 
