@@ -33,7 +33,7 @@ def test_every_profile_says_its_data_scale_schedule_and_narrowing():
         assert (p.synth is None) == (name == "coco") and (p.model is None) == (name == "coco")
     proxy = profiles.get("proxy")
     assert proxy.committed and proxy.evidence and proxy.seeds == 3 and profiles.DEFAULT == "proxy"
-    assert (proxy.schedule.iters, proxy.schedule.batch_size, proxy.schedule.amp) == (2400, 8, "bf16")
+    assert (proxy.schedule.iters, proxy.schedule.batch_size, proxy.schedule.amp) == (4800, 8, "bf16")
     assert not profiles.get("smoke").evidence
     for name in profiles.DIAL_OFFSETS:  # the dial profiles differ from the proxy only in the key offset
         dial = profiles.get(name)
