@@ -180,11 +180,14 @@ def test_cost_verdict_hand_computed(tmp_path):
     assert runs >= load / 2 > 0 and load >= runs  # 2x rows count twice
     median = 14.5  # median over presets of (atss 13, retinanet 16)
     assert out["recorded: machine minutes per run"] == pytest.approx(median / 2, abs=0.01)
-    # 2400 iterations: alone 0.15 s -> 6 min; side by side mean 0.30 s -> 12 min; + median eval 0.2 min
-    assert out["idle, atss: one run alone (2 threads), wall minutes"] == pytest.approx(6.2)
-    assert out["idle, atss: two runs side by side (1 thread each), machine minutes per run"] == pytest.approx(6.1)
+    # at the profile's iterations: alone 0.15 s per iteration; side by side a mean 0.30 s, two at once;
+    # each + the median eval 0.2 min
+    iters = profiles.schedule_for("proxy").iters
+    alone, side = 0.15 * iters / 60 + 0.2, 0.30 * iters / 60 + 0.2
+    assert out["idle, atss: one run alone (2 threads), wall minutes"] == pytest.approx(round(alone, 2))
+    assert out["idle, atss: two runs side by side (1 thread each), machine minutes per run"] == pytest.approx(round(side / 2, 2))
     hours = [k for k in out.index if k.startswith("idle, atss rate")][0]
-    assert out[hours] == pytest.approx(round(load * 12.2 / 2 / 60, 2))
+    assert out[hours] == pytest.approx(round(load * side / 2 / 60, 2))
     assert out["data generation, minutes"] == pytest.approx(0.5)
 
 
@@ -217,6 +220,39 @@ def test_targets_at_a_glance_hand_made():
     assert out.loc["sizes: each COCO bucket's share of the val objects", "missed by"] == "3.0 points short"
     assert out.loc["cost: minutes per run", "missed by"] == "1.20x the target"
     assert "cost: img/s" not in out.index  # no target
+
+
+def test_convergence_hand_computed():
+    iters = profiles.schedule_for("proxy").iters
+    schedule = pd.DataFrame({"iterations": [iters // 2, iters, 2 * iters, iters, None], "seeds": [1, 2, 1, 1, 0],
+                             "std": [float("nan"), 0.5, float("nan"), float("nan"), float("nan")],
+                             "mean": [40.0, 50.0, 52.0, 60.0, float("nan")]},
+                            index=[f"RetinaNet, {iters // 2} iterations", "RetinaNet", f"RetinaNet, {2 * iters} iterations",
+                                   "ATSS", f"ATSS, {2 * iters} iterations"])
+    out = bm.convergence(schedule, "proxy").set_index(["detector", "from iterations"])
+    assert len(out) == 2  # ATSS's 2x row has no runs: no pair
+    half = out.loc[("RetinaNet", iters // 2)]
+    assert half["gain"] == pytest.approx(10.0) and half["gain %"] == pytest.approx(25.0)
+    assert not half["profile's 1x to 2x"] and math.isnan(half["COCO gain %"])
+    own = out.loc[("RetinaNet", iters)]
+    assert own["to iterations"] == 2 * iters and own["gain %"] == pytest.approx(4.0) and own["profile's 1x to 2x"]
+    assert own["COCO gain %"] == pytest.approx(100 * 0.9 / 36.5, abs=0.01)
+    noise = pd.DataFrame({"seeds": [], "std": []})
+    ranking = pd.DataFrame({"ours": []})
+    glance = bm.targets_at_a_glance(noise, ranking, float("nan"), pd.DataFrame(), pd.DataFrame(), pd.DataFrame(),
+                                    pd.DataFrame(), bm.convergence(schedule, "proxy"))
+    line = glance.loc["schedule: RetinaNet's gain from doubling the schedule"]
+    assert line["met"] is True and "+2.0 AP (4.0 %)" in line["measured"] and "COCO: 2.5 %" in line["wanted"]
+    schedule.loc["RetinaNet", "mean"] = 45.0  # 45 -> 52: 15.6 %
+    line = bm.targets_at_a_glance(noise, ranking, float("nan"), pd.DataFrame(), pd.DataFrame(), pd.DataFrame(),
+                                  pd.DataFrame(), bm.convergence(schedule, "proxy")).loc[line.name]
+    assert line["met"] is False and line["missed by"] == "10.6 points over"
+    fig = bm.plot_schedule(schedule, "proxy")
+    assert len(fig.axes[0].containers) == 2  # one error-bar line per detector with runs
+    missing = bm.convergence(schedule.iloc[:2], "proxy")
+    line = bm.targets_at_a_glance(noise, ranking, float("nan"), pd.DataFrame(), pd.DataFrame(), pd.DataFrame(),
+                                  pd.DataFrame(), missing).loc[line.name]
+    assert line["met"] is None and line["measured"] == "2x run missing"
 
 
 def test_calibration_plan():
