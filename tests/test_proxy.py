@@ -156,6 +156,18 @@ def test_distortion_hand_computed():
     assert bm.distortion(frame, reference="FCOS").empty
 
 
+def test_schedules_compared_hand_computed():
+    first = pd.DataFrame({"COCO": [36.5, 39.4], "ours": [40.0, 50.0]}, index=["RetinaNet", "ATSS"])
+    now = pd.DataFrame({"COCO": [36.5, 39.4], "ours": [55.0, 58.0]}, index=["RetinaNet", "ATSS"])
+    first_noise = pd.DataFrame({"std": [7.4]}, index=["RetinaNet"])
+    noise = pd.DataFrame({"std": [0.5, 0.3]}, index=["RetinaNet", "ATSS"])
+    out = bm.schedules_compared((first, 0.5), (now, 1.0), first_noise, noise)
+    assert out.loc["ATSS", "lead first"] == pytest.approx(10.0) and out.loc["ATSS", "lead now"] == pytest.approx(3.0)
+    assert out.loc["RetinaNet", "seed sd first"] == pytest.approx(7.4) and math.isnan(out.loc["ATSS", "seed sd first"])
+    assert out.loc["Spearman rho", "AP first"] == 0.5 and out.loc["Spearman rho", "AP now"] == 1.0
+    assert math.isnan(out.loc["Spearman rho", "COCO"])
+
+
 def test_metric_means():
     spec = load_papers()["benchmark"]["ranking"]
     rec = lambda seed, ap, ap50: {"key": f"k{seed}", "seed": seed, "metrics": {m: 0.1 for m in spec.metrics} | {"AP": ap, "AP50": ap50}}

@@ -126,6 +126,23 @@ def ranking(spec: TableSpec, records_by_row: Mapping[str, Sequence[Record]],
     return frame, rho
 
 
+def schedules_compared(first: tuple[pd.DataFrame, float], now: tuple[pd.DataFrame, float],
+                       first_noise: pd.DataFrame, noise: pd.DataFrame, reference: str = "RetinaNet") -> pd.DataFrame:
+    """The ranking and the seed noise at an earlier schedule beside the profile's own: per baseline the COCO
+    AP, our mean AP, its lead over ``reference`` and its seed standard deviation (noise rows only) at both,
+    and Spearman's rho at both as the last line. ``first`` and ``now`` are :func:`ranking` outputs, the
+    noise frames :func:`seed_noise` outputs."""
+    (f, rho_f), (n, rho_n) = first, now
+    out = pd.DataFrame({"COCO": n["COCO"], "AP first": f["ours"], "AP now": n["ours"]})
+    for col, frame in (("lead first", f), ("lead now", n)):
+        ref = frame["ours"].get(reference, math.nan)
+        out[col] = frame["ours"] - ref
+    out["seed sd first"] = first_noise["std"].reindex(out.index)
+    out["seed sd now"] = noise["std"].reindex(out.index)
+    out.loc["Spearman rho", ["AP first", "AP now"]] = [rho_f, rho_n]
+    return out.round(2)
+
+
 def metric_means(spec: TableSpec, records_by_row: Mapping[str, Sequence[Record]]) -> pd.DataFrame:
     """Per row with runs: the mean over seeds of every metric of the table (paper units), to see where a
     baseline's lead comes from (AP50 against AP75: finding objects or placing boxes; the size columns)."""
