@@ -126,7 +126,7 @@ def _cmd_bench_train_step(args: argparse.Namespace) -> int:
     for model in args.model:
         result = bench_train_step(model, batch_size=args.batch_size, size=(h, w), iters=args.iters,
                                   warmup=args.warmup, num_classes=args.num_classes, device=args.device,
-                                  amp=args.amp, channels_last=args.channels_last)
+                                  amp=args.amp, channels_last=args.channels_last, gn_nchw=args.gn_nchw)
         print(format_result(result))
         if not args.no_save:
             print(f"  written to {write_result(result, args.out if len(args.model) == 1 else None)}")
@@ -390,6 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available")
     p.add_argument("--amp", choices=["bf16", "fp16"], help="autocast dtype (fp16: CUDA only)")
     p.add_argument("--channels-last", action="store_true", help="NHWC weights and images")
+    p.add_argument("--gn-nchw", action="store_true",
+                   help="our GroupNorms computed in NCHW under --channels-last (the proxy profile's gn_nchw)")
     p.add_argument("--out", type=Path, help="result file (default results/bench/train-step_<model>_<device>.json)")
     p.add_argument("--no-save", action="store_true", help="print only")
     p.set_defaults(func=_cmd_bench_train_step)

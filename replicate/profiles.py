@@ -77,14 +77,15 @@ PROXY_DATA = SynthProfile(
 #: The proxy profile's schedule: 4800 iterations at batch 8 (12.8 epochs of 3000 images, as COCO's 1x is
 #: 12 epochs), lr 0.01 with mmdetection's 1x shape (steps at 2/3 and 11/12 of the run), a 100-iteration
 #: warmup, bf16 autocast and channels_last on CPU (1.8x faster per step than float32 at this width,
-#: measured; the precision table checks the metric). Set on the benchmark's schedule table, against
+#: measured; the precision table checks the metric), with GroupNorm computed in NCHW (``gn_nchw``: the
+#: channels-last GroupNorm kernels are slow on CPU; 1.25x per ATSS step, models._utils.GroupNorm). Set on the benchmark's schedule table, against
 #: COCO's own convergence (mmdetection's zoo: RetinaNet R50-FPN 1x 36.5, 2x 37.4, +0.9 AP):
 #: RetinaNet seed 0 reached AP 23.6 at 1200 iterations, 43.8 at 2400 (the first calibrated length,
 #: 6.4 epochs) and 57.1 at 4800. Doubling 2400 gained 13 AP, and at 2400 RetinaNet's seeds spread over
 #: 27-44 AP and the baselines' order said more about speed of convergence than about the methods.
 PROXY_SCHEDULE = TrainConfig(iters=4800, batch_size=8, lr=0.01, steps=(3200, 4400), warmup="linear",
                              warmup_iters=100, warmup_ratio=0.001, grad_clip=35.0, amp="bf16", channels_last=True,
-                             checkpoint_every=250, num_workers=0)
+                             gn_nchw=True, checkpoint_every=250, num_workers=0)
 
 PROXY_SCALE = ModelScale(64, 2, weights={"narrow": "results/pretrained/proxy/narrow-bb70379f.pt",
                                          "narrow_deep": "results/pretrained/proxy/narrow_deep-56b411b2.pt"})

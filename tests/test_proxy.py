@@ -3,6 +3,7 @@ statistics, against hand-computed cases and library oracles."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -10,6 +11,7 @@ import nbformat
 import pandas as pd
 import pytest
 import torch
+from torch import nn
 from scipy.stats import spearmanr
 
 from replicate import profiles
@@ -105,6 +107,48 @@ def test_bf16_autocast_on_cpu_keeps_losses_in_float32():
     for name, value in full.items():
         assert low[name].dtype == torch.float32
         assert low[name].item() == pytest.approx(value.item(), rel=0.05), name
+
+
+def test_group_norm_nchw_path_is_nn_group_norm():
+    from replicate.models._utils import GroupNorm, conv_tower, set_group_norm_layout
+
+    torch.manual_seed(0)
+    reference = nn.GroupNorm(32, 64)
+    nn.init.normal_(reference.weight)
+    nn.init.normal_(reference.bias)
+    ours = GroupNorm(32, 64)
+    ours.load_state_dict(reference.state_dict())
+    ours.nchw = True
+    x = torch.randn(2, 64, 9, 11).contiguous(memory_format=torch.channels_last)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y_ref, y = reference(x1), ours(x2)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(y)
+    (y_ref * g).sum().backward()
+    (y * g).sum().backward()
+    torch.testing.assert_close(x2.grad, x1.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(ours.weight.grad, reference.weight.grad, rtol=1e-4, atol=1e-4)
+    plain = torch.randn(2, 64, 5, 5)  # an NCHW input takes nn.GroupNorm's own path
+    torch.testing.assert_close(ours(plain), reference(plain), rtol=0, atol=0)
+    tower = conv_tower(64, 64, 2, "gn")
+    assert set_group_norm_layout(tower, True) == 2 and all(m.nchw for m in tower if isinstance(m, GroupNorm))
+    assert set_group_norm_layout(conv_tower(64, 64, 2, None), True) == 0
+
+
+def test_gn_nchw_names_only_runs_with_group_norm():
+    from replicate.engine.config import run_identity
+    from replicate.models.detector import weights_fields
+    from replicate.models.zoo import model_config
+
+    train = profiles.schedule_for("proxy")
+    assert train.gn_nchw
+    off = dataclasses.replace(train, gn_nchw=False)
+    for preset, has_gn in (("retinanet", False), ("atss", True), ("mod", True), ("retinanet_conf", False)):
+        model = weights_fields(model_config(preset, "proxy"))
+        same = run_identity(model, train, "proxy") == run_identity(model, off, "proxy")
+        assert same != has_gn, preset
+        assert "gn_nchw" not in run_identity(model, off, "proxy")["train"]  # the field's old default: old names
 
 
 def test_anchor_coverage_hand_computed(tmp_path):

@@ -413,7 +413,8 @@ def size_table(profile: str, data_root: str | Path | None = None) -> pd.DataFram
 
 def precision_table(spec: TableSpec, records_by_row: Mapping[str, Sequence[Record]],
                     noise: pd.DataFrame | None = None) -> pd.DataFrame:
-    """AP of the bf16 and float32 rows, their difference, and ATSS's seed spread (the yardstick)."""
+    """AP of the profile's row, the float32 row and the channels-last GroupNorm row, the profile's lead over
+    each, and ATSS's seed spread (the yardstick)."""
     rows = []
     for row in spec.rows:
         stats = row_stats(spec, row, records_by_row.get(row.label, ()))
@@ -423,6 +424,8 @@ def precision_table(spec: TableSpec, records_by_row: Mapping[str, Sequence[Recor
     out = pd.DataFrame(rows).set_index("row")
     sd = noise.loc["ATSS", "std"] if noise is not None and "ATSS" in noise.index else math.nan
     out.loc["difference (bf16 - float32)", "AP"] = out["AP"].iloc[0] - out["AP"].iloc[1]
+    if len(spec.rows) > 2:
+        out.loc["difference (NCHW - channels-last GroupNorm)", "AP"] = out["AP"].iloc[0] - out["AP"].iloc[2]
     out.loc["ATSS seed sd (noise table)", "AP"] = sd
     return out.round(2)
 

@@ -23,6 +23,7 @@ import torch
 
 from ..errors import ReplicateError
 from ..io import atomic_write_json
+from ..models._utils import set_group_norm_layout
 
 MODELS = ("retinanet", "fcos")
 NOTES = {
@@ -72,12 +73,14 @@ def _timed(step, device) -> float:
 
 def bench_train_step(model: str = "retinanet", *, batch_size: int = 2, size: tuple[int, int] = (512, 512),
                      iters: int = 5, warmup: int = 2, num_classes: int = 80, num_boxes: int = 5,
-                     device: str | None = None, amp: str | None = None, channels_last: bool = False) -> dict:
+                     device: str | None = None, amp: str | None = None, channels_last: bool = False,
+                     gn_nchw: bool = False) -> dict:
     """Median seconds per training step, ours and torchvision's, and their ratio (ours / theirs).
 
     Both models live side by side and their steps alternate (ours first in odd rounds, torchvision's
     first in even ones), so that drift of a shared machine (other load, clocks, allocator growth)
-    falls on both alike rather than on whichever ran second. ``step_peak_mb`` (CUDA) is the peak
+    falls on both alike rather than on whichever ran second. ``gn_nchw`` puts our GroupNorms on the
+    NCHW path (:class:`replicate.models._utils.GroupNorm`; torchvision's stay as they are). ``step_peak_mb`` (CUDA) is the peak
     memory a step allocates above what was allocated before it (activations, gradients, workspace).
     """
     if model not in MODELS:
@@ -95,6 +98,8 @@ def bench_train_step(model: str = "retinanet", *, batch_size: int = 2, size: tup
         net = (_ours(model, num_classes) if who == "ours" else _theirs(model, num_classes, size)).to(dev).train()
         if channels_last:
             net = net.to(memory_format=torch.channels_last)
+        if who == "ours":
+            set_group_norm_layout(net, gn_nchw)
         opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
         scaler = torch.amp.GradScaler(enabled=amp == "fp16")
 
@@ -126,7 +131,7 @@ def bench_train_step(model: str = "retinanet", *, batch_size: int = 2, size: tup
     ratio = results["ours"]["median_s"] / results["torchvision"]["median_s"]
     return {"benchmark": "train-step", "model": model, "batch_size": batch_size, "size": list(size),
             "iters": iters, "warmup": warmup, "num_classes": num_classes, "amp": amp, "channels_last": channels_last,
-            "threads": torch.get_num_threads(), "interleaved": True, "ours": results["ours"],
+            "gn_nchw": gn_nchw, "threads": torch.get_num_threads(), "interleaved": True, "ours": results["ours"],
             "torchvision": results["torchvision"], "ratio": ratio, "note": NOTES[model]}
 
 

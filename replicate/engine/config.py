@@ -17,6 +17,7 @@ warmup length are scaled by ``new_iters / old_iters`` (rounded), keeping the sch
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
+from collections.abc import Mapping
 from typing import Any
 
 from ..data.scales import SCALE_PRESETS
@@ -26,6 +27,9 @@ WARMUPS = ("linear", "constant", "none")
 AMP_DTYPES = (None, "bf16", "fp16")
 RUNTIME_FIELDS = ("num_workers", "checkpoint_every", "eval_at_end")
 """Fields that do not change the trained weights: left out of the resume hash (see :func:`weights_config`)."""
+LATER_FIELDS = {"gn_nchw": False}
+"""Fields added after records existed, left out of a run's identity at these values, so that the runs
+made before them keep their names (see :func:`run_identity`)."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,7 @@ class TrainConfig:
     grad_clip: float | None = None  # max L2 norm of all gradients
     amp: str | None = None  # None | "bf16" | "fp16": autocast dtype (bf16 on CPU and CUDA, fp16 on CUDA only)
     channels_last: bool = False  # NHWC weights and images (CPU and CUDA)
+    gn_nchw: bool = False  # with channels_last: GroupNorm computed in NCHW (models._utils.GroupNorm; faster on CPU)
     checkpoint_every: int = 0  # 0: checkpoint only at the end (and on interruption)
     eval_at_end: bool = True
     num_workers: int = 0
@@ -135,7 +140,18 @@ def run_identity(model: Any, train: TrainConfig, profile: str) -> dict[str, Any]
     :func:`replicate.models.detector.weights_fields` of it), the training config without the runtime
     fields, the data profile and the seed. Its hash names the run in the results store
     (:func:`replicate.experiments.store.run_key`) and guards its checkpoints against another config."""
-    return {"model": model, "train": weights_config(train), "profile": profile, "seed": train.seed}
+    fields = weights_config(train)
+    if not _has_group_norm(model):
+        fields["gn_nchw"] = False  # a GroupNorm setting cannot change a model without one
+    for name, value in LATER_FIELDS.items():
+        if fields.get(name) == value:
+            del fields[name]
+    return {"model": model, "train": fields, "profile": profile, "seed": train.seed}
+
+
+def _has_group_norm(model: Any) -> bool:
+    """Whether a model config (as JSON) puts GroupNorm in its head towers."""
+    return isinstance(model, Mapping) and isinstance(model.get("head"), Mapping) and model["head"].get("norm") == "gn"
 
 
 def weights_config(cfg: TrainConfig) -> dict[str, Any]:

@@ -54,6 +54,7 @@ from ..data.profiles import build_dataset, data_config, ensure_data
 from ..errors import ReplicateError
 from ..profiles import schedule_for
 from ..io import atomic_write_json, atomic_write_text, dump_json
+from ..models._utils import set_group_norm_layout
 from ..models.detector import DetectorConfig, build_detector, weights_fields
 from ..models.postprocess import TestConfig
 from ..models.zoo import MODELS, model_config
@@ -225,6 +226,7 @@ def train(model: str | DetectorConfig, profile: str, out_dir: str | Path, train_
     net = build_detector(model_cfg).to(dev)
     if cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
+    set_group_norm_layout(net, cfg.gn_nchw)
     optimizer = torch.optim.SGD(param_groups(net, cfg), lr=cfg.lr, momentum=cfg.momentum)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16" and dev.type == "cuda")
     ckpt_path = out / CHECKPOINT_NAME

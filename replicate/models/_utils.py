@@ -13,6 +13,33 @@ from ..errors import ReplicateError
 from .dcn import ModulatedDeformConv2d
 
 
+class GroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` (same parameters and state dict) that, with ``nchw`` set, normalises a channels-last
+    input in the contiguous NCHW layout and hands it back channels-last.
+
+    The result is the same operator; only the kernel differs. On this CPU PyTorch's channels-last
+    GroupNorm kernels are slow: forward + backward of (8, 64, 26, 26) took 10.3 ms in bf16 channels-last
+    against 0.49 ms in NCHW (4.5 against 0.73 ms in float32), and a proxy ATSS training step ran 1.25x
+    faster with the NCHW path (MOD 1.13x). Set by the training config's ``gn_nchw``
+    (:func:`set_group_norm_layout`); off, the module is ``nn.GroupNorm``.
+    """
+
+    nchw = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.nchw and x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            return super().forward(x.contiguous()).contiguous(memory_format=torch.channels_last)
+        return super().forward(x)
+
+
+def set_group_norm_layout(module: nn.Module, nchw: bool) -> int:
+    """Switch every :class:`GroupNorm` in ``module`` to the NCHW path (or back); returns how many."""
+    norms = [m for m in module.modules() if isinstance(m, GroupNorm)]
+    for m in norms:
+        m.nchw = nchw
+    return len(norms)
+
+
 def conv_tower(in_channels: int, channels: int, num_convs: int, norm: str | None = "gn",
                dcn: tuple[int, ...] = (), modulated: bool = True) -> nn.Sequential:
     """``num_convs`` x (3x3 conv -> [GroupNorm(32)] -> ReLU); conv indices in ``dcn`` are deformable
@@ -31,7 +58,7 @@ def conv_tower(in_channels: int, channels: int, num_convs: int, norm: str | None
         else:
             layers.append(nn.Conv2d(cin, channels, 3, padding=1, bias=bias))
         if norm == "gn":
-            layers.append(nn.GroupNorm(min(32, channels), channels))
+            layers.append(GroupNorm(min(32, channels), channels))
         layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
 
