@@ -181,8 +181,13 @@ def _cmd_bench_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    from .experiments.runs import stop_file
     from .experiments.sweep import sweep
 
+    stop = stop_file(args.work)
+    if stop.exists() and not args.dry_run:
+        stop.unlink()  # a new sweep is asked for: an earlier stop request no longer holds
+        print(f"removed the stop request {stop}")
     report = sweep(args.target, args.profile, args.executor, args.seeds, cluster=args.cluster,
                    results_dir=args.results, work_dir=args.work, data_root=args.data_root, wait=not args.no_wait,
                    dry_run=args.dry_run, parallelism=args.parallelism, timeout_s=args.timeout,
@@ -211,6 +216,18 @@ def _deadline(until: str | None, max_minutes: float | None) -> float | None:
             end += dt.timedelta(days=1)
         ends.append(end.timestamp())
     return min(ends) if ends else None
+
+
+def _cmd_stop(args: argparse.Namespace) -> int:
+    from .experiments.runs import stop_file
+    from .io import atomic_write_text
+
+    stop = stop_file(args.work)
+    stop.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(stop, "stop requested by `replicate stop`\n")
+    print(f"wrote {stop}: the sweeps using {args.work} start no more runs, and their running runs checkpoint "
+          "and stop within an iteration (sweep again to resume them)")
+    return 0
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
@@ -484,6 +501,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1, as the sweeps run)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_verify)
+
+    p = sub.add_parser("stop", help="stop the sweeps using a work folder cleanly (their runs checkpoint)",
+                       description="Ask every sweep using WORK to stop as at its deadline: no run starts any more, "
+                                   "running runs checkpoint and stop within an iteration, not requeued. The request "
+                                   "is the file WORK/STOP; `replicate sweep` removes it when it starts, and resumes "
+                                   "the stopped runs from their checkpoints.")
+    p.add_argument("--work", type=Path, default=Path("work"), help="work folder (default work/)")
+    p.set_defaults(func=_cmd_stop)
 
     p = sub.add_parser("status", help="the runs in the results store and the unfinished ones in the work folder",
                        description="One line per recorded run (AP, when it finished) and per run with a work "

@@ -8,7 +8,8 @@
 #
 # Records land in RESULTS (default: this checkout's results/); commit them as they land:
 #   git add results/proxy*/*.json && git commit -m "Proxy records: ..."
-# Stop early: kill -TERM -- -<pid of this script> (runs checkpoint and stop).
+# Stop early: replicate stop --work WORK (runs checkpoint and stop; no step starts after it). Killing
+# the process group instead would have submitit requeue the runs (preemption), which go on training.
 set -uo pipefail
 HERE="$(cd "$(dirname "$0")/.." && pwd)"
 UNTIL="${UNTIL:?set UNTIL=HH:MM, the clean-stop time}"
@@ -32,6 +33,7 @@ common=(--executor local --results "$RESULTS" --work "$WORK")
 sweep() {  # sweep TARGET SEEDS [PROFILE] [PARALLELISM]
   local profile="${3:-proxy}" left=$(( (DEADLINE - $(date +%s)) / 60 ))
   [ "$left" -ge 1 ] || { echo "== deadline $UNTIL reached"; exit 0; }
+  [ ! -e "$WORK/STOP" ] || { echo "== stop requested ($WORK/STOP)"; exit 0; }
   echo "== $(date +%H:%M) $1 --seeds $2 --profile $profile ($left min left)"
   "$R" sweep "$1" --seeds "$2" --profile "$profile" --data-root "$DATA/$profile" --parallelism "${4:-2}" \
       --max-minutes "$left" "${common[@]}"

@@ -403,6 +403,31 @@ def test_a_deadline_checkpoints_and_stops_without_a_record(swept, tmp_path):
     assert [o.status for o in outcomes] == ["missing"]
 
 
+def test_a_stop_request_stops_like_a_deadline_and_a_new_sweep_clears_it(swept, smoke_root, tmp_path, capsys):
+    from replicate import cli
+    from replicate.experiments.runs import stop_file
+
+    work = tmp_path / "work"
+    request = demo_request(swept, results_dir=str(tmp_path / "results"), work_dir=str(work))
+    assert not request.stop_requested
+    assert cli.main(["stop", "--work", str(work)]) == 0 and stop_file(work).is_file()
+    assert request.stop_requested
+    # a running run checkpoints after its current iteration and is not requeued (DeadlineReached)
+    with pytest.raises(DeadlineReached, match=r"at iteration 1/4; sweeping again resumes"):
+        execute_run(request)
+    assert ResultsStore(request.results_dir).get("smoke", request.key) is None
+    assert (request.run_dir / "checkpoint.pt").is_file()
+    # no run starts while the request stands
+    lines = []
+    outcomes = run_requests([request], "debug", log=lines.append)
+    assert [o.status for o in outcomes] == ["missing"] and "stop requested" in lines[0]
+    # `replicate sweep` removes it and resumes the run from its checkpoint
+    assert cli.main(["sweep", "demo:table1", "--profile", "smoke", "--executor", "debug", "--data-root",
+                     str(smoke_root), "--results", request.results_dir, "--work", str(work)]) == 0
+    assert not stop_file(work).exists() and "removed the stop request" in capsys.readouterr().out
+    assert ResultsStore(request.results_dir).get("smoke", request.key) is not None
+
+
 def test_cli_deadline_parses_until_and_max_minutes(monkeypatch):
     from replicate import cli
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import random
 import signal
 import threading
@@ -188,12 +189,13 @@ def _resolve_model(model: str | DetectorConfig, profile: str, num_classes: int) 
 
 def train(model: str | DetectorConfig, profile: str, out_dir: str | Path, train_cfg: TrainConfig | None = None, *,
           data_root: str | Path | None = None, device: str | None = None, progress: bool = True,
-          stop_after: int | None = None, deadline: float | None = None,
+          stop_after: int | None = None, deadline: float | None = None, stop_file: str | Path | None = None,
           tests: Mapping[str, TestConfig] | None = None) -> dict[str, Any]:
     """Train ``model`` (a preset name or a config) on ``profile``'s data, writing to ``out_dir``.
 
     ``train_cfg`` defaults to the profile's schedule (:func:`replicate.profiles.schedule_for`).
-    ``deadline`` (a ``time.time()`` value): past it, training stops as on a signal (a sweep's clean stop).
+    ``deadline`` (a ``time.time()`` value): past it, training stops as on a signal (a sweep's clean stop);
+    likewise once ``stop_file`` exists (a stop asked for by ``replicate stop``).
     ``tests``: further named test configs the final evaluation scores in the same pass (the result's
     ``evaluations``, name -> ``{"test", "metrics", "detections"}``; detections in ``detections-<name>.json``).
     ``stop_after=k`` behaves as if a stop signal arrived during iteration ``k`` (1-based): checkpoint
@@ -275,7 +277,8 @@ def train(model: str | DetectorConfig, profile: str, out_dir: str | Path, train_
                     record["grad_norm"] = float(nn.utils.clip_grad_norm_(params, cfg.grad_clip))
                 scaler.step(optimizer)
                 scaler.update()
-                late = deadline is not None and time.time() > deadline
+                late = (deadline is not None and time.time() > deadline) or (stop_file is not None
+                                                                             and os.path.exists(stop_file))
                 terms, stopping = _reduce_for_log(losses, stop.is_set() or iteration + 1 == stop_after or late)
                 loss = sum(v for k, v in terms.items() if k.startswith("loss"))
                 if not math.isfinite(loss):

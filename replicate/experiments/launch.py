@@ -38,7 +38,7 @@ from submitit.slurm.slurm import SlurmJob
 
 from ..engine import distributed as du
 from ..errors import ReplicateError
-from .runs import DeadlineReached, RunInterrupted, RunRequest, execute_run, missing_tests
+from .runs import DeadlineReached, RunInterrupted, RunRequest, execute_run, missing_tests, stop_file
 from .store import Record, ResultsStore
 
 EXECUTORS = ("local", "slurm", "debug")
@@ -156,7 +156,8 @@ def run_requests(requests: Sequence[RunRequest], executor: str = "debug", *, fol
     runs at once (default: the cluster's array parallelism for SLURM, 1 locally). ``wait=False`` is
     for SLURM only (local and debug jobs need this process). ``resources`` go to :func:`make_executor`.
     ``deadline`` (a ``time.time()`` value): a clean stop. No run starts after it, and the runs still
-    training then checkpoint and stop (``interrupted``, not requeued); sweeping again resumes them.
+    training then checkpoint and stop (``interrupted``, not requeued); sweeping again resumes them. A stop
+    request (:func:`~.runs.stop_file` in the requests' work folder) does the same at once.
     Returns one :class:`Outcome` per request, in order.
     """
     if not requests:
@@ -179,6 +180,9 @@ def run_requests(requests: Sequence[RunRequest], executor: str = "debug", *, fol
     while queue or active:
         if queue and deadline is not None and time.time() > deadline:
             log(f"deadline reached: {len(queue)} run(s) not started")
+            queue = []
+        if queue and stop_file(queue[0][1].work_dir).exists():
+            log(f"stop requested ({stop_file(queue[0][1].work_dir)}): {len(queue)} run(s) not started")
             queue = []
         if queue and len(active) < max_active:
             batch, queue = queue[:max_active - len(active)], queue[max_active - len(active):]

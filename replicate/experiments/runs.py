@@ -51,7 +51,15 @@ class RunInterrupted(ReplicateError):
 
 
 class DeadlineReached(RunInterrupted):
-    """Training stopped at its request's deadline and checkpointed: not requeued, resumed by the next sweep."""
+    """Training stopped at its request's deadline, or on a stop request (:func:`stop_file`), and
+    checkpointed: not requeued, resumed by the next sweep."""
+
+
+def stop_file(work_dir: str | Path) -> Path:
+    """The file whose existence asks every sweep using the work folder ``work_dir`` to stop cleanly
+    (``replicate stop``): no run starts any more, and running ones checkpoint and stop, as at a deadline.
+    ``replicate sweep`` removes it when it starts."""
+    return Path(work_dir) / "STOP"
 
 
 def profile_num_classes(profile: str) -> int:
@@ -93,6 +101,11 @@ class RunRequest:
             if t not in out:
                 out.append(t)
         return tuple(out)
+
+    @property
+    def stop_requested(self) -> bool:
+        """Whether the request's deadline has passed or a stop was asked for (:func:`stop_file`)."""
+        return (self.deadline is not None and time.time() > self.deadline) or stop_file(self.work_dir).exists()
 
     @property
     def run_dir(self) -> Path:
@@ -216,9 +229,10 @@ def _execute_locked(request: RunRequest, main: bool) -> Record | None:
                   flush=True)
         extra = {test_key(t): t for t in request.all_tests if t != request.model.test}
         result = train(request.model, request.profile, out, request.train, data_root=request.data_root,
-                       device=request.device, progress=False, deadline=request.deadline, tests=extra)
+                       device=request.device, progress=False, deadline=request.deadline,
+                       stop_file=stop_file(request.work_dir), tests=extra)
         if result["status"] != "finished":
-            if request.deadline is not None and time.time() > request.deadline:
+            if request.stop_requested:
                 raise DeadlineReached(f"run {request.describe()} stopped at the sweep's deadline at iteration "
                                       f"{result['iteration']}/{request.train.iters}; sweeping again resumes it "
                                       f"from {result['checkpoint']}")
