@@ -156,6 +156,18 @@ def _cmd_bench_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_norm(args: argparse.Namespace) -> int:
+    from .bench.norm import bench_norm, format_result
+    from .io import atomic_write_json
+
+    result = bench_norm(iters=args.iters, threads=args.threads)
+    print(format_result(result))
+    if not args.no_save:
+        path = args.out or Path("results") / "bench" / "norm_cpu.json"
+        print(f"  written to {atomic_write_json(path, result, indent=1)}")
+    return 0
+
+
 def _cmd_bench_threads(args: argparse.Namespace) -> int:
     from .bench.cost import bench_threads, write_result
 
@@ -436,6 +448,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="result file (default results/bench/data_<profile>.json)")
     p.add_argument("--no-save", action="store_true", help="print only")
     p.set_defaults(func=_cmd_bench_data)
+
+    p = bsub.add_parser("norm", help="GroupNorm by memory layout and dtype: the proxy's gn_nchw lever",
+                        description="Forward + backward of GroupNorm on the heads' shapes, NCHW against channels-last "
+                                    "inputs (float32 and bf16), and our NCHW path for channels-last inputs.")
+    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", type=Path, help="result file (default results/bench/norm_cpu.json)")
+    p.add_argument("--no-save", action="store_true", help="print only")
+    p.set_defaults(func=_cmd_bench_norm)
 
     p = bsub.add_parser("threads", help="1 run x 2 threads against 2 runs x 1 thread: which trains more per hour",
                         description="Training throughput of one preset on this machine: one run with two threads, "

@@ -81,3 +81,15 @@ def test_bench_eval_writes_result(tmp_path, capsys):
     assert record["max_stat_difference"] < 1e-12 and 0 < record["AP"] < 1
     assert {"commit", "versions", "device", "config_hash"} <= set(record["provenance"])
     assert "faster-coco-eval" in capsys.readouterr().out
+
+
+def test_bench_norm_writes_result(tmp_path, capsys):
+    out = tmp_path / "norm.json"
+    assert main(["bench", "norm", "--iters", "1", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["benchmark"] == "norm" and len(record["rows"]) == 4
+    for row in record["rows"]:
+        assert row["speedup"] == row["channels_last_ms"] / row["ours_ms"]
+        assert row["max_abs_diff"] < (0.05 if row["dtype"] == "bf16" else 1e-4)  # the same operator
+    assert {"commit", "versions", "device", "config_hash"} <= set(record["provenance"])
+    assert "ours (NCHW path)" in capsys.readouterr().out
