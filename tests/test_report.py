@@ -190,7 +190,18 @@ def test_bench_and_environment_frames(tmp_path):
     (tmp_path / "eval_cpu.json").write_text(json.dumps({
         "benchmark": "eval", "images": 5000, "detections": 500000, "pycocotools_seconds": 90.0,
         "faster-coco-eval_seconds": 10.0, "max_stat_difference": 2e-16, "provenance": {"device": "cpu"}}))
+    (tmp_path / "norm_cpu.json").write_text(json.dumps({
+        "benchmark": "norm", "threads": 1, "provenance": {"device": "cpu"}, "rows": [
+            {"shape": [8, 64, 26, 26], "dtype": "float32", "ours_ms": 3.0, "channels_last_ms": 7.5, "speedup": 2.5,
+             "max_abs_diff": 2e-6},
+            {"shape": [8, 64, 26, 26], "dtype": "bf16", "ours_ms": 2.0, "channels_last_ms": 12.0, "speedup": 6.0,
+             "max_abs_diff": 1e-2},
+            {"shape": [8, 64, 7, 7], "dtype": "bf16", "ours_ms": 0.2, "channels_last_ms": 0.8, "speedup": 4.0,
+             "max_abs_diff": 0.0}]}))
     frame = report.bench_frame(tmp_path).set_index("file")
+    norm = frame.loc["norm_cpu.json"]  # the headline: bf16 on the largest map
+    assert norm["speed-up"] == pytest.approx(6.0) and norm["ours median s"] == pytest.approx(0.002)
+    assert norm["same result"] is True and norm["load"] == "forward + backward, 8x64x26x26, bf16"
     step, aps = frame.loc["train-step_fcos_cpu.json"], frame.loc["aps_paper_cpu.json"]
     coco = frame.loc["eval_cpu.json"]
     assert coco["speed-up"] == pytest.approx(9.0) and coco["same result"] is True
