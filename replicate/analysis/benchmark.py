@@ -454,8 +454,8 @@ def convergence(schedule: pd.DataFrame, profile: str, metric_label: str = "mean"
     frame = schedule.dropna(subset=["iterations"])
     rows = []
     for label, r in frame.iterrows():
-        detector = str(label).split(",")[0]
-        longer = frame[(frame["iterations"] == 2 * r["iterations"]) & (frame.index.str.split(",").str[0] == detector)]
+        detector = _detector(label)
+        longer = frame[(frame["iterations"] == 2 * r["iterations"]) & (frame.index.map(_detector) == detector)]
         for _, r2 in longer.iterrows():
             gain = r2[metric_label] - r[metric_label]
             coco = COCO_2X_GAIN.get(detector) if r["iterations"] == base else None
@@ -469,6 +469,11 @@ def convergence(schedule: pd.DataFrame, profile: str, metric_label: str = "mean"
     return pd.DataFrame(rows, columns=columns).round(2)
 
 
+def _detector(label: Any) -> str:
+    """The detector of a schedule-table row label (``"RetinaNet, 1200 iterations"`` -> ``"RetinaNet"``)."""
+    return str(label).split(",")[0]
+
+
 def plot_schedule(schedule: pd.DataFrame, profile: str):
     """AP against training iterations (log scale) per detector of :func:`schedule_table`'s frame, with
     the standard deviation over seeds as error bars and the profile's schedule marked."""
@@ -476,9 +481,9 @@ def plot_schedule(schedule: pd.DataFrame, profile: str):
 
     fig, ax = plt.subplots(figsize=(5.2, 3.4))
     frame = schedule.dropna(subset=["iterations", "mean"])
-    detectors = dict.fromkeys(str(label).split(",")[0] for label in frame.index)
+    detectors = dict.fromkeys(frame.index.map(_detector))
     for detector in detectors:
-        rows = frame[frame.index.str.split(",").str[0] == detector].sort_values("iterations")
+        rows = frame[frame.index.map(_detector) == detector].sort_values("iterations")
         ax.errorbar(rows["iterations"], rows["mean"], yerr=rows["std"].fillna(0), fmt="o-", capsize=3, label=detector)
     ax.axvline(profiles.schedule_for(profile).iters, color="grey", lw=0.8, ls=":", label="profile's schedule")
     ax.set_xscale("log", base=2)

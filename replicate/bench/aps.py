@@ -30,7 +30,6 @@ from __future__ import annotations
 import importlib
 import math
 import statistics
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +40,7 @@ from torch import Tensor
 
 from ..errors import ReplicateError
 from ..io import atomic_write_json
+from . import time_calls
 
 SCORES = ("paper", "code")
 TARGETS = {"cpu": 10, "cuda": 50}  # speedup wanted per device type
@@ -230,21 +230,6 @@ def make_problem(images: int = 16, boxes_per_image: int = 7, points: tuple[int, 
 # benchmark
 
 
-def _time_calls(call, iters: int, warmup: int, device: torch.device) -> tuple[list[float], object]:
-    """Seconds of each timed call (after ``warmup`` untimed ones) and the last call's result."""
-    times, out = [], None
-    for i in range(warmup + iters):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        out = call()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    return times, out
-
-
 def bench_aps(images: int = 16, boxes_per_image: int = 7, iters: int = 5, warmup: int = 1,
               device: str | None = "cpu", score: str = "code", seed: int = 0) -> dict:
     """Median seconds of the per-GT reference and of :func:`aps_select` on one problem, and their ratio."""
@@ -262,8 +247,8 @@ def bench_aps(images: int = 16, boxes_per_image: int = 7, iters: int = 5, warmup
     problem = make_problem(images, boxes_per_image, seed=seed, device=dev)
     args = (problem.cost_cls, problem.cost_reg, problem.candidate, problem.level_of_point)
 
-    ref_times, reference = _time_calls(lambda: reference_aps_select(*args, score=score), iters, warmup, dev)
-    our_times, ours = _time_calls(lambda: aps_select(*args, problem.num_levels, score=score), iters, warmup, dev)
+    ref_times, reference = time_calls(lambda: reference_aps_select(*args, score=score), iters, warmup, dev)
+    our_times, ours = time_calls(lambda: aps_select(*args, problem.num_levels, score=score), iters, warmup, dev)
 
     differing = int((torch.from_numpy(reference) != ours.cpu()).any(dim=1).sum())
     ref_median, our_median = statistics.median(ref_times), statistics.median(our_times)

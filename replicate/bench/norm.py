@@ -11,28 +11,17 @@ outputs of the two paths are compared (largest absolute difference). One thread,
 from __future__ import annotations
 
 import statistics
-import time
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..models._utils import GroupNorm
+from . import time_calls
 from ..provenance import provenance
 
 SHAPES = ((8, 64, 26, 26), (8, 64, 7, 7))
 DTYPES = {"float32": torch.float32, "bf16": torch.bfloat16}
-
-
-def _time(fn, iters: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def bench_norm(*, iters: int = 20, warmup: int = 3, threads: int = 1) -> dict[str, Any]:
@@ -60,7 +49,7 @@ def bench_norm(*, iters: int = 20, warmup: int = 3, threads: int = 1) -> dict[st
                     def step(module=module, x=x):
                         module(x).float().sum().backward()
 
-                    ms[path] = 1e3 * _time(step, iters, warmup)
+                    ms[path] = 1e3 * statistics.median(time_calls(step, iters, warmup, torch.device("cpu"))[0])
                 with torch.no_grad():
                     diff = (ours(inputs["ours"][1]).float() - plain(inputs["channels_last"][1]).float()).abs().max()
                 rows.append({"shape": list(shape), "dtype": dtype_name, **{f"{k}_ms": v for k, v in ms.items()},
