@@ -212,6 +212,71 @@ def test_schedules_compared_hand_computed():
     assert math.isnan(out.loc["Spearman rho", "COCO"])
 
 
+def test_val_split_spread_hand_computed():
+    line = lambda row, seed, split, ap, scored=True: {"row": row, "seed": seed, "val split": split, "AP": ap,
+                                                      "scored": scored}
+    aps = {0: (50.0, 52.0), 1: (54.0, 55.0), 2: (52.0, 56.0)}  # seed -> AP on val splits 0 and 1
+    frame = pd.DataFrame([line("ATSS", seed, split, ap) for seed, pair in aps.items() for split, ap in enumerate(pair)]
+                         + [line("ATSS", 3, 0, 40.0, scored=False), line("FCOS*", 0, 0, 50.0), line("FCOS*", 0, 1, 51.0)])
+    out = bm.val_split_spread(frame)
+    assert list(out.index) == ["ATSS"]  # FCOS* has one run; seed 3 was not scored
+    row = out.loc["ATSS"]
+    assert row["runs"] == 3 and row["val splits"] == 2
+    assert row["seed sd (profile's split)"] == pytest.approx(2.0)  # sd(50, 54, 52)
+    assert row["seed sd (mean over splits)"] == pytest.approx(1.89, abs=0.005)  # sd(51, 54.5, 54) = sqrt(3.5833)
+    assert row["split sd within a run"] == pytest.approx(1.65, abs=0.005)  # mean(1.4142, 0.7071, 2.8284)
+    # residuals +-(1/6, 2/3, 5/6): sum of squares 7/3 over (3-1)(2-1) = 2 df; seed variance mean(4, 13/3) = 25/6
+    assert row["residual sd"] == pytest.approx(math.sqrt(7 / 6), abs=0.005)
+    assert row["val-sample share of seed variance %"] == pytest.approx(100 * (7 / 6) / (25 / 6), abs=0.005)
+
+
+def test_val_splits_summary_scores_further_splits_and_is_cached(smoke_root, tmp_path):
+    import shutil
+
+    from replicate.analysis.cache import val_split_root, val_splits_summary
+    from replicate.data import synth
+    from replicate.engine import SCHEDULES
+    from replicate.engine.config import with_overrides
+    from replicate.engine.train import train
+
+    data = tmp_path / "data" / "smoke"
+    shutil.copytree(smoke_root, data)
+    cfg = model_config("retinanet", "smoke", num_classes=10)
+    run = tmp_path / "run"
+    train(cfg, "smoke", run, with_overrides(SCHEDULES["smoke"], iters=2, eval_at_end=False), data_root=data,
+          progress=False)
+    record = {"key": "abcdef012345", "seed": 0, "work_dir": str(run), "metrics": {"AP": 0.1},
+              "config": {"train": {"amp": None}}, "provenance": {"commit": "x"}}
+    results = tmp_path / "results"
+    first = val_splits_summary(record, cfg, "smoke", results_dir=results, data_root=data, seeds=(1, 2))
+    assert set(first["metrics"]) == {"1", "2"} and all(0 <= m["AP"] <= 1 for m in first["metrics"].values())
+    assert (results / "analysis" / "smoke" / "val-splits-abcdef012345.json").is_file()
+    split = val_split_root(data, 1)
+    assert split == tmp_path / "data" / "smoke-val-seed1" and not (split / "annotations" / "train.json").exists()
+    other = tmp_path / "seed1-full"  # the val-only split holds the val images of a full generation
+    synth.generate("smoke", other, seed=1, progress=False)
+    assert (split / "annotations" / "val.json").read_bytes() == (other / "annotations" / "val.json").read_bytes()
+
+    shutil.rmtree(run)  # the cache alone serves the same settings; the frame marks a run with neither
+    spec = load_papers()["benchmark"]["noise"]
+    frame = bm.val_split_frame(spec, {"RetinaNet": [record], "ATSS": [{**record, "key": "0123456789ab"}]}, "smoke",
+                               results_dir=results, data_root=data, seeds=(1, 2))
+    retina = frame[frame["row"] == "RetinaNet"].set_index("val split")["AP"]
+    assert retina.to_dict() == {0: 10.0, 1: 100 * first["metrics"]["1"]["AP"], 2: 100 * first["metrics"]["2"]["AP"]}
+    atss = frame[frame["row"] == "ATSS"]
+    assert len(atss) == 1 and not atss["scored"].any()
+    with pytest.raises(ReplicateError, match="no val-splits summary in .* and no checkpoint"):
+        val_splits_summary(record, cfg, "smoke", results_dir=results, data_root=data, seeds=(3,))
+
+
+def test_generate_rejects_unknown_splits(tmp_path):
+    from replicate.data import synth
+    from replicate.errors import DataError
+
+    with pytest.raises(DataError, match="unknown split"):
+        synth.generate("smoke", tmp_path, splits=("test",), progress=False)
+
+
 def test_metric_means():
     spec = load_papers()["benchmark"]["ranking"]
     rec = lambda seed, ap, ap50: {"key": f"k{seed}", "seed": seed, "metrics": {m: 0.1 for m in spec.metrics} | {"AP": ap, "AP50": ap50}}

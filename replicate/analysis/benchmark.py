@@ -8,6 +8,8 @@ Each function measures one target of the benchmark (the targets come from outsid
 * :func:`size_shares`: COCO's small / medium / large buckets (area 32^2, 96^2), each of which must hold
   at least 15 % of the validation objects for the size columns to mean something;
 * :func:`seed_noise`: the spread of AP over seeds per row (target: at most 0.6 AP points);
+  :func:`val_split_spread` says how much of it the validation sample makes (the noise runs scored on
+  further validation splits);
 * :func:`ranking`: our mean AP of the dense baselines against their COCO AP, with Spearman's rho
   (target: at least 0.7);
 * :func:`run_costs`: wall time per run from the records (target: median at most 5 minutes);
@@ -322,6 +324,92 @@ def plot_noise(spec: TableSpec, records_by_row: Mapping[str, Sequence[Record]], 
     ax.set_xticks(range(len(spec.rows)), [r.label for r in spec.rows], rotation=10)
     ax.set_ylabel(f"{metric} (%) per seed")
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+VAL_SPLIT_SEEDS = (1, 2, 3)  # generator seeds of the further validation splits (0: the profile's own)
+
+
+def val_split_frame(spec: TableSpec, records_by_row: Mapping[str, Sequence[Record]], profile: str, *,
+                    results_dir: str | Path = "results", data_root: str | Path | None = None,
+                    seeds: Sequence[int] = VAL_SPLIT_SEEDS) -> pd.DataFrame:
+    """Long frame ``row, seed, val split, AP``: every run of every row on the profile's own validation split
+    (split 0, its record) and on the further splits of :func:`~.cache.val_splits_summary`. A run whose
+    summary is neither cached nor computable (no checkpoint) has its split-0 line only, with ``scored``
+    False."""
+    from ..experiments.runs import profile_num_classes
+    from ..experiments.spec import run_config
+    from .cache import summary_available, summary_path, val_splits_summary
+
+    settings = {"seeds": [int(s) for s in seeds]}
+    lines = []
+    for row in spec.rows:
+        records = records_by_row.get(row.label, ())
+        if not records:
+            continue
+        model, train = run_config(spec, row, profile, profile_num_classes(profile))
+        for r in records:
+            scored = summary_available(r, summary_path(results_dir, profile, "val-splits", r["key"]), settings,
+                                       "val-splits summary")
+            lines.append({"row": row.label, "seed": r["seed"], "val split": 0, "AP": 100 * r["metrics"]["AP"],
+                          "scored": scored})
+            if not scored:
+                continue
+            summary = val_splits_summary(r, model, profile, results_dir=results_dir, data_root=data_root,
+                                         scale=train.scale, seeds=seeds)
+            lines += [{"row": row.label, "seed": r["seed"], "val split": int(k), "AP": 100 * m["AP"], "scored": True}
+                      for k, m in summary["metrics"].items()]
+    return pd.DataFrame(lines, columns=["row", "seed", "val split", "AP", "scored"])
+
+
+def val_split_spread(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per row, from :func:`val_split_frame`'s scored runs: AP = row mean + run effect + split effect + residual
+    (a two-way layout, runs x splits). Columns: the seed sd on the profile's split (the noise table's), the
+    seed sd of each run's mean over all splits (what a validation set as large as all splits together would
+    show), the sd over splits of one run's AP (mean over runs: how much the sample moves a level), the
+    residual sd (how much it moves one run against another) and the residual's share of the seed variance on
+    one split."""
+    out = []
+    for label, part in frame[frame["scored"]].groupby("row", sort=False):
+        table = part.pivot_table(index="seed", columns="val split", values="AP")
+        table = table.dropna()
+        runs, splits = table.shape
+        if runs < 2 or splits < 2:
+            continue
+        residual = table.sub(table.mean(axis=1), axis=0).sub(table.mean(axis=0), axis=1) + table.to_numpy().mean()
+        residual_var = float((residual.to_numpy() ** 2).sum()) / ((runs - 1) * (splits - 1))
+        seed_var = float(table.var(axis=0, ddof=1).mean())
+        out.append({"row": label, "runs": runs, "val splits": splits,
+                    "seed sd (profile's split)": float(table[0].std(ddof=1)) if 0 in table else math.nan,
+                    "seed sd (mean over splits)": float(table.mean(axis=1).std(ddof=1)),
+                    "split sd within a run": float(table.std(axis=1, ddof=1).mean()),
+                    "residual sd": math.sqrt(residual_var),
+                    "val-sample share of seed variance %": 100 * residual_var / seed_var if seed_var > 0 else math.nan})
+    columns = ["runs", "val splits", "seed sd (profile's split)", "seed sd (mean over splits)",
+               "split sd within a run", "residual sd", "val-sample share of seed variance %"]
+    return pd.DataFrame(out, columns=["row", *columns]).set_index("row").round(2)
+
+
+def plot_val_splits(frame: pd.DataFrame):
+    """AP of each run (one line per seed) on each validation split, one panel per row: parallel lines mean
+    that the training run, not the validation sample, sets the order of the seeds."""
+    import matplotlib.pyplot as plt
+
+    scored = frame[frame["scored"]]
+    labels = list(dict.fromkeys(scored["row"]))
+    fig, axes = plt.subplots(1, max(1, len(labels)), figsize=(3.2 * max(1, len(labels)), 3.0), squeeze=False)
+    for ax, label in zip(axes[0], labels):
+        part = scored[scored["row"] == label]
+        for seed, run in part.groupby("seed"):
+            run = run.sort_values("val split")
+            ax.plot(run["val split"], run["AP"], "o-", label=f"seed {seed}")
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("validation split (0: the profile's)")
+        ax.set_xticks(sorted(part["val split"].unique()))
+    axes[0][0].set_ylabel("AP (%)")
+    if labels:
+        axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     return fig
 

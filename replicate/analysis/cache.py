@@ -4,8 +4,8 @@ book builds from committed summaries without the runs' checkpoints.
 Each summary lives at :func:`summary_path` (``<kind>-<run key>.json``) with the settings it was computed
 with; :func:`cached_summary` returns it when the settings match, and :func:`trained_run` loads the run's
 final checkpoint (with a clear error when it is gone) to compute it otherwise. Kinds: ``misalignment``
-(below), ``gaps`` (:func:`gap_summary`, the calibration dial) and ``mod-maps``
-(:mod:`replicate.analysis.mod_maps`).
+(below), ``gaps`` (:func:`gap_summary`, the calibration dial), ``val-splits`` (:func:`val_splits_summary`,
+where the seed noise comes from) and ``mod-maps`` (:mod:`replicate.analysis.mod_maps`).
 
 :func:`dense_predictions` sends val images through an anchor-based detector (RetinaNet and its
 variants: a head with ``anchors`` and a box ``coder``) and returns the dense per-anchor predictions in
@@ -19,20 +19,25 @@ without the checkpoint.
 
 from __future__ import annotations
 
+import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import pandas as pd
 import torch
 
+from ..data import synth
 from ..data.batching import Collate
 from ..data.profiles import build_dataset, data_config, ensure_data
+from ..engine.evaluate import evaluate_tests
 from ..engine.rescore import load_trained
 from ..errors import ReplicateError
 from ..io import atomic_write_json, read_json
 from ..models._utils import flatten_levels
 from ..models.box_coders import DeltaXYWHCoder
 from ..models.detector import DetectorConfig
+from ..provenance import provenance
 from .misalignment import ImagePredictions, candidates, count_table, object_gaps
 
 ANALYSIS = "analysis"
@@ -144,6 +149,54 @@ def gap_summary(record: dict[str, Any], model_cfg: DetectorConfig, profile: str,
         "mean_best_iou": float(gaps["best_iou"].mean()) if len(gaps) else None,
         "provenance": record.get("provenance", {}),
     }
+    atomic_write_json(path, document)
+    return document
+
+
+def summary_available(record: dict[str, Any], path: Path, settings: dict[str, Any], what: str) -> bool:
+    """Whether ``path`` caches the summary for ``settings`` or the run's final checkpoint is there to compute it."""
+    return cached_summary(path, settings, what) is not None or (Path(record["work_dir"]) / "checkpoint.pt").is_file()
+
+
+def val_split_root(root: str | Path, seed: int) -> Path:
+    """Where the further validation split of generator seed ``seed`` lives: beside the profile's folder."""
+    root = Path(root)
+    return root.parent / f"{root.name}-val-seed{seed}"
+
+
+def val_splits_summary(record: dict[str, Any], model_cfg: DetectorConfig, profile: str, *,
+                       results_dir: str | Path = "results", data_root: str | Path | None = None,
+                       scale: str | None = None, seeds: Sequence[int] = (1, 2, 3)) -> dict[str, Any]:
+    """``{"key", "settings", "metrics": {seed: COCO metrics}, ...}``: a finished run's final checkpoint scored on
+    further validation splits of its generated profile, one per generator seed in ``seeds``.
+
+    The splits come from the profile's own distribution with other seeds (validation images only, written
+    once by :func:`~replicate.data.synth.generate` to :func:`val_split_root`); training and pretraining read
+    seed 0's training split only. Scored as at the end of the run's training (same mixed precision).
+    Cached per run key like the other summaries."""
+    settings = {"seeds": [int(s) for s in seeds]}
+    path = summary_path(results_dir, profile, "val-splits", record["key"])
+    what = "val-splits summary"
+    cached = cached_summary(path, settings, what)
+    if cached is not None:
+        return cached
+    base = data_config(profile, data_root)
+    if not base.generated:
+        raise ReplicateError(f"{profile}: further validation splits need a generated profile (COCO has one val split)")
+    net, _ = trained_run(record, model_cfg, profile, cache=path, what=what, data_root=data_root, scale=scale)
+    amp = ((record.get("config") or {}).get("train") or {}).get("amp")
+    metrics = {}
+    for seed in settings["seeds"]:
+        root = val_split_root(base.root, seed)
+        synth.generate(profile, root, seed=seed, splits=("val",), progress=False)
+        data = replace(base, root=root)
+        val_set = build_dataset(data.with_scale(scale) if scale else data, "val", train=False)
+        with tempfile.TemporaryDirectory() as tmp:
+            scored, _ = evaluate_tests(net, val_set, {"detections": None}, torch.device("cpu"), tmp, amp=amp)
+        metrics[str(seed)] = scored["detections"]["metrics"]
+    document = {"key": record["key"], "settings": settings, "metrics": metrics,
+                "provenance": record.get("provenance", {}),
+                "computed_with": provenance({"summary": "val-splits", "key": record["key"], **settings}, device="cpu")}
     atomic_write_json(path, document)
     return document
 

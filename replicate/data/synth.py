@@ -17,6 +17,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -411,23 +412,32 @@ def generate(
     workers: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    splits: Sequence[str] = tuple(SPLITS),
 ) -> dict[str, Path]:
     """Write ``out/annotations/{train,val}.json`` and ``out/images/{train,val}/*.jpg``.
 
-    Already-complete output with the same profile, seed and generator version is left as it is (the
-    manifest ``out/dataset.json`` is written last, so an interrupted run is redone on the next call).
+    Already-complete output with the same profile, seed, splits and generator version is left as it is
+    (the manifest ``out/dataset.json`` is written last, so an interrupted run is redone on the next call).
+    ``splits=("val",)`` writes the validation split only: the images are those of a full generation with
+    the same seed (each image has its own random stream), and the manifest names the split so that the
+    folder is never taken for a complete dataset.
     """
     if isinstance(profile, str):
         profile = synth_profile(profile)
+    unknown = [s for s in splits if s not in SPLITS]
+    if unknown or not splits:
+        raise DataError(f"unknown split(s) {unknown or list(splits)}; choose from {list(SPLITS)}")
     out = Path(out)
     manifest_path = out / "dataset.json"
     manifest = _manifest(profile, seed)
-    annotation_files = {split: dataset_paths(out, split)[0] for split in SPLITS}
+    if tuple(splits) != tuple(SPLITS):
+        manifest["splits"] = list(splits)
+    annotation_files = {split: dataset_paths(out, split)[0] for split in splits}
     if not overwrite and manifest_path.is_file() and all(p.is_file() for p in annotation_files.values()):
         if read_json(manifest_path) == manifest:
             return annotation_files
     workers = workers or min(2, os.cpu_count() or 1)
-    for split in SPLITS:
+    for split in splits:
         ann_file, images_dir = dataset_paths(out, split)
         n = profile.n_train if split == "train" else profile.n_val
         jobs = [(profile, seed, split, i, str(images_dir)) for i in range(n)]
