@@ -30,6 +30,7 @@ done
 DEADLINE=$(date -d "$UNTIL" +%s) || exit 1
 [ "$DEADLINE" -gt "$(date +%s)" ] || DEADLINE=$((DEADLINE + 86400))
 common=(--executor local --results "$RESULTS" --work "$WORK")
+rm -f "$WORK/STOP"  # a stop asked of an earlier sweep (replicate stop) does not stop this one
 sweep() {  # sweep TARGET SEEDS [PROFILE] [PARALLELISM]
   local profile="${3:-proxy}" left=$(( (DEADLINE - $(date +%s)) / 60 ))
   [ "$left" -ge 1 ] || { echo "== deadline $UNTIL reached"; exit 0; }
