@@ -21,6 +21,14 @@ TREE="${TREE:-$(dirname "$HERE")/sweep-$COMMIT}"
 R="${REPLICATE:-$HERE/.venv/bin/replicate}"
 [ -d "$TREE" ] || git -C "$HERE" worktree add --detach "$TREE" HEAD >/dev/null || exit 1
 cd "$TREE" || exit 1
+# the pretrained backbones' weights are not committed (ensure_pretrained re-makes them from their records,
+# minutes per file): a new worktree takes this checkout's files when they hash to their records' SHA-256
+for pt in "$HERE"/results/pretrained/*/*.pt; do
+  [ -f "$pt" ] || continue
+  dest="$TREE/${pt#"$HERE"/}" && [ ! -f "$dest" ] || continue
+  want=$(grep -o '"sha256": "[0-9a-f]*"' "${pt%.pt}.json" 2>/dev/null | cut -d'"' -f4)
+  [ -n "$want" ] && [ "$(sha256sum "$pt" | cut -d' ' -f1)" = "$want" ] && mkdir -p "$(dirname "$dest")" && cp "$pt" "$dest"
+done
 export PYTHONPATH="$TREE" OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 for profile in proxy proxy-offset0 proxy-offset0.3; do
   [ -f "$DATA/$profile/annotations/val.json" ] || "$R" data synth --profile "$profile" --out "$DATA/$profile" || exit 1
