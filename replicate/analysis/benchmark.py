@@ -328,21 +328,18 @@ def plot_noise(spec: TableSpec, records_by_row: Mapping[str, Sequence[Record]], 
     return fig
 
 
-VAL_SPLIT_SEEDS = (1, 2, 3)  # generator seeds of the further validation splits (0: the profile's own)
-
-
 def val_split_frame(spec: TableSpec, records_by_row: Mapping[str, Sequence[Record]], profile: str, *,
                     results_dir: str | Path = "results", data_root: str | Path | None = None,
-                    seeds: Sequence[int] = VAL_SPLIT_SEEDS) -> pd.DataFrame:
+                    seeds: Sequence[int] | None = None) -> pd.DataFrame:
     """Long frame ``row, seed, val split, AP``: every run of every row on the profile's own validation split
-    (split 0, its record) and on the further splits of :func:`~.cache.val_splits_summary`. A run whose
-    summary is neither cached nor computable (no checkpoint) has its split-0 line only, with ``scored``
-    False."""
+    (split 0, its record) and on the further splits of :func:`~.cache.val_splits_summary` (``seeds``: default
+    :data:`~.cache.VAL_SPLIT_SEEDS`). A run whose summary is neither cached nor computable (no checkpoint)
+    has its split-0 line only, with ``scored`` False."""
     from ..experiments.runs import profile_num_classes
     from ..experiments.spec import run_config
-    from .cache import summary_available, summary_path, val_splits_summary
+    from .cache import VAL_SPLIT_SEEDS, val_splits_available, val_splits_summary
 
-    settings = {"seeds": [int(s) for s in seeds]}
+    seeds = VAL_SPLIT_SEEDS if seeds is None else seeds
     lines = []
     for row in spec.rows:
         records = records_by_row.get(row.label, ())
@@ -350,8 +347,7 @@ def val_split_frame(spec: TableSpec, records_by_row: Mapping[str, Sequence[Recor
             continue
         model, train = run_config(spec, row, profile, profile_num_classes(profile))
         for r in records:
-            scored = summary_available(r, summary_path(results_dir, profile, "val-splits", r["key"]), settings,
-                                       "val-splits summary")
+            scored = val_splits_available(r, profile, results_dir=results_dir, seeds=seeds)
             lines.append({"row": row.label, "seed": r["seed"], "val split": 0, "AP": 100 * r["metrics"]["AP"],
                           "scored": scored})
             if not scored:

@@ -154,9 +154,20 @@ def gap_summary(record: dict[str, Any], model_cfg: DetectorConfig, profile: str,
     return document
 
 
-def summary_available(record: dict[str, Any], path: Path, settings: dict[str, Any], what: str) -> bool:
-    """Whether ``path`` caches the summary for ``settings`` or the run's final checkpoint is there to compute it."""
-    return cached_summary(path, settings, what) is not None or (Path(record["work_dir"]) / "checkpoint.pt").is_file()
+VAL_SPLIT_SEEDS = (1, 2, 3)  # generator seeds of the further validation splits (0: the profile's own)
+
+
+def _val_splits_settings(seeds: Sequence[int]) -> dict[str, Any]:
+    return {"seeds": [int(s) for s in seeds]}
+
+
+def val_splits_available(record: dict[str, Any], profile: str, *, results_dir: str | Path = "results",
+                         seeds: Sequence[int] = VAL_SPLIT_SEEDS) -> bool:
+    """Whether :func:`val_splits_summary` of ``record`` is cached for ``seeds`` or its final checkpoint is there
+    to compute it."""
+    path = summary_path(results_dir, profile, "val-splits", record["key"])
+    return (cached_summary(path, _val_splits_settings(seeds), "val-splits summary") is not None
+            or (Path(record["work_dir"]) / "checkpoint.pt").is_file())
 
 
 def val_split_root(root: str | Path, seed: int) -> Path:
@@ -167,7 +178,7 @@ def val_split_root(root: str | Path, seed: int) -> Path:
 
 def val_splits_summary(record: dict[str, Any], model_cfg: DetectorConfig, profile: str, *,
                        results_dir: str | Path = "results", data_root: str | Path | None = None,
-                       scale: str | None = None, seeds: Sequence[int] = (1, 2, 3)) -> dict[str, Any]:
+                       scale: str | None = None, seeds: Sequence[int] = VAL_SPLIT_SEEDS) -> dict[str, Any]:
     """``{"key", "settings", "metrics": {seed: COCO metrics}, ...}``: a finished run's final checkpoint scored on
     further validation splits of its generated profile, one per generator seed in ``seeds``.
 
@@ -175,7 +186,7 @@ def val_splits_summary(record: dict[str, Any], model_cfg: DetectorConfig, profil
     once by :func:`~replicate.data.synth.generate` to :func:`val_split_root`); training and pretraining read
     seed 0's training split only. Scored as at the end of the run's training (same mixed precision).
     Cached per run key like the other summaries."""
-    settings = {"seeds": [int(s) for s in seeds]}
+    settings = _val_splits_settings(seeds)
     path = summary_path(results_dir, profile, "val-splits", record["key"])
     what = "val-splits summary"
     cached = cached_summary(path, settings, what)
