@@ -277,6 +277,39 @@ def test_generate_rejects_unknown_splits(tmp_path):
         synth.generate("smoke", tmp_path, splits=("test",), progress=False)
 
 
+def test_paired_noise_hand_computed():
+    spec = load_papers()["benchmark"]["noise"]
+    rec = lambda seed, ap: {"key": f"k{seed}", "seed": seed, "metrics": {"AP": ap}}
+    runs = {"RetinaNet": [rec(0, 0.50), rec(1, 0.54), rec(2, 0.52), rec(3, 0.40)],
+            "ATSS": [rec(0, 0.56), rec(1, 0.61), rec(2, 0.57)],  # seeds 0-2 in common with RetinaNet
+            "FCOS* (with improvements)": [rec(5, 0.60)]}  # no seed in common: no pair
+    out = bm.paired_noise(spec, runs)
+    assert list(out.index) == ["RetinaNet - ATSS"]
+    row = out.loc["RetinaNet - ATSS"]
+    assert row["seeds"] == 3  # RetinaNet's seed 3 has no partner
+    assert row["mean difference"] == pytest.approx(-6.0)  # differences -6, -7, -5
+    assert row["paired sd"] == pytest.approx(1.0)
+    # sd(50, 54, 52) = 2, sd(56, 61, 57) = sqrt(7): independent sd sqrt(4 + 7)
+    assert row["sd if independent"] == pytest.approx(math.sqrt(11), abs=0.005)
+    # deviations (-2, 2, 0) and (-2, 3, -1): covariance 10/2 = 5 over 2 * sqrt(7)
+    assert row["correlation"] == pytest.approx(5 / (2 * math.sqrt(7)), abs=0.005)
+    two = bm.paired_noise(spec, {"RetinaNet": runs["RetinaNet"][:2], "ATSS": runs["ATSS"][:2]})
+    assert two.loc["RetinaNet - ATSS", "seeds"] == 2 and math.isnan(two.loc["RetinaNet - ATSS", "correlation"])
+    assert bm.paired_noise(spec, {}).empty
+
+
+def test_schedule_leads_hand_computed():
+    schedule = pd.DataFrame({"iterations": [2400, 4800, 9600, 4800, 9600, 2400],
+                             "mean": [40.0, 50.0, 55.0, 56.0, 59.0, float("nan")]},
+                            index=["RetinaNet, 2400 iterations", "RetinaNet", "RetinaNet, 9600 iterations", "ATSS",
+                                   "ATSS, 9600 iterations", "ATSS, 2400 iterations"])
+    out = bm.schedule_leads(schedule)
+    assert list(out.index) == ["ATSS"] and list(out.columns) == ["lead at 4800 iterations", "lead at 9600 iterations"]
+    assert out.loc["ATSS", "lead at 4800 iterations"] == pytest.approx(6.0)
+    assert out.loc["ATSS", "lead at 9600 iterations"] == pytest.approx(4.0)
+    assert bm.schedule_leads(schedule.iloc[3:]).empty  # no reference rows
+
+
 def test_metric_means():
     spec = load_papers()["benchmark"]["ranking"]
     rec = lambda seed, ap, ap50: {"key": f"k{seed}", "seed": seed, "metrics": {m: 0.1 for m in spec.metrics} | {"AP": ap, "AP50": ap50}}

@@ -9,12 +9,13 @@ Each function measures one target of the benchmark (the targets come from outsid
   at least 15 % of the validation objects for the size columns to mean something;
 * :func:`seed_noise`: the spread of AP over seeds per row (target: at most 0.6 AP points);
   :func:`val_split_spread` says how much of it the validation sample makes (the noise runs scored on
-  further validation splits);
+  further validation splits) and :func:`paired_noise` how much of it a comparison paired by seed keeps;
 * :func:`ranking`: our mean AP of the dense baselines against their COCO AP, with Spearman's rho
   (target: at least 0.7);
 * :func:`run_costs`: wall time per run from the records (target: median at most 5 minutes);
 * :func:`convergence`: what each doubling of the schedule still gains (target: doubling the profile's
-  schedule gains RetinaNet at most 5 % of its AP; COCO's 1x to 2x gains 2.5 %).
+  schedule gains RetinaNet at most 5 % of its AP; COCO's 1x to 2x gains 2.5 %), and
+  :func:`schedule_leads` whether a baseline's lead over RetinaNet holds as both train longer.
 """
 
 from __future__ import annotations
@@ -328,6 +329,34 @@ def plot_noise(spec: TableSpec, records_by_row: Mapping[str, Sequence[Record]], 
     return fig
 
 
+def paired_noise(spec: TableSpec, records_by_row: Mapping[str, Sequence[Record]], metric: str = "AP") -> pd.DataFrame:
+    """How noisy a comparison paired by seed is, for every pair of rows with at least two seeds in common.
+
+    The book's claims compare two rows seed by seed (:func:`~replicate.experiments.claims.claim_results`:
+    the rows share data order and head initialisation). Per pair ``a - b``: the seeds in common, the
+    standard deviation over them of the per-seed difference (``paired sd``), the one the difference would
+    have if the two rows' seed effects were independent (``sqrt(sd_a^2 + sd_b^2)`` over the same seeds),
+    and the correlation of the two rows' values over those seeds. A positive correlation makes a paired
+    comparison less noisy than its rows are alone."""
+    values = {row.label: {r.get("seed"): spec.paper_scale * float((r["metrics"] or {}).get(metric, math.nan))
+                          for r in records_by_row.get(row.label, ())} for row in spec.rows}
+    rows = []
+    labels = [row.label for row in spec.rows]
+    for i, a in enumerate(labels):
+        for b in labels[i + 1:]:
+            seeds = sorted(set(values[a]) & set(values[b]), key=str)
+            if len(seeds) < 2:
+                continue
+            va, vb = [values[a][k] for k in seeds], [values[b][k] for k in seeds]
+            rows.append({"pair": f"{a} - {b}", "seeds": len(seeds),
+                         "mean difference": statistics.fmean(x - y for x, y in zip(va, vb)),
+                         "paired sd": sample_std([x - y for x, y in zip(va, vb)]),
+                         "sd if independent": math.hypot(sample_std(va), sample_std(vb)),
+                         "correlation": float(np.corrcoef(va, vb)[0, 1]) if len(seeds) > 2 else math.nan})
+    columns = ["pair", "seeds", "mean difference", "paired sd", "sd if independent", "correlation"]
+    return pd.DataFrame(rows, columns=columns).set_index("pair").round(2)
+
+
 def val_split_frame(spec: TableSpec, records_by_row: Mapping[str, Sequence[Record]], profile: str, *,
                     results_dir: str | Path = "results", data_root: str | Path | None = None,
                     seeds: Sequence[int] | None = None) -> pd.DataFrame:
@@ -551,6 +580,24 @@ def convergence(schedule: pd.DataFrame, profile: str, metric_label: str = "mean"
     columns = ["detector", "from iterations", "to iterations", "AP from", "AP to", "gain", "gain %",
                "profile's 1x to 2x", "COCO gain %"]
     return pd.DataFrame(rows, columns=columns).round(2)
+
+
+def schedule_leads(schedule: pd.DataFrame, reference: str = "RetinaNet") -> pd.DataFrame:
+    """Each detector's lead over ``reference`` (AP points, means over seeds) at every schedule length both
+    were run at, from :func:`schedule_table`'s frame: one row per detector, one column per iteration count.
+    A lead that shrinks as the schedule grows is partly learning speed, not the detector's end point."""
+    frame = schedule.dropna(subset=["iterations", "mean"])
+    ref = {int(r["iterations"]): r["mean"] for label, r in frame.iterrows() if _detector(label) == reference}
+    leads: dict[str, dict[int, float]] = {}
+    for label, r in frame.iterrows():
+        detector, iters = _detector(label), int(r["iterations"])
+        if detector != reference and iters in ref:
+            leads.setdefault(detector, {})[iters] = r["mean"] - ref[iters]
+    out = pd.DataFrame.from_dict(leads, orient="index")
+    out = out.reindex(columns=sorted(out.columns))
+    out.columns = [f"lead at {c} iterations" for c in out.columns]
+    out.index.name = f"lead over {reference}"
+    return out.round(2)
 
 
 def _detector(label: Any) -> str:
