@@ -442,7 +442,7 @@ def test_cli_deadline_parses_until_and_max_minutes(monkeypatch):
 
 
 def test_verify_reproduces_a_record_exactly_and_names_what_differs(swept, smoke_root, tmp_path):
-    from replicate.experiments.verify import verify
+    from replicate.experiments.verify import find_request, verify
 
     path = ResultsStore(swept[1]).path("smoke", demo_request(swept).key)
     result = verify(path, data_root=smoke_root, progress=False)
@@ -454,6 +454,12 @@ def test_verify_reproduces_a_record_exactly_and_names_what_differs(swept, smoke_
     bad.write_text(json.dumps(tampered))
     result = verify(bad, data_root=smoke_root, progress=False)
     assert not result.exact and list(result.differences) == ["loss.last"] and "NOT reproduced" in result.format()
+    older = json.loads(path.read_text())  # a record made before gn_nchw existed: it lacks the field
+    assert older["config"]["train"].pop("gn_nchw") is False
+    assert find_request(older, path).key == older["key"]
+    older["config"]["train"]["gn_nchw"] = True  # the same key with another config: refused
+    with pytest.raises(ReplicateError, match="hashes the same but its config differs"):
+        find_request(older, path)
     tampered["key"] = "0" * 12
     bad.write_text(json.dumps(tampered))
     with pytest.raises(ReplicateError, match="no registered table row has run 000000000000"):

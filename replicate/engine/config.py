@@ -149,6 +149,13 @@ def run_identity(model: Any, train: TrainConfig, profile: str) -> dict[str, Any]
     return {"model": model, "train": fields, "profile": profile, "seed": train.seed}
 
 
+def with_later_fields(train: Mapping[str, Any]) -> dict[str, Any]:
+    """A recorded training config as the current code writes it: a record made before a
+    :data:`LATER_FIELDS` field existed lacks it, and was made with the value the field now leaves out of
+    the run's identity."""
+    return {**LATER_FIELDS, **train}
+
+
 def _has_group_norm(model: Any) -> bool:
     """Whether a model config (as JSON) puts GroupNorm in its head towers."""
     return isinstance(model, Mapping) and isinstance(model.get("head"), Mapping) and model["head"].get("norm") == "gn"

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ..engine.config import with_later_fields
 from ..engine.train import train
 from ..errors import ReplicateError
 from ..io import read_json
@@ -58,7 +59,7 @@ def find_request(record: dict[str, Any], where: Path) -> RunRequest:
         for spec in tables.values():
             for request in requests_for(spec, record["profile"], record["seed"] + 1):
                 if request.key == record["key"] and request.seed == record["seed"]:
-                    stored = record["config"]
+                    stored = {**record["config"], "train": with_later_fields(record["config"]["train"])}
                     now = {"model": jsonable(request.model), "train": jsonable(request.train)}
                     if now != stored:
                         raise ReplicateError(f"{where}: run {record['key']} hashes the same but its config differs "
