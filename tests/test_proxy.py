@@ -228,6 +228,9 @@ def test_val_split_spread_hand_computed():
     # residuals +-(1/6, 2/3, 5/6): sum of squares 7/3 over (3-1)(2-1) = 2 df; seed variance mean(4, 13/3) = 25/6
     assert row["residual sd"] == pytest.approx(math.sqrt(7 / 6), abs=0.005)
     assert row["val-sample share of seed variance %"] == pytest.approx(100 * (7 / 6) / (25 / 6), abs=0.005)
+    two = bm.val_split_spread(frame[frame["seed"] < 2]).loc["ATSS"]  # seeds 0, 1: their sds stand, no share
+    assert two["runs"] == 2 and two["seed sd (profile's split)"] == pytest.approx(math.sqrt(8), abs=0.005)  # sd(50, 54)
+    assert math.isnan(two["val-sample share of seed variance %"])
 
 
 def test_val_splits_summary_scores_further_splits_and_is_cached(smoke_root, tmp_path):

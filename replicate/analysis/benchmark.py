@@ -394,7 +394,8 @@ def val_split_spread(frame: pd.DataFrame) -> pd.DataFrame:
     seed sd of each run's mean over all splits (what a validation set as large as all splits together would
     show), the sd over splits of one run's AP (mean over runs: how much the sample moves a level), the
     residual sd (how much it moves one run against another) and the residual's share of the seed variance on
-    one split."""
+    one split. The share needs at least 3 runs: from 2, the seed variance has one degree of freedom per split
+    and the ratio of two such estimates can land anywhere (above 100 % too), so it reads NaN."""
     out = []
     for label, part in frame[frame["scored"]].groupby("row", sort=False):
         table = part.pivot_table(index="seed", columns="val split", values="AP")
@@ -410,7 +411,8 @@ def val_split_spread(frame: pd.DataFrame) -> pd.DataFrame:
                     "seed sd (mean over splits)": float(table.mean(axis=1).std(ddof=1)),
                     "split sd within a run": float(table.std(axis=1, ddof=1).mean()),
                     "residual sd": math.sqrt(residual_var),
-                    "val-sample share of seed variance %": 100 * residual_var / seed_var if seed_var > 0 else math.nan})
+                    "val-sample share of seed variance %": (100 * residual_var / seed_var
+                                                            if runs >= 3 and seed_var > 0 else math.nan)})
     columns = ["runs", "val splits", "seed sd (profile's split)", "seed sd (mean over splits)",
                "split sd within a run", "residual sd", "val-sample share of seed variance %"]
     return pd.DataFrame(out, columns=["row", *columns]).set_index("row").round(2)
