@@ -75,8 +75,20 @@ def _cmd_book(args: argparse.Namespace) -> int:
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from .engine.pretrain import PretrainConfig, pretrain
+    from .engine.pretrain import PretrainConfig, ensure_pretrained, pretrain
+    from .models.checkpoints import resolve_weights
+    from .profiles import get as get_profile
 
+    if args.ensure:
+        scale = get_profile(args.profile).model
+        for backbone, weights in sorted((scale.weights if scale else {}).items()):
+            if backbone not in args.backbone:
+                continue
+            path = resolve_weights(weights)
+            present = path.is_file()
+            ensure_pretrained(weights, profile=args.profile, data_root=args.data_root, progress=not args.quiet)
+            print(f"{weights}: {'present' if present else 're-made from its record; its SHA-256 matches'}")
+        return 0
     for backbone in args.backbone:
         cfg = PretrainConfig(backbone=backbone, epochs=args.epochs, seed=args.seed)
         out = args.out or Path("results") / "pretrained" / args.profile
@@ -373,6 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--ensure", action="store_true",
+                   help="make nothing new: re-make the weights files the profile's presets load that are absent, "
+                        "from their committed records, and fail (exit 1) unless each hashes to its record's SHA-256")
     p.set_defaults(func=_cmd_pretrain)
 
     p = sub.add_parser(

@@ -19,20 +19,24 @@ WORK="${WORK:-$(dirname "$HERE")/sweep-work}"
 COMMIT="$(git -C "$HERE" rev-parse --short HEAD)"
 TREE="${TREE:-$(dirname "$HERE")/sweep-$COMMIT}"
 R="${REPLICATE:-$HERE/.venv/bin/replicate}"
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+for profile in proxy proxy-offset0 proxy-offset0.3; do
+  [ -f "$DATA/$profile/annotations/val.json" ] || "$R" data synth --profile "$profile" --out "$DATA/$profile" || exit 1
+done
+# the pretrained backbones the runs load, in this checkout: an absent file is re-made from its record
+# (minutes), and a machine that cannot reproduce it (another CPU maker) stops the sweep here, before any run
+# is launched on it. A re-made file is to be committed beside its record.
+(cd "$HERE" && "$R" pretrain --profile proxy --ensure --quiet --data-root "$DATA/proxy") || exit 1
 [ -d "$TREE" ] || git -C "$HERE" worktree add --detach "$TREE" HEAD >/dev/null || exit 1
 cd "$TREE" || exit 1
-# the pretrained backbones' weights are not committed (ensure_pretrained re-makes them from their records,
-# minutes per file): a new worktree takes this checkout's files when they hash to their records' SHA-256
+# a worktree of a commit without the weights files takes this checkout's when they hash to their records'
 for pt in "$HERE"/results/pretrained/*/*.pt; do
   [ -f "$pt" ] || continue
   dest="$TREE/${pt#"$HERE"/}" && [ ! -f "$dest" ] || continue
   want=$(grep -o '"sha256": "[0-9a-f]*"' "${pt%.pt}.json" 2>/dev/null | cut -d'"' -f4)
   [ -n "$want" ] && [ "$(sha256sum "$pt" | cut -d' ' -f1)" = "$want" ] && mkdir -p "$(dirname "$dest")" && cp "$pt" "$dest"
 done
-export PYTHONPATH="$TREE" OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
-for profile in proxy proxy-offset0 proxy-offset0.3; do
-  [ -f "$DATA/$profile/annotations/val.json" ] || "$R" data synth --profile "$profile" --out "$DATA/$profile" || exit 1
-done
+export PYTHONPATH="$TREE"
 # one absolute deadline (the next UNTIL from now), so that a step starting after it does not read
 # UNTIL as tomorrow's: each step gets the minutes left
 DEADLINE=$(date -d "$UNTIL" +%s) || exit 1

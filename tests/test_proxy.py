@@ -63,7 +63,7 @@ def test_proxy_presets_load_the_committed_pretrained_backbones_frozen():
     assert model_config("retinanet", "smoke", 10).backbone.norm == "bn"
 
 
-def test_pretrain_reads_the_training_split_and_is_deterministic(smoke_root, tmp_path):
+def test_pretrain_reads_the_training_split_and_is_deterministic(smoke_root, tmp_path, monkeypatch, capsys):
     cfg = PretrainConfig(epochs=1, batch_size=32)
     first = pretrain("smoke", tmp_path / "a", cfg, data_root=smoke_root, progress=False)
     second = pretrain("smoke", tmp_path / "b", cfg, data_root=smoke_root, progress=False)
@@ -86,11 +86,26 @@ def test_pretrain_reads_the_training_split_and_is_deterministic(smoke_root, tmp_
     ensure_pretrained(str(weights), profile="smoke", data_root=smoke_root, progress=False)
     assert weights.is_file() and torch.equal(torch.load(weights, weights_only=True)["conv1.weight"],
                                              saved["conv1.weight"])
-    record = weights.with_suffix(".json")
-    record.write_text(json.dumps({**json.loads(record.read_text()), "sha256": "0" * 64}))
+    # `replicate pretrain --ensure`: the same check for the files a profile's presets load
+    from replicate import cli, profiles
+    from replicate.profiles import ModelScale
+
+    monkeypatch.setitem(profiles.PROFILES, "smoke", dataclasses.replace(
+        profiles.get("smoke"), model=ModelScale(64, 2, weights={"narrow": str(weights)})))
+    ensure = ["pretrain", "--profile", "smoke", "--ensure", "--backbone", "narrow", "--quiet",
+              "--data-root", str(smoke_root)]
+    assert cli.main(ensure) == 0 and capsys.readouterr().out.strip() == f"{weights}: present"
     weights.unlink()
-    with pytest.raises(ReplicateError, match="did not reproduce here"):
+    assert cli.main(ensure) == 0 and "re-made from its record; its SHA-256 matches" in capsys.readouterr().out
+    assert weights.is_file() and len(list(weights.parent.glob("*.json"))) == 1  # no new record
+    record = weights.with_suffix(".json")
+    doc = json.loads(record.read_text())
+    doc["provenance"]["device"] = "Another CPU"  # the record of another machine, whose weights hash otherwise
+    record.write_text(json.dumps({**doc, "sha256": "0" * 64}))
+    weights.unlink()
+    with pytest.raises(ReplicateError, match="did not reproduce here .it was pretrained on 'Another CPU'") as err:
         ensure_pretrained(str(weights), profile="smoke", data_root=smoke_root, progress=False)
+    assert f"Copy the recorded file to {weights}" in str(err.value) and not weights.exists()
 
 
 def test_bf16_autocast_on_cpu_keeps_losses_in_float32():

@@ -450,10 +450,12 @@ def test_verify_reproduces_a_record_exactly_and_names_what_differs(swept, smoke_
     assert "reproduced exactly" in result.format() and "loss.last" in result.stored
     tampered = json.loads(path.read_text())
     tampered["loss_summary"]["loss"]["last"] += 1e-6
+    tampered["provenance"]["device"] = "Another CPU"  # a record made elsewhere: the report names both machines
     bad = tmp_path / path.name
     bad.write_text(json.dumps(tampered))
     result = verify(bad, data_root=smoke_root, progress=False)
     assert not result.exact and list(result.differences) == ["loss.last"] and "NOT reproduced" in result.format()
+    assert "recorded on 'Another CPU'" in result.format() and not result.same_machine
     older = json.loads(path.read_text())  # a record made before gn_nchw existed: it lacks the field
     assert older["config"]["train"].pop("gn_nchw") is False
     assert find_request(older, path).key == older["key"]

@@ -12,8 +12,9 @@ learning rate, horizontal flips and a small random shift of each crop per epoch.
 state dict in torchvision's names (``<name>-<sha256[:8]>.pt``: the content names the file, so a run's
 config, which names the file, changes with the weights) and, beside it, the ``.json``: what it was trained
 on (the data manifest), the settings, the held-out accuracy (a slice of the training split's objects)
-and provenance. The same settings on CPU give the same weights: only the ``.json`` is committed, and
-:func:`ensure_pretrained` re-makes a missing weights file from it (checking its SHA-256).
+and provenance. The same settings on the same CPU model give the same weights; another maker's CPU gives
+other weights. Both files are committed, and :func:`ensure_pretrained` re-makes a missing weights file
+from its record (checking its SHA-256).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from ..errors import ReplicateError
 from ..io import atomic_write_bytes, atomic_write_json, read_json
 from ..models.backbone import NARROW_BLOCKS, BackboneConfig, build_backbone
 from ..models.checkpoints import resolve_weights
-from ..provenance import provenance
+from ..provenance import device_name, provenance
 
 
 @dataclass(frozen=True)
@@ -186,11 +187,12 @@ def ensure_pretrained(weights: str | None, *, profile: str | None = None, data_r
                       progress: bool = True) -> None:
     """Re-make a profile's pretrained backbone from its committed record when the weights file is absent.
 
-    Only the small ``.json`` record of a pretrained backbone is committed, not its weights: pretraining is
-    deterministic on CPU, so the file is re-made from the record's settings (``profile``'s ``data_root`` is
-    used when the record was trained on that profile) and must hash to the recorded SHA-256, else it is an
-    error (another machine's float reductions, say). Weights without such a record are left to the
-    backbone, which reports a missing file."""
+    Pretraining is deterministic on one CPU model (one thread), not across CPU makers (MKL and oneDNN run
+    other kernels), so weights files are committed beside their records once made on a machine that
+    reproduces them. An absent file is re-made from the record's settings (``profile``'s ``data_root`` is
+    used when the record was trained on that profile) and must hash to the recorded SHA-256, else it is
+    deleted and an error names the record's CPU and this one. Weights without such a record are left to
+    the backbone, which reports a missing file."""
     if weights is None:
         return
     path = resolve_weights(weights)
@@ -208,6 +210,11 @@ def ensure_pretrained(weights: str | None, *, profile: str | None = None, data_r
         torch.set_num_threads(threads)
     if made["sha256"] != doc["sha256"]:
         (path.parent / made["weights"]).unlink(missing_ok=True)
+        recorded = (doc.get("provenance") or {}).get("device") or "an unrecorded CPU"
+        here = device_name("cpu")
+        why = (f"it was pretrained on {recorded!r} and this machine is {here!r}: another CPU runs other float "
+               "kernels" if recorded != here else "same CPU model: library versions or thread count differ?")
         raise ReplicateError(f"{sidecar}: re-made weights hash to {made['sha256'][:12]}, not the recorded "
-                             f"{doc['sha256'][:12]}; pretraining did not reproduce here (different CPU or "
-                             "library versions?), so runs on these weights cannot be reproduced exactly")
+                             f"{doc['sha256'][:12]}; pretraining did not reproduce here ({why}), so runs on these "
+                             f"weights cannot be made here. Copy the recorded file to {path} from a machine that "
+                             "has it (its SHA-256 is in the record)")

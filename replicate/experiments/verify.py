@@ -5,7 +5,10 @@ profile and the seed). Verification finds the registered table row whose run has
 the row's configuration today is the record's (``config``), trains it from scratch in a scratch folder
 (never the results store) and compares every COCO metric and the loss curves' first, last and lowest
 values of the new run with the stored ones: equal to the last bit, as the same config on CPU with the
-same thread count gives the same numbers.
+same thread count gives the same numbers. That promise holds on the CPU model the record names
+(``provenance.device``): another maker's CPU runs other float kernels (MKL and oneDNN dispatch by vendor
+and instruction set), so a re-run there differs in the last bits and soon in the metrics; the report says
+so when the two machines differ.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from ..engine.config import with_later_fields
 from ..engine.train import train
 from ..errors import ReplicateError
 from ..io import read_json
-from ..provenance import jsonable
+from ..provenance import device_name, jsonable
 from .runs import RunRequest, loss_summary, requests_for
 from .spec import REGISTRY
 
@@ -35,6 +38,12 @@ class Verification:
     stored: dict[str, float]
     reproduced: dict[str, float]
     differences: dict[str, tuple[float, float]] = field(default_factory=dict)
+    recorded_on: str = ""  # the record's CPU (its provenance's device)
+    here: str = ""  # this machine's
+
+    @property
+    def same_machine(self) -> bool:
+        return not self.recorded_on or self.recorded_on == self.here
 
     @property
     def exact(self) -> bool:
@@ -47,6 +56,9 @@ class Verification:
             return f"{head}: reproduced exactly (AP {100 * self.stored['AP']:.2f}; {len(self.stored)} metrics and loss " \
                    "statistics equal)"
         lines = [f"  {k}: stored {a!r}, re-trained {b!r}" for k, (a, b) in sorted(self.differences.items())]
+        if not self.same_machine:
+            lines.append(f"  recorded on {self.recorded_on!r}, re-trained on {self.here!r}: exact reproduction is "
+                         "promised on the record's CPU model only (other float kernels run on another CPU)")
         return "\n".join([f"{head}: NOT reproduced ({len(self.differences)} metric(s) differ)", *lines])
 
 
@@ -107,4 +119,5 @@ def verify(record_path: str | Path, *, data_root: str | Path | None = None, work
             new[f"{term}.{stat}"] = (losses.get(term) or {}).get(stat)
     differences = {k: (stored.get(k), new.get(k)) for k in sorted(set(stored) | set(new))
                    if not _same(stored.get(k), new.get(k))}
-    return Verification(path, record["key"], request, stored, new, differences)
+    return Verification(path, record["key"], request, stored, new, differences,
+                        recorded_on=str((record.get("provenance") or {}).get("device") or ""), here=device_name("cpu"))
