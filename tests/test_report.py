@@ -176,6 +176,10 @@ def test_provenance_frame():
     assert first["commit"] == "0123456789" and first["torch"] == "2.14.1" and first["train img/s"] == 12.5
     assert first["device"] == "cpu" and not first["dirty"] and first["finished"] == "2026-01-01T00:01:00"
     assert pd.isna(frame.iloc[2]["commit"])
+    devices = report.devices_frame(records, "results").set_index("device")
+    assert devices.loc["cpu", "records"] == 2 and devices.loc["unrecorded", "records"] == 1
+    assert devices.loc["cpu", "check one"] == "replicate verify results/smoke/base-s0.json"
+    assert devices.loc["cpu", "last finished"] >= devices.loc["cpu", "first finished"]
 
 
 def test_bench_and_environment_frames(tmp_path):

@@ -10,7 +10,7 @@ with more than one seed. Rows the paper's table cites without our reproducing th
 The notebooks stay thin: a table notebook calls :func:`render_table`, draws :func:`plot_paper_vs_ours`
 and saves :func:`headline` with :func:`save_headline`; the summary page reads them back with
 :func:`load_headlines` and :func:`summary_frame`; the provenance appendix uses :func:`provenance_frame`,
-:func:`bench_frame` and :func:`environment_frame`. A table notebook's body, after its ``parameters``
+:func:`devices_frame`, :func:`bench_frame` and :func:`environment_frame`. A table notebook's body, after its ``parameters``
 cell (``profile``, ``executor``, ``seeds``, ``results_dir``, ``data_root``, ``run_missing``)::
 
     spec = REGISTRY["mod"]["table3"]
@@ -333,6 +333,26 @@ def provenance_frame(records: Sequence[Record]) -> pd.DataFrame:
                      _get(r, "provenance", "started"), _get(r, "provenance", "finished"),
                      _get(r, "timings", "train_imgs_per_s")])
     return pd.DataFrame(data, columns=columns)
+
+
+def devices_frame(records: Sequence[Record], results_dir: str | Path = "results") -> pd.DataFrame:
+    """Per CPU or GPU model the records were made on: how many, the first and last finished, and the
+    ``replicate verify`` command of one of them. A re-run reproduces a record exactly on the model it names
+    (another maker's CPU runs other float kernels)."""
+    rows: dict[str, dict[str, Any]] = {}
+    for r in records:
+        device = _get(r, "provenance", "device") or "unrecorded"
+        finished = _get(r, "provenance", "finished")
+        row = rows.setdefault(device, {"device": device, "records": 0, "first finished": None,
+                                       "last finished": None, "check one": None})
+        row["records"] += 1
+        if isinstance(finished, str):
+            row["first finished"] = min(filter(None, [row["first finished"], finished]))
+            row["last finished"] = max(filter(None, [row["last finished"], finished]))
+        if row["check one"] is None and r.get("key") and r.get("profile"):
+            row["check one"] = f"replicate verify {Path(results_dir) / r['profile'] / (r['key'] + '.json')}"
+    return pd.DataFrame(list(rows.values()), columns=["device", "records", "first finished", "last finished",
+                                                      "check one"])
 
 
 def bench_frame(bench_dir: str | Path) -> pd.DataFrame:
