@@ -27,6 +27,15 @@ _PACKAGES = ("torch", "torchvision", "numpy", "pycocotools")
 _REPO = Path(__file__).resolve().parent.parent
 
 
+def repo_relative(path: str | os.PathLike) -> Path:
+    """``path`` relative to the repository when it lies inside it (how pages show a results path, without the
+    machine's absolute folders), else as given."""
+    try:
+        return Path(path).resolve().relative_to(_REPO)
+    except ValueError:
+        return Path(path)
+
+
 def jsonable(obj: Any) -> Any:
     """``obj`` as plain JSON values: dataclasses -> dicts, tuples -> lists, paths -> strings, and
     non-finite floats -> the strings ``"inf"``, ``"-inf"``, ``"nan"`` (JSON has no infinity)."""

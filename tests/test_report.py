@@ -180,6 +180,10 @@ def test_provenance_frame():
     assert devices.loc["cpu", "records"] == 2 and devices.loc["unrecorded", "records"] == 1
     assert devices.loc["cpu", "check one"] == "replicate verify results/smoke/base-s0.json"
     assert devices.loc["cpu", "last finished"] >= devices.loc["cpu", "first finished"]
+    from replicate.provenance import _REPO  # a store inside the repository is shown relative to it
+
+    inside = report.devices_frame(records, _REPO / "results").set_index("device")
+    assert inside.loc["cpu", "check one"] == "replicate verify results/smoke/base-s0.json"
 
 
 def test_bench_and_environment_frames(tmp_path):

@@ -33,6 +33,7 @@ import pandas as pd
 
 from ..errors import ReplicateError
 from ..io import atomic_write_json, read_json
+from ..provenance import repo_relative
 from .claims import (NOISE_SE, ClaimResult, Record, RecordsByRow, RowStats, _all_stats, claim_results, effects,
                      main_metric, reference_row)
 from .spec import Row, TableSpec
@@ -337,8 +338,9 @@ def provenance_frame(records: Sequence[Record]) -> pd.DataFrame:
 
 def devices_frame(records: Sequence[Record], results_dir: str | Path = "results") -> pd.DataFrame:
     """Per CPU or GPU model the records were made on: how many, the first and last finished, and the
-    ``replicate verify`` command of one of them. A re-run reproduces a record exactly on the model it names
-    (another maker's CPU runs other float kernels)."""
+    ``replicate verify`` command of one of them (its path relative to the repository when the store is in
+    it). A re-run reproduces a record exactly on the model it names (another maker's CPU runs other float
+    kernels)."""
     rows: dict[str, dict[str, Any]] = {}
     for r in records:
         device = _get(r, "provenance", "device") or "unrecorded"
@@ -350,7 +352,7 @@ def devices_frame(records: Sequence[Record], results_dir: str | Path = "results"
             row["first finished"] = min(filter(None, [row["first finished"], finished]))
             row["last finished"] = max(filter(None, [row["last finished"], finished]))
         if row["check one"] is None and r.get("key") and r.get("profile"):
-            row["check one"] = f"replicate verify {Path(results_dir) / r['profile'] / (r['key'] + '.json')}"
+            row["check one"] = f"replicate verify {repo_relative(results_dir) / r['profile'] / (r['key'] + '.json')}"
     return pd.DataFrame(list(rows.values()), columns=["device", "records", "first finished", "last finished",
                                                       "check one"])
 
