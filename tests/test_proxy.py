@@ -460,3 +460,21 @@ def test_a_page_hides_code_and_keeps_parameters_and_logs_in_a_collapsed_section(
     assert "warning: ./results/x" in made and str(root) not in made
     present(out, source, root, "proxy")  # an evidence profile gets no banner
     assert "plumbing check" not in nbformat.read(out, as_version=4).cells[1].source
+
+
+def test_backbone_draw_hand_computed():
+    from replicate.experiments.spec import Row, TableSpec
+
+    spec = TableSpec("demo", "backbone", "t", "s", ("AP",), rows=tuple(
+        Row(label, preset) for label, preset in (("RetinaNet", "retinanet"), ("RetinaNet, backbone seed 1", "retinanet"),
+                                                 ("ATSS", "atss"), ("ATSS, backbone seed 1", "atss"))))
+    rec = lambda ap: {"metrics": {"AP": ap}}
+    runs = {"RetinaNet": [rec(0.56), rec(0.58)], "RetinaNet, backbone seed 1": [rec(0.52)],
+            "ATSS": [rec(0.63)], "ATSS, backbone seed 1": [rec(0.60)]}
+    out = bm.backbone_draw(spec, runs)
+    assert out.loc["RetinaNet", "profile's backbone"] == pytest.approx(57.0) and out.loc["RetinaNet", "seeds"] == 2
+    assert out.loc["RetinaNet", "difference"] == pytest.approx(-5.0) and out.loc["ATSS", "difference"] == pytest.approx(-3.0)
+    lead = out.loc["ATSS lead over RetinaNet"]  # 63 - 57 = 6 on the first, 60 - 52 = 8 on the second
+    assert lead["profile's backbone"] == pytest.approx(6.0) and lead["backbone seed 1"] == pytest.approx(8.0)
+    assert lead["difference"] == pytest.approx(2.0)
+    assert math.isnan(bm.backbone_draw(spec, {"ATSS": [rec(0.6)]}).loc["ATSS", "backbone seed 1"])

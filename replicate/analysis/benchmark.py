@@ -602,6 +602,36 @@ def schedule_leads(schedule: pd.DataFrame, reference: str = "RetinaNet") -> pd.D
     return out.round(2)
 
 
+BACKBONE_DRAW_SUFFIX = ", backbone seed 1"
+
+
+def backbone_draw(spec: TableSpec, records_by_row: Mapping[str, Sequence[Record]], metric: str = "AP",
+                  reference: str = "RetinaNet") -> pd.DataFrame:
+    """Per detector of the backbone table (rows ``X`` and ``X, backbone seed 1``): the mean of ``metric``
+    (paper units) on the profile's pretrained backbone and on a second pretraining of it (the same settings,
+    seed 1), the seeds each, and the difference (second minus first); a last row gives the leads over
+    ``reference`` on each backbone and how much the lead moves."""
+    rows = []
+    for row in spec.rows:
+        if row.label.endswith(BACKBONE_DRAW_SUFFIX):
+            continue
+        first = row_stats(spec, row, records_by_row.get(row.label, ()))
+        second_row = spec.row(row.label + BACKBONE_DRAW_SUFFIX)
+        second = row_stats(spec, second_row, records_by_row.get(second_row.label, ()))
+        a = first.mean[metric] if first else math.nan
+        b = second.mean[metric] if second else math.nan
+        rows.append({"detector": row.label, "profile's backbone": a, "seeds": first.n if first else 0,
+                     "backbone seed 1": b, "seeds (seed 1)": second.n if second else 0, "difference": b - a})
+    out = pd.DataFrame(rows).set_index("detector")
+    if reference in out.index and len(out) > 1:
+        for other in out.index.drop(reference):
+            lead_a = out.loc[other, "profile's backbone"] - out.loc[reference, "profile's backbone"]
+            lead_b = out.loc[other, "backbone seed 1"] - out.loc[reference, "backbone seed 1"]
+            out.loc[f"{other} lead over {reference}"] = {"profile's backbone": lead_a, "backbone seed 1": lead_b,
+                                                          "difference": lead_b - lead_a}
+    return out.round(2)
+
+
 def _detector(label: Any) -> str:
     """The detector of a schedule-table row label (``"RetinaNet, 1200 iterations"`` -> ``"RetinaNet"``)."""
     return str(label).split(",")[0]
