@@ -25,7 +25,7 @@ for profile in proxy proxy-offset0 proxy-offset0.3; do
 done
 # the pretrained backbones the runs load, in this checkout: an absent file is re-made from its record
 # (minutes), and a machine that cannot reproduce it (another CPU maker) stops the sweep here, before any run
-# is launched on it. A re-made file is to be committed beside its record.
+# is launched on it.
 (cd "$HERE" && "$R" pretrain --profile proxy --ensure --quiet --data-root "$DATA/proxy") || exit 1
 [ -d "$TREE" ] || git -C "$HERE" worktree add --detach "$TREE" HEAD >/dev/null || exit 1
 cd "$TREE" || exit 1

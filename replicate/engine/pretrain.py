@@ -13,8 +13,8 @@ state dict in torchvision's names (``<name>-<sha256[:8]>.pt``: the content names
 config, which names the file, changes with the weights) and, beside it, the ``.json``: what it was trained
 on (the data manifest), the settings, the held-out accuracy (a slice of the training split's objects)
 and provenance. The same settings on the same CPU model give the same weights; another maker's CPU gives
-other weights. Both files are committed, and :func:`ensure_pretrained` re-makes a missing weights file
-from its record (checking its SHA-256).
+other weights. Only the ``.json`` is committed; :func:`ensure_pretrained` re-makes a missing weights
+file from it (checking its SHA-256) on the CPU model the record names.
 """
 
 from __future__ import annotations
@@ -188,8 +188,8 @@ def ensure_pretrained(weights: str | None, *, profile: str | None = None, data_r
     """Re-make a profile's pretrained backbone from its committed record when the weights file is absent.
 
     Pretraining is deterministic on one CPU model (one thread), not across CPU makers (MKL and oneDNN run
-    other kernels), so weights files are committed beside their records once made on a machine that
-    reproduces them. An absent file is re-made from the record's settings (``profile``'s ``data_root`` is
+    other kernels): on another maker's CPU the file must be copied from a machine of the record's model.
+    An absent file is re-made from the record's settings (``profile``'s ``data_root`` is
     used when the record was trained on that profile) and must hash to the recorded SHA-256, else it is
     deleted and an error names the record's CPU and this one. Weights without such a record are left to
     the backbone, which reports a missing file."""

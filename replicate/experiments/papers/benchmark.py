@@ -134,7 +134,7 @@ SCHEDULE = register(TableSpec(
 
 #: A second pretraining of the proxy's narrow backbone: the profile's settings with seed 1, made with
 #: ``replicate pretrain --profile proxy --backbone narrow --seed 1`` on an Intel Xeon (its record names
-#: the machine; the weights file is committed beside it, so that any machine loads the same weights)
+#: the machine, on whose CPU model ensure_pretrained re-makes the weights file from it)
 BACKBONE_SEED1 = "results/pretrained/proxy/narrow-d1bf8278.pt"
 BACKBONE = register(TableSpec(
     paper="benchmark", table="backbone",
