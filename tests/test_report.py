@@ -164,8 +164,25 @@ def test_headline_round_trips_through_the_results_folder(tmp_path):
     assert report.load_headlines(tmp_path, "coco") == []
     frame = report.summary_frame([summary])
     assert frame.iloc[0].to_dict() == {"table": "mod:table9", "title": "Ablation", "metric": "AP",
-                                       "claims holding": 2, "claims checked": 2, "claims": 4,
-                                       "rows run": 2, "rows": 4}
+                                       "claims holding": 2, "within seed noise": 0, "claims checked": 2,
+                                       "claims": 4, "rows run": 2, "rows": 4}
+
+
+def test_a_claim_within_seed_noise_is_neither_marked_nor_counted_as_holding():
+    # a beats b by +1, +0, -0.5 points (paired): mean +0.17, se 0.44 -> within seed noise, though its sign
+    # is the paper's; c beats b by +1, +2, +1 -> holds (se 0.33)
+    spec = _spec_ab(Claim("a beats b", "a", "b"), Claim("c beats b", "c", "b"))
+    runs = {"a": _runs("a", [0.30, 0.30, 0.295]), "b": _runs("b", [0.29, 0.30, 0.30]),
+            "c": _runs("c", [0.30, 0.32, 0.31])}
+    assert [c.verdict for c in claims.claim_results(spec, runs)] == ["within seed noise", "holds"]
+    html = report.render_claims(spec, runs)
+    assert html.count("≈") == 1 and html.count("✓") == 1 and "✗" not in html
+    summary = report.headline(spec, runs)
+    assert (summary["claims_holding"], summary["claims_within_noise"], summary["claims_checked"]) == (1, 1, 2)
+    row = report.summary_frame([summary]).iloc[0]
+    assert (row["claims holding"], row["within seed noise"], row["claims checked"]) == (1, 1, 2)
+    assert [report.verdict_mark(v) for v in ("holds (1 seed)", "does not hold (1 seed)", "reversed",
+                                             "not checked")] == ["✓", "✗", "✗", "—"]
 
 
 def test_provenance_frame():

@@ -113,15 +113,22 @@ def styled_table(spec: TableSpec, records_by_row: RecordsByRow, seeds: int | Non
             .set_table_attributes('class="replicate-table"'))
 
 
-_MARK = {True: "✓", False: "✗", None: "—"}
+def verdict_mark(verdict: str) -> str:
+    """The sign a claim's verdict is shown with: ✓ holds, ✗ reversed or does not hold, ≈ within seed noise
+    (our margin's sign alone is not evidence), — not checked."""
+    if verdict.startswith("holds"):
+        return "✓"
+    if verdict.startswith(("reversed", "does not hold")):
+        return "✗"
+    return "≈" if verdict == "within seed noise" else "—"
 
 
 def render_claims(spec: TableSpec, records_by_row: RecordsByRow) -> HtmlFragment:
-    """The table's claims as an HTML list: ✓ holds on our runs, ✗ does not, — not checked."""
+    """The table's claims as an HTML list, each marked by its verdict (:func:`verdict_mark`)."""
     items = []
     for c in claim_results(spec, records_by_row):
         detail = f"paper {_fmt(c.paper_margin, signed=True)}, ours {_margin_text(c)} {c.metric}"
-        items.append(f"<li>{_MARK[c.holds]} {html.escape(c.text)} "
+        items.append(f"<li>{verdict_mark(c.verdict)} {html.escape(c.text)} "
                      f"<small>({html.escape(c.better)} vs {html.escape(c.worse)}: {detail}; "
                      f"{html.escape(c.verdict)})</small></li>")
     if not items:
@@ -226,8 +233,9 @@ def headline(spec: TableSpec, records_by_row: RecordsByRow) -> dict[str, Any]:
         "title": spec.title,
         "source": spec.source,
         "metric": metric,
-        "claims_holding": sum(c.holds is True for c in claims),
-        "claims_checked": sum(c.holds is not None for c in claims),
+        "claims_holding": sum(c.verdict.startswith("holds") for c in claims),
+        "claims_within_noise": sum(c.verdict == "within seed noise" for c in claims),
+        "claims_checked": sum(not c.verdict.startswith("not checked") for c in claims),
         "claims_total": len(claims),
         "claims": [{"text": c.text, "metric": c.metric, "better": c.better, "worse": c.worse,
                     "paper_margin": _json_number(c.paper_margin), "ours_margin": _json_number(c.ours_margin),
@@ -256,13 +264,15 @@ def load_headlines(results_dir: str | Path, profile: str) -> list[dict[str, Any]
 
 
 def summary_frame(headlines: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    """One row per table: its title, the claims that hold on our runs, and the rows we have run."""
-    columns = ["table", "title", "metric", "claims holding", "claims checked", "claims", "rows run", "rows"]
+    """One row per table: its title, the claims that hold on our runs (by their verdicts: a claim within seed
+    noise is counted apart), and the rows we have run."""
+    columns = ["table", "title", "metric", "claims holding", "within seed noise", "claims checked", "claims",
+               "rows run", "rows"]
     data = []
     for h in headlines:
         rows = h["rows"]
-        data.append([h["key"], h["title"], h["metric"], h["claims_holding"], h["claims_checked"],
-                     h["claims_total"], sum(r["ours"] is not None for r in rows), len(rows)])
+        data.append([h["key"], h["title"], h["metric"], h["claims_holding"], h.get("claims_within_noise", 0),
+                     h["claims_checked"], h["claims_total"], sum(r["ours"] is not None for r in rows), len(rows)])
     return pd.DataFrame(data, columns=columns)
 
 
