@@ -95,6 +95,19 @@ def test_claims_between_rows_that_did_not_learn_are_not_checked():
     assert rfa.verdict.startswith("not checked") and "did not learn" in rfa.verdict
 
 
+def test_one_collapsed_seed_leaves_a_claim_unchecked_and_is_counted_in_the_status():
+    # base: seeds at 30.0 and 0.4 AP (a collapsed run): the row's mean, 15.2, is above the floor, but
+    # the run at 0.4 is not, so "RFA helps" (base vs +RFA) is not checked; the status column says so
+    collapsed = {"base": [record("base", 0, 0.300, 0.5), record("base", 1, 0.004, 0.01)],
+                 "+RFA": [record("+RFA", 0, 0.335, 0.5), record("+RFA", 1, 0.340, 0.5)]}
+    stats = claims.row_stats(SPEC, SPEC.row("base"), collapsed["base"])
+    assert stats.mean["AP"] == pytest.approx(15.2) and stats.not_learned == 1
+    rfa = {c.text: c for c in claims.claim_results(SPEC, collapsed)}["RFA helps"]
+    assert rfa.learned is False and rfa.holds is None and "did not learn" in rfa.verdict
+    frame = report.table_frame(SPEC, collapsed, seeds=2)
+    assert frame.at["base", "status"] == "2/2 runs, 1 did not learn" and frame.at["+RFA", "status"] == "2/2 runs"
+
+
 def test_claims_hold_fail_or_stay_unknown():
     results = {c.text: c for c in claims.claim_results(SPEC, RECORDS)}
     rfa = results["RFA helps"]

@@ -3,9 +3,10 @@ spread over seeds. Rendering lives in :mod:`.report`; this module only computes.
 
 ``records_by_row`` maps a row label to the run records of that row (one per seed, as the results store
 gives them; a record's ``metrics`` are fractions). Numbers come out on the paper's scale
-(``spec.paper_scale``). A claim is *checked* only when both of its rows' runs have learned: their mean
-main metric (AP) is at least :data:`LEARNED_FLOOR` points; below it (a smoke run, a diverged one) any
-ordering is noise and the claim reads "not checked".
+(``spec.paper_scale``). A claim is *checked* only when every run it reads has learned: each run's main
+metric (AP) is at least :data:`LEARNED_FLOOR` points. Below it (a smoke run, a diverged or collapsed one)
+any ordering is noise, so the claim reads "not checked"; one collapsed seed is enough, as it would
+otherwise dominate the row's mean and spread. The table's status column counts such runs.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from .spec import TIMING_METRICS, Row, TableSpec
 
 Record = Mapping[str, Any]
 RecordsByRow = Mapping[str, Sequence[Record]]
-LEARNED_FLOOR = 5.0  # AP points (paper scale): a row whose mean AP is below it has not learned
+LEARNED_FLOOR = 5.0  # AP points (paper scale): a run whose AP is below it has not learned
 
 
 def sample_variance(values: Sequence[float]) -> float:
@@ -48,6 +49,7 @@ class RowStats:
     n: int
     mean: dict[str, float]
     std: dict[str, float]  # NaN with a single seed
+    not_learned: int = 0  # runs whose main metric is below LEARNED_FLOOR
 
 
 NOISE_SE = 2.0  # a margin within this many standard errors of zero is "within seed noise"
@@ -73,14 +75,14 @@ class ClaimResult:
     holds: bool | None
     ours_se: float | None = None
     seeds: int = 0
-    learned: bool = True  # both rows' mean main metric is at least LEARNED_FLOOR
+    learned: bool = True  # every run of both rows reaches LEARNED_FLOOR on the main metric
 
     @property
     def verdict(self) -> str:
         """``holds`` / ``reversed`` (beyond :data:`NOISE_SE` standard errors), ``within seed noise``,
         ``holds (1 seed)`` / ``does not hold (1 seed)`` without a spread, or ``not checked``."""
         if not self.learned:
-            return f"not checked (a row's runs did not learn: AP below {LEARNED_FLOOR:g})"
+            return f"not checked (a run of these rows did not learn: AP below {LEARNED_FLOOR:g})"
         if self.holds is None:
             return "not checked"
         if self.ours_se is None:
@@ -115,7 +117,9 @@ def row_stats(spec: TableSpec, row: Row, records: Sequence[Record]) -> RowStats 
         values = [_metric_value(spec, r, metric) for r in records]
         mean[metric] = statistics.fmean(values)
         std[metric] = sample_std(values)
-    return RowStats(len(records), mean, std)
+    key = main_metric(spec)
+    not_learned = sum(not _metric_value(spec, r, key) >= LEARNED_FLOOR for r in records)
+    return RowStats(len(records), mean, std, not_learned)
 
 
 def _all_stats(spec: TableSpec, records_by_row: RecordsByRow) -> dict[str, RowStats | None]:
@@ -144,8 +148,7 @@ def claim_results(spec: TableSpec, records_by_row: RecordsByRow) -> list[ClaimRe
         ours_margin = sb.mean[claim.metric] - sw.mean[claim.metric] if sb and sw else None
         if ours_margin is not None and math.isnan(ours_margin):  # a metric undefined on this data
             ours_margin = None
-        key = main_metric(spec)
-        learned = not (sb and sw) or min(sb.mean[key], sw.mean[key]) >= LEARNED_FLOOR
+        learned = not (sb and sw) or sb.not_learned + sw.not_learned == 0
         holds = None if ours_margin is None or not learned else ours_margin > 0
         se = None
         if ours_margin is not None:

@@ -55,15 +55,16 @@ def _status(row: Row, stats: RowStats | None, seeds: int | None) -> str:
         return CITED_ONLY
     if stats is None:
         return MISSING
-    return f"{stats.n}/{seeds} runs" if seeds else f"{stats.n} run{'s' if stats.n != 1 else ''}"
+    text = f"{stats.n}/{seeds} runs" if seeds else f"{stats.n} run{'s' if stats.n != 1 else ''}"
+    return text + (f", {stats.not_learned} did not learn" if stats.not_learned else "")
 
 
 def table_frame(spec: TableSpec, records_by_row: RecordsByRow, seeds: int | None = None) -> pd.DataFrame:
     """One row per table row: ``"<metric> paper"``, ``"<metric> ours"``, ``"<metric> Δ"`` and ``status``.
 
     Numbers are on the paper's scale; ``ours`` is the mean over seeds and ``Δ = ours - paper``; what is
-    not known is NaN. ``status`` is ``"n runs"`` (``"n/seeds runs"`` when ``seeds`` is given),
-    ``"missing"`` or ``"cited only"``.
+    not known is NaN. ``status`` is ``"n runs"`` (``"n/seeds runs"`` when ``seeds`` is given; ``", k did not
+    learn"`` added when k of them are below :data:`~.claims.LEARNED_FLOOR`), ``"missing"`` or ``"cited only"``.
     """
     stats = _all_stats(spec, records_by_row)
     data = []
