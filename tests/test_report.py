@@ -106,6 +106,9 @@ def test_one_collapsed_seed_leaves_a_claim_unchecked_and_is_counted_in_the_statu
     assert rfa.learned is False and rfa.holds is None and "did not learn" in rfa.verdict
     frame = report.table_frame(SPEC, collapsed, seeds=2)
     assert frame.at["base", "status"] == "2/2 runs, 1 did not learn" and frame.at["+RFA", "status"] == "2/2 runs"
+    unlearned = report.unlearned_frame([report.headline(SPEC, collapsed), report.headline(SPEC, RECORDS)])
+    assert unlearned.to_dict("records") == [{"table": "mod:table9", "row": "base", "runs that did not learn": 1,
+                                             "status": "2 runs, 1 did not learn"}]
 
 
 def test_claims_hold_fail_or_stay_unknown():
@@ -168,8 +171,10 @@ def test_headline_round_trips_through_the_results_folder(tmp_path):
     summary = report.headline(SPEC, RECORDS)
     assert summary["key"] == "mod:table9" and summary["metric"] == "AP"
     assert (summary["claims_holding"], summary["claims_checked"], summary["claims_total"]) == (2, 2, 4)
-    assert summary["rows"][0] == {"label": "base", "paper": 38.6, "ours": 31.0, "status": "2 runs"}
-    assert summary["rows"][2] == {"label": "+APS", "paper": 40.0, "ours": None, "status": "missing"}
+    assert summary["rows"][0] == {"label": "base", "paper": 38.6, "ours": 31.0, "status": "2 runs",
+                                   "not_learned": 0}
+    assert summary["rows"][2] == {"label": "+APS", "paper": 40.0, "ours": None, "status": "missing",
+                                   "not_learned": 0}
     json.dumps(summary, allow_nan=False)
     path = report.save_headline(summary, tmp_path, "smoke")
     assert path == tmp_path / "headlines" / "smoke" / "mod.table9.json"

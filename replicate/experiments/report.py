@@ -227,6 +227,7 @@ def headline(spec: TableSpec, records_by_row: RecordsByRow) -> dict[str, Any]:
     metric = main_metric(spec)
     frame = table_frame(spec, records_by_row)
     claims = claim_results(spec, records_by_row)
+    stats = _all_stats(spec, records_by_row)
     return {
         "key": spec.key,
         "paper": spec.paper,
@@ -242,7 +243,8 @@ def headline(spec: TableSpec, records_by_row: RecordsByRow) -> dict[str, Any]:
                     "paper_margin": _json_number(c.paper_margin), "ours_margin": _json_number(c.ours_margin),
                     "ours_se": _json_number(c.ours_se), "seeds": c.seeds, "verdict": c.verdict} for c in claims],
         "rows": [{"label": label, "paper": _json_number(frame.at[label, f"{metric} paper"]),
-                  "ours": _json_number(frame.at[label, f"{metric} ours"]), "status": frame.at[label, "status"]}
+                  "ours": _json_number(frame.at[label, f"{metric} ours"]), "status": frame.at[label, "status"],
+                  "not_learned": stats[label].not_learned if stats[label] else 0}
                  for label in frame.index],
     }
 
@@ -274,6 +276,15 @@ def summary_frame(headlines: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
         rows = h["rows"]
         data.append([h["key"], h["title"], h["metric"], h["claims_holding"], h.get("claims_within_noise", 0),
                      h["claims_checked"], h["claims_total"], sum(r["ours"] is not None for r in rows), len(rows)])
+    return pd.DataFrame(data, columns=columns)
+
+
+def unlearned_frame(headlines: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """The table rows with runs that did not learn (main metric below :data:`~.claims.LEARNED_FLOOR`), one
+    line each: their claims are not checked, and a reader should see why."""
+    columns = ["table", "row", "runs that did not learn", "status"]
+    data = [[h["key"], r["label"], r["not_learned"], r["status"]]
+            for h in headlines for r in h["rows"] if r.get("not_learned")]
     return pd.DataFrame(data, columns=columns)
 
 
