@@ -100,6 +100,7 @@ def plot_early_loss(frame: pd.DataFrame, fraction: float, term: str = "loss_cls"
     ax.axvline(0, color="0.8", lw=0.8, zorder=0)
     ax.set_xlabel(f"{term} at {100 * fraction:.1f} % of training, minus its group's mean")
     ax.set_ylabel(f"final {metric} minus its group's mean")
-    ax.legend(fontsize=8)
+    if len(frame):
+        ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
