@@ -136,6 +136,17 @@ def test_plots():
     assert ys[0] == pytest.approx(1087 / 7213)
 
 
+def test_candidates_survive_json_and_an_image_without_any_plots():
+    # an image with no score above the threshold: no candidates; stored as JSON columns and read back, the
+    # table keeps its columns and a boolean "kept" (an empty object column would select columns, not rows)
+    empty = mis.candidates(image_a(), score_thr=0.999)
+    assert len(empty) == 0 and list(empty.columns) == list(mis.CANDIDATE_COLUMNS)
+    frames = [mis.candidates_frame(f.to_dict(orient="list")) for f in (mis.candidates(image_a()), empty)]
+    assert frames[1]["kept"].dtype == bool and frames[0].equals(mis.candidates(image_a()))
+    fig = mis.plot_candidates(frames, ["Image1", "Image2"])
+    assert len(fig.axes) == 4 and len(fig.axes[3].collections[0].get_offsets()) == 0
+
+
 @pytest.mark.parametrize(
     "change",
     [

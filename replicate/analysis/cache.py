@@ -39,7 +39,7 @@ from ..models._utils import flatten_levels
 from ..models.box_coders import DeltaXYWHCoder
 from ..models.detector import DetectorConfig
 from ..provenance import provenance
-from .misalignment import ImagePredictions, candidates, count_table, object_gaps
+from .misalignment import ImagePredictions, candidates, candidates_frame, count_table, object_gaps
 
 ANALYSIS = "analysis"
 
@@ -220,7 +220,7 @@ def _from_json(document: dict[str, Any]) -> dict[str, Any]:
     counts = pd.DataFrame(c["data"], index=pd.MultiIndex.from_tuples([tuple(i) for i in c["index"]],
                                                                      names=["stage", "condition"]),
                           columns=c["columns"], dtype="int64")
-    frames = [pd.DataFrame(f) for f in document["candidates"]]
+    frames = [candidates_frame(f) for f in document["candidates"]]
     return {"counts": counts, "candidates": frames, "image_ids": document["image_ids"], "key": document["key"]}
 
 

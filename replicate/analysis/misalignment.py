@@ -25,7 +25,7 @@ Definitions (one image, dense predictions over N priors and C classes):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import pandas as pd
 import torch
@@ -41,6 +41,7 @@ BEFORE = "Before NMS"
 AFTER = "After NMS"
 STAGES = (BEFORE, AFTER)
 CANDIDATE_COLUMNS = ("prior", "label", "score", "iou", "kept")
+CANDIDATE_DTYPES = {"prior": "int64", "label": "int64", "score": "float64", "iou": "float64", "kept": "bool"}
 
 
 @dataclass(frozen=True)
@@ -275,9 +276,15 @@ def paper_table1() -> pd.DataFrame:
     return pd.DataFrame(_PAPER_TABLE1, index=_table_index(CLS_THRESHOLDS, IOU_THRESHOLDS, 0.5), dtype="int64")
 
 
+def candidates_frame(columns: Mapping[str, Sequence[Any]]) -> pd.DataFrame:
+    """A :func:`candidates` table from its columns (as stored in JSON), with its dtypes: an image without
+    candidates keeps its columns and a boolean ``kept``."""
+    return pd.DataFrame(columns, columns=list(CANDIDATE_COLUMNS)).astype(CANDIDATE_DTYPES)
+
+
 def plot_candidates(frames: Sequence[pd.DataFrame], names: Sequence[str], score_thr: float = 0.05,
                     nms_iou: float = 0.5):
-    """Figure 1 from :func:`candidates` tables (one per image, titled by ``names``)."""
+    """Figure 1 from :func:`candidates` tables (one per image, titled by ``names``; an image may have none)."""
     import matplotlib.pyplot as plt
 
     if not frames or len(frames) != len(names):
