@@ -64,9 +64,11 @@ sweep benchmark:noise 5
 sweep benchmark:dial 1 proxy-offset0 1 & sweep benchmark:dial 1 proxy-offset0.3 1; wait
 sweep benchmark:precision 1
 # 2. the evidence: every reproduced row of RetinaNet-Conf and MOD, the main tables first, 2 seeds then 3;
-#    one comma-separated target per pass, so that the two slots stay busy across tables
-EVIDENCE=retinanet_conf:table1,retinanet_conf:table2,mod:table1,mod:table2,mod:table5,mod:table6
-EVIDENCE=$EVIDENCE,retinanet_conf:code_variants,mod:code_variants,retinanet_conf,mod
+#    one comma-separated target per pass, so that the two slots stay busy across tables. EVIDENCE=... narrows
+#    it (e.g. EVIDENCE=retinanet_conf:code_variants,retinanet_conf while a chapter's set-up is being decided)
+DEFAULT_EVIDENCE=retinanet_conf:table1,retinanet_conf:table2,mod:table1,mod:table2,mod:table5,mod:table6
+DEFAULT_EVIDENCE=$DEFAULT_EVIDENCE,retinanet_conf:code_variants,mod:code_variants,retinanet_conf,mod
+EVIDENCE="${EVIDENCE:-$DEFAULT_EVIDENCE}"
 sweep "$EVIDENCE" 2
 sweep "$EVIDENCE" 3
 echo "== $(date +%H:%M) sweep_evidence done"
