@@ -45,22 +45,32 @@ def seed_groups(records: Sequence[Record], models: Sequence[str]) -> list[list[R
     return [list(by_seed.values()) for by_seed in groups.values() if len(by_seed) >= 2]
 
 
+def _deviation_rows(family: str, groups: Sequence[Sequence[Record]], fraction: float, term: str,
+                    metric: str) -> list[dict[str, Any]]:
+    rows = []
+    for group in groups:
+        losses = [stat_at(r, term, [fraction])[0] for r in group]
+        values = [100 * float(r["metrics"][metric]) for r in group]
+        mean_loss, mean_value = statistics.fmean(losses), statistics.fmean(values)
+        for record, loss, value in zip(group, losses, values):
+            rows.append({"family": family, "model": record.get("model"), "seed": record.get("seed"),
+                         "group size": len(group), "loss deviation": loss - mean_loss,
+                         f"{metric} deviation": value - mean_value})
+    return rows
+
+
+def _deviation_frame(rows: list[dict[str, Any]], metric: str) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["family", "model", "seed", "group size", "loss deviation",
+                                       f"{metric} deviation"])
+
+
 def deviations(records: Sequence[Record], families: Mapping[str, Sequence[str]], fraction: float,
                term: str = "loss_cls", metric: str = "AP") -> pd.DataFrame:
     """One row per run of a group: its family, detector, seed, and its loss ``term`` at ``fraction`` of the
     schedule and its final ``metric`` (points), each minus its group's mean."""
-    rows = []
-    for family, models in families.items():
-        for group in seed_groups(records, models):
-            losses = [stat_at(r, term, [fraction])[0] for r in group]
-            values = [100 * float(r["metrics"][metric]) for r in group]
-            mean_loss, mean_value = statistics.fmean(losses), statistics.fmean(values)
-            for record, loss, value in zip(group, losses, values):
-                rows.append({"family": family, "model": record.get("model"), "seed": record.get("seed"),
-                             "group size": len(group), "loss deviation": loss - mean_loss,
-                             f"{metric} deviation": value - mean_value})
-    return pd.DataFrame(rows, columns=["family", "model", "seed", "group size", "loss deviation",
-                                       f"{metric} deviation"])
+    rows = [row for family, models in families.items()
+            for row in _deviation_rows(family, seed_groups(records, models), fraction, term, metric)]
+    return _deviation_frame(rows, metric)
 
 
 def pooled_correlation(frame: pd.DataFrame, metric: str = "AP") -> float:
@@ -82,7 +92,7 @@ def early_loss_table(records: Sequence[Record], families: Mapping[str, Sequence[
         groups = seed_groups(records, models)
         row: dict[str, float] = {"groups": len(groups), "runs": sum(len(g) for g in groups)}
         for fraction in fractions:
-            dev = deviations(records, {family: models}, fraction, term, metric)
+            dev = _deviation_frame(_deviation_rows(family, groups, fraction, term, metric), metric)
             row[f"at {100 * fraction:.1f} %"] = pooled_correlation(dev, metric) if len(dev) else math.nan
         data.append(row)
         index.append(family)

@@ -112,13 +112,10 @@ def row_stats(spec: TableSpec, row: Row, records: Sequence[Record]) -> RowStats 
     """Mean and spread of ``records`` on the table's metrics, or ``None`` without runs to count."""
     if not row.reproduce or not records:
         return None
-    mean, std = {}, {}
-    for metric in spec.metrics:
-        values = [_metric_value(spec, r, metric) for r in records]
-        mean[metric] = statistics.fmean(values)
-        std[metric] = sample_std(values)
-    key = main_metric(spec)
-    not_learned = sum(not _metric_value(spec, r, key) >= LEARNED_FLOOR for r in records)
+    values = {metric: [_metric_value(spec, r, metric) for r in records] for metric in spec.metrics}
+    mean = {metric: statistics.fmean(v) for metric, v in values.items()}
+    std = {metric: sample_std(v) for metric, v in values.items()}
+    not_learned = sum(not v >= LEARNED_FLOOR for v in values[main_metric(spec)])
     return RowStats(len(records), mean, std, not_learned)
 
 
