@@ -8,9 +8,10 @@ Comb-loss at seed 0 on ``proxy``). This trains the first ``--iters`` iterations 
 exactly the sweep's config and seed (so the same iterations as the real run), and prints ``loss_bbox``
 every 10 iterations: a run still at 1.0 after 80 iterations has not left it.
 
-``--reg-init-std S`` re-draws the regression predictor's weights from N(0, S) before training (a what-if,
-not a config of any table: 0.02 gives a width-64 head the initial output scale of the paper's 256-wide
-one, 0.01 * sqrt(256 / 64)).
+``--reg-init-std S`` trains the row with the head's ``reg_init_std`` set to S instead (a what-if, not a config
+of any table). The proxy's narrowed ReLU-distance heads use 0.02 = 0.01 * sqrt(256 / 64), the initial output
+spread of the paper's 256-wide head (``FCOSHeadConfig.narrowed``); ``--reg-init-std 0.01`` shows the start
+the runs recorded before that had.
 
     python scripts/probe_regression_start.py mod:table2 FCOS 0 1 2 --iters 80
 """
@@ -46,14 +47,7 @@ def main() -> None:
     spec = load_papers()[paper][table]
     model, train_cfg = run_config(spec, spec.row(args.row), args.profile, args.num_classes)
     if args.reg_init_std is not None:
-        original = type(model.head).build
-
-        def build_with_init(head_cfg, *a, **k):
-            head = original(head_cfg, *a, **k)
-            torch.nn.init.normal_(head.reg_out.weight, std=args.reg_init_std)
-            return head
-
-        type(model.head).build = build_with_init
+        model = dataclasses.replace(model, head=dataclasses.replace(model.head, reg_init_std=args.reg_init_std))
     for seed in args.seeds:
         cfg = dataclasses.replace(train_cfg, seed=seed, checkpoint_every=0)
         with tempfile.TemporaryDirectory() as out:

@@ -462,6 +462,10 @@ def test_verify_reproduces_a_record_exactly_and_names_what_differs(swept, smoke_
     older["config"]["train"]["gn_nchw"] = True  # the same key with another config: refused
     with pytest.raises(ReplicateError, match="hashes the same but its config differs"):
         find_request(older, path)
+    older["config"]["train"]["gn_nchw"] = False
+    assert older["config"]["model"]["head"].pop("reg_init_std") == pytest.approx(0.02)  # narrowed FCOS*
+    with pytest.raises(ReplicateError, match="hashes the same but its config differs"):
+        find_request(older, path)  # a record without the field was made with 0.01: another config
     tampered["key"] = "0" * 12
     bad.write_text(json.dumps(tampered))
     with pytest.raises(ReplicateError, match="no registered table row has run 000000000000"):

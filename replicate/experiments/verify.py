@@ -25,6 +25,7 @@ from ..engine.config import with_later_fields
 from ..engine.train import train
 from ..errors import ReplicateError
 from ..io import read_json
+from ..models.detector import without_later_fields
 from ..provenance import device_name, jsonable
 from .runs import RunRequest, loss_summary, requests_for
 from .spec import REGISTRY
@@ -71,8 +72,9 @@ def find_request(record: dict[str, Any], where: Path) -> RunRequest:
         for spec in tables.values():
             for request in requests_for(spec, record["profile"], record["seed"] + 1):
                 if request.key == record["key"] and request.seed == record["seed"]:
-                    stored = {**record["config"], "train": with_later_fields(record["config"]["train"])}
-                    now = {"model": jsonable(request.model), "train": jsonable(request.train)}
+                    stored = {"model": without_later_fields(record["config"]["model"]),
+                              "train": with_later_fields(record["config"]["train"])}
+                    now = {"model": without_later_fields(jsonable(request.model)), "train": jsonable(request.train)}
                     if now != stored:
                         raise ReplicateError(f"{where}: run {record['key']} hashes the same but its config differs "
                                              "from the record's; the record is not verifiable with this code")

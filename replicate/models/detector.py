@@ -113,10 +113,25 @@ def full_precision(value: Any) -> Any:
     return value
 
 
+LATER_HEAD_FIELDS = {"reg_init_std": 0.01}
+"""Head config fields added after records existed, left out of a run's identity at these values (the
+value every run had before the field), so that the runs made before them keep their names (as
+:data:`replicate.engine.config.LATER_FIELDS` for the training config)."""
+
+
+def without_later_fields(model: dict[str, Any]) -> dict[str, Any]:
+    """A model config as JSON without the :data:`LATER_HEAD_FIELDS` that hold their earlier values."""
+    head = model.get("head")
+    if not isinstance(head, dict):
+        return model
+    kept = {k: v for k, v in head.items() if k not in LATER_HEAD_FIELDS or v != LATER_HEAD_FIELDS[k]}
+    return {**model, "head": kept}
+
+
 def weights_fields(cfg: DetectorConfig) -> dict[str, Any]:
     """The model config as JSON without its test config: what determines the trained weights (a run's
     name and its checkpoints' config hash), so that test-time variants share one trained model."""
-    fields = jsonable(cfg)
+    fields = without_later_fields(jsonable(cfg))
     del fields["test"]
     return {**fields, "head_type": type(cfg.head).__name__}
 
