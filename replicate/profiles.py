@@ -9,9 +9,8 @@ else (``data``, ``engine``, ``models.zoo``, ``experiments``, the CLI) reads thes
   images of 160-208 px, objects sized so that COCO's size buckets (32^2, 96^2 px) each hold at least
   15 % of the objects, the narrow ResNet *pretrained once on this profile's training split* (its
   objects' keys, :mod:`replicate.pretrain`; frozen stem, stage 1 and BatchNorm, as ImageNet
-  initialisation in the papers), FPN/head width 64 with 2 tower convs (a ReLU-distance regressor's init
-  std scaled by sqrt(256 / 64) to keep its initial spread: ``FCOSHeadConfig.narrowed``), 4800 iterations
-  at batch 8 (12.8 epochs), bf16 autocast and channels_last on CPU.
+  initialisation in the papers), FPN/head width 64 with 2 tower convs, 4800 iterations at batch 8 (12.8 epochs), bf16
+  autocast and channels_last on CPU.
   Each choice and the measurement behind it is on the book's calibration page.
 * ``synthetic``: the larger generated benchmark (4000 images of 288-352 px, width 128 and 4 tower
   convs, from scratch), kept as the GPU / cluster profile; its records are not committed.

@@ -70,8 +70,5 @@ DEFAULT_EVIDENCE=retinanet_conf:table1,retinanet_conf:table2,mod:table1,mod:tabl
 DEFAULT_EVIDENCE=$DEFAULT_EVIDENCE,retinanet_conf:code_variants,mod:code_variants,retinanet_conf,mod
 EVIDENCE="${EVIDENCE:-$DEFAULT_EVIDENCE}"
 sweep "$EVIDENCE" 2
-# the first schedule's ranking and noise (the calibration page's history): only runs whose key moved since
-# (FCOS* with the narrowing's regression init) are left to run
-sweep benchmark:ranking_2400,benchmark:noise_2400 3
 sweep "$EVIDENCE" 3
 echo "== $(date +%H:%M) sweep_evidence done"

@@ -463,9 +463,11 @@ def test_verify_reproduces_a_record_exactly_and_names_what_differs(swept, smoke_
     with pytest.raises(ReplicateError, match="hashes the same but its config differs"):
         find_request(older, path)
     older["config"]["train"]["gn_nchw"] = False
-    assert older["config"]["model"]["head"].pop("reg_init_std") == pytest.approx(0.02)  # narrowed FCOS*
+    assert older["config"]["model"]["head"].pop("reg_init_std") == 0.01  # made before the field: lacks it
+    assert find_request(older, path).key == older["key"]
+    older["config"]["model"]["head"]["reg_init_std"] = 0.02  # the same key with another config: refused
     with pytest.raises(ReplicateError, match="hashes the same but its config differs"):
-        find_request(older, path)  # a record without the field was made with 0.01: another config
+        find_request(older, path)
     tampered["key"] = "0" * 12
     bad.write_text(json.dumps(tampered))
     with pytest.raises(ReplicateError, match="no registered table row has run 000000000000"):

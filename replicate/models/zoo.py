@@ -76,8 +76,8 @@ def narrowed(cfg: DetectorConfig, scale: profiles.ModelScale) -> DetectorConfig:
     """``cfg`` narrowed for a small profile: the narrow ResNet (``narrow_deep`` for the 101-layer
     backbones, keeping any DCN stages), pretrained and frozen as in the papers when the profile has
     weights for it, else trained from scratch; FPN and head ``scale.width`` wide with ``scale.num_convs``
-    tower convs. A head config may define ``narrowed(width, num_convs)`` (FCOS's keeps the initial spread of
-    its ReLU distances); otherwise its ``feat_channels`` and ``num_convs`` are replaced."""
+    tower convs. A head config may define ``narrowed(width, num_convs)`` (a two-stage RoI head, say);
+    otherwise its ``feat_channels`` and ``num_convs`` are replaced."""
     narrow = "narrow_deep" if cfg.backbone.name in DEEP_BACKBONES else "narrow"
     weights = scale.weights.get(narrow)
     if weights is not None:

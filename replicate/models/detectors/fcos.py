@@ -59,22 +59,12 @@ class FCOSHeadConfig:
     focal_gamma: float = 2.0
     prior_prob: float = 0.01
     tower_dcn: tuple[int, ...] = ()  # conv indices in both towers replaced by DCNv2
-    reg_init_std: float = REG_INIT_STD  # std of the regression predictor's N(0, std) weights (RetinaNet Sec. 4.1)
+    reg_init_std: float = REG_INIT_STD  # std of the regression predictor's N(0, std) weights (an ablation option:
+    # the sign of each distance channel's weight sum over the non-negative tower features, not this std, decides
+    # whether the ReLU distances start dead; see scripts/probe_regression_start.py)
 
     def build(self, in_channels: int, num_classes: int) -> "FCOSHead":
         return FCOSHead(self, in_channels, num_classes)
-
-    def narrowed(self, width: int, num_convs: int) -> "FCOSHeadConfig":
-        """This head ``width`` channels wide with ``num_convs`` tower convs, for a small profile
-        (:func:`replicate.models.zoo.narrowed`). With ``ReLU(s x) * stride`` distances the regression
-        predictor's init std grows by ``sqrt(feat_channels / width)``, so that its initial outputs keep the
-        spread of the full-width head's (a conv's output variance is proportional to its fan-in): those
-        distances start near zero, a box of nearly no size, and half of them in the ReLU's flat part; at
-        width 64 with the 256-wide head's 0.01 some seeds never leave that start (loss_bbox stays at 1.0 and
-        the run ends at AP 0; ``scripts/probe_regression_start.py``). ``exp(s x)`` distances start at a box of
-        2 px a side whatever the std, and keep the std as it is."""
-        std = self.reg_init_std * math.sqrt(self.feat_channels / width) if self.norm_on_bbox else self.reg_init_std
-        return replace(self, feat_channels=width, num_convs=num_convs, reg_init_std=std)
 
 
 def centerness_target(ltrb: Tensor) -> Tensor:
