@@ -34,8 +34,8 @@ import torch
 
 from replicate.engine import train as training
 from replicate.experiments.spec import run_config
-from replicate.models.detector import build_detector
 from replicate.experiments.sweep import load_papers
+from replicate.models.detector import build_detector
 
 
 def main() -> None:
@@ -58,13 +58,13 @@ def main() -> None:
     if args.reg_init_std is not None:
         model = dataclasses.replace(model, head=dataclasses.replace(model.head, reg_init_std=args.reg_init_std))
     for seed in args.seeds:
-        cfg = dataclasses.replace(train_cfg, seed=seed, checkpoint_every=0)
         if args.weight_sums:  # the model as training builds it: seeded, then built
             training.seed_everything(seed)
             weights = build_detector(model).head.reg_out.weight.detach()
             sums = " ".join(f"{v:+.3f}" for v in weights.sum((1, 2, 3)).tolist())
             print(f"{args.table} {args.row!r} seed {seed}: reg_out weight sums (l t r b) {sums}", flush=True)
             continue
+        cfg = dataclasses.replace(train_cfg, seed=seed, checkpoint_every=0)
         with tempfile.TemporaryDirectory() as out:
             training.train(model, args.profile, out, cfg, data_root=args.data_root, device="cpu", progress=False,
                            stop_after=args.iters)

@@ -112,9 +112,9 @@ def test_reg_init_std_scales_the_same_draw_and_leaves_old_run_names():
     cfg = model_config("fcos", "proxy", 10).head
     cfg_03 = dataclasses.replace(cfg, reg_init_std=0.03)
     heads = []
-    for std in (0.01, 0.03):
+    for head_cfg in (cfg, cfg_03):
         torch.manual_seed(0)
-        heads.append(dataclasses.replace(cfg, reg_init_std=std).build(64, 10))
+        heads.append(head_cfg.build(64, 10))
     a, b = (dict(h.named_parameters()) for h in heads)
     for name in a:  # the same random stream: every other parameter identical, reg_out's weights exactly 3x
         expected = a[name] * 3 if name == "reg_out.weight" else a[name]
