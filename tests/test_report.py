@@ -95,20 +95,66 @@ def test_claims_between_rows_that_did_not_learn_are_not_checked():
     assert rfa.verdict.startswith("not checked") and "did not learn" in rfa.verdict
 
 
-def test_one_collapsed_seed_leaves_a_claim_unchecked_and_is_counted_in_the_status():
-    # base: seeds at 30.0 and 0.4 AP (a collapsed run): the row's mean, 15.2, is above the floor, but
-    # the run at 0.4 is not, so "RFA helps" (base vs +RFA) is not checked; the status column says so
+def test_a_collapsed_seed_is_left_out_of_the_claim_and_counted_in_the_status():
+    # base: seeds at 30.0 and 0.4 AP (a collapsed run): the row's mean, 15.2, would dominate the claim, so
+    # "RFA helps" (base vs +RFA) is checked on seed 0 alone (33.5 - 30.0), and says which seed it left out
     collapsed = {"base": [record("base", 0, 0.300, 0.5), record("base", 1, 0.004, 0.01)],
                  "+RFA": [record("+RFA", 0, 0.335, 0.5), record("+RFA", 1, 0.340, 0.5)]}
     stats = claims.row_stats(SPEC, SPEC.row("base"), collapsed["base"])
     assert stats.mean["AP"] == pytest.approx(15.2) and stats.not_learned == 1
     rfa = {c.text: c for c in claims.claim_results(SPEC, collapsed)}["RFA helps"]
-    assert rfa.learned is False and rfa.holds is None and "did not learn" in rfa.verdict
+    assert rfa.learned is True and rfa.ours_margin == pytest.approx(3.5) and rfa.seeds == 1
+    assert rfa.verdict == "holds (1 seed)" and rfa.ours_se is None
+    assert rfa.left_out_text == "1 of 2 seeds left out: base did not learn on seed 1"
+    assert "holds (1 seed); 1 of 2 seeds left out: base did not learn on seed 1" in report.render_claims(SPEC, collapsed)
     frame = report.table_frame(SPEC, collapsed, seeds=2)
     assert frame.at["base", "status"] == "2/2 runs, 1 did not learn" and frame.at["+RFA", "status"] == "2/2 runs"
+    # the absolute numbers keep the collapsed run in the mean (the status says so); the effect leaves it out
+    assert frame.at["base", "AP ours"] == pytest.approx(15.2)
+    assert report.effects_frame(SPEC, collapsed).loc["+RFA", ("AP", "ours")] == f"+3.5 {report.LEFT_OUT_MARK}"
     unlearned = report.unlearned_frame([report.headline(SPEC, collapsed), report.headline(SPEC, RECORDS)])
     assert unlearned.to_dict("records") == [{"table": "mod:table9", "row": "base", "runs that did not learn": 1,
                                              "status": "2 runs, 1 did not learn"}]
+
+
+def test_claim_on_the_learned_seeds_keeps_its_paired_spread():
+    # base collapses on seed 1 of three; seeds 0 and 2 give differences 3.0 and 4.0 AP: mean 3.5, standard
+    # error sd([3, 4]) / sqrt(2) = 0.5, so the margin is 7 standard errors: holds
+    runs = {"base": [record("base", 0, 0.300, 0.5), record("base", 1, 0.004, 0.01), record("base", 2, 0.310, 0.5)],
+            "+RFA": [record("+RFA", 0, 0.330, 0.5), record("+RFA", 1, 0.340, 0.5), record("+RFA", 2, 0.350, 0.5)]}
+    rfa = {c.text: c for c in claims.claim_results(SPEC, runs)}["RFA helps"]
+    assert rfa.ours_margin == pytest.approx(3.5) and rfa.ours_se == pytest.approx(0.5) and rfa.seeds == 2
+    assert rfa.verdict == "holds" and rfa.left_out == ("base did not learn on seed 1",)
+    assert rfa.left_out_text == "1 of 3 seeds left out: base did not learn on seed 1"
+    effect = claims.effects(SPEC, runs)["+RFA"]["AP"]
+    assert effect.ours == pytest.approx(3.5) and effect.ours_se == pytest.approx(0.5) and effect.left_out == 1
+    assert report.effects_frame(SPEC, runs).loc["+RFA", ("AP", "ours")] == f"+3.5 ± 0.5 {report.LEFT_OUT_MARK}"
+    saved = report.headline(SPEC, runs)
+    (claim,) = [c for c in saved["claims"] if c["text"] == "RFA helps"]
+    assert claim["left_out"] == rfa.left_out_text and claim["seeds"] == 2
+    assert report.claims_frame([saved]).set_index("claim").at["RFA helps", "verdict"] == (
+        "holds (1 of 3 seeds left out: base did not learn on seed 1)")
+    assert report.verdict_statement([saved])["mod"].endswith(  # RFA helps, and base beats RFA on AP50
+        "; 2 of the checked claims on fewer seeds, where a run of one of their rows did not learn; "
+        "2 not checked (rows without runs, or runs that did not learn).")
+    # both rows collapsed on the same seed: one note names both
+    both = {"base": runs["base"], "+RFA": [record("+RFA", 0, 0.330, 0.5), record("+RFA", 1, 0.0, 0.0),
+                                           record("+RFA", 2, 0.350, 0.5)]}
+    rfa = {c.text: c for c in claims.claim_results(SPEC, both)}["RFA helps"]
+    assert rfa.left_out == ("+RFA and base did not learn on seed 1",) and rfa.seeds == 2
+
+
+def test_a_collapse_on_rows_without_common_seeds_or_on_every_seed_leaves_the_claim_unchecked():
+    unpaired = {"base": [record("base", 0, 0.300, 0.5), record("base", 1, 0.004, 0.01)],
+                "+RFA": [record("+RFA", 0, 0.335, 0.5), record("+RFA", 2, 0.340, 0.5)]}
+    rfa = {c.text: c for c in claims.claim_results(SPEC, unpaired)}["RFA helps"]
+    assert rfa.learned is False and rfa.holds is None and rfa.verdict.startswith("not checked")
+    assert rfa.left_out_text == ""
+    every = {"base": [record("base", 0, 0.300, 0.5), record("base", 1, 0.004, 0.01)],
+             "+RFA": [record("+RFA", 0, 0.002, 0.5), record("+RFA", 1, 0.340, 0.5)]}
+    rfa = {c.text: c for c in claims.claim_results(SPEC, every)}["RFA helps"]
+    assert rfa.learned is False and rfa.holds is None and "did not learn" in rfa.verdict
+    assert claims.effects(SPEC, every)["+RFA"]["AP"].left_out == 0  # nothing left out: the effect reads all runs
 
 
 def test_claims_hold_fail_or_stay_unknown():

@@ -3,10 +3,14 @@ spread over seeds. Rendering lives in :mod:`.report`; this module only computes.
 
 ``records_by_row`` maps a row label to the run records of that row (one per seed, as the results store
 gives them; a record's ``metrics`` are fractions). Numbers come out on the paper's scale
-(``spec.paper_scale``). A claim is *checked* only when every run it reads has learned: each run's main
-metric (AP) is at least :data:`LEARNED_FLOOR` points. Below it (a smoke run, a diverged or collapsed one)
-any ordering is noise, so the claim reads "not checked"; one collapsed seed is enough, as it would
-otherwise dominate the row's mean and spread. The table's status column counts such runs.
+(``spec.paper_scale``). A claim is *checked* only on runs that have learned: each run's main metric (AP)
+is at least :data:`LEARNED_FLOOR` points. Below it (a smoke run, a diverged or collapsed one) any
+ordering is noise, and one collapsed seed would dominate a row's mean and spread. So when a run of
+either row did not learn, the claim is checked on the seeds where both rows' runs learned (the rows are
+compared seed by seed, as they share data order and initialisation), and the result says which seeds
+were left out and why (:attr:`ClaimResult.left_out`); row effects (:func:`effects`) do the same against
+the reference row. With no such seed left, or rows not run on the same seeds, the claim reads "not
+checked". The table's status column counts the runs that did not learn, so a collapse stays in view.
 """
 
 from __future__ import annotations
@@ -75,7 +79,16 @@ class ClaimResult:
     holds: bool | None
     ours_se: float | None = None
     seeds: int = 0
-    learned: bool = True  # every run of both rows reaches LEARNED_FLOOR on the main metric
+    learned: bool = True  # the runs the claim is checked on reach LEARNED_FLOOR on the main metric
+    left_out: tuple[str, ...] = ()  # per seed left out: which row's run did not learn on it
+
+    @property
+    def left_out_text(self) -> str:
+        """``"1 of 2 seeds left out: FCOS did not learn on seed 0"``, or ``""`` when none was."""
+        if not self.left_out or not self.learned:
+            return ""
+        total = self.seeds + len(self.left_out)
+        return f"{len(self.left_out)} of {total} seeds left out: " + "; ".join(self.left_out)
 
     @property
     def verdict(self) -> str:
@@ -126,9 +139,43 @@ def _all_stats(spec: TableSpec, records_by_row: RecordsByRow) -> dict[str, RowSt
     return {row.label: row_stats(spec, row, records_by_row.get(row.label, ())) for row in spec.rows}
 
 
+def _learned_pairs(spec: TableSpec, rows: tuple[str, str], records: tuple[Sequence[Record], Sequence[Record]]
+                   ) -> tuple[list[Record], list[Record], tuple[str, ...]] | None:
+    """The two rows' runs on the seeds where both learned, and one note per seed left out (which row's run
+    did not learn on it); ``None`` when the rows are not run on the same, distinct seeds (no pairing)."""
+    key = main_metric(spec)
+    by_seed = [{r.get("seed"): r for r in runs} for runs in records]
+    if any(len(m) != len(runs) for m, runs in zip(by_seed, records)) or set(by_seed[0]) != set(by_seed[1]):
+        return None
+    kept: list[Any] = []
+    notes = []
+    for seed in sorted(by_seed[0], key=lambda s: (str(type(s)), s)):
+        failed = [label for label, m in zip(rows, by_seed) if not _metric_value(spec, m[seed], key) >= LEARNED_FLOOR]
+        if failed:
+            notes.append(f"{' and '.join(dict.fromkeys(failed))} did not learn on seed {seed}")
+        else:
+            kept.append(seed)
+    return [by_seed[0][s] for s in kept], [by_seed[1][s] for s in kept], tuple(notes)
+
+
+def _compared(spec: TableSpec, a: str, b: str, records_by_row: RecordsByRow, stats: Mapping[str, RowStats | None]
+              ) -> tuple[Sequence[Record], Sequence[Record], RowStats | None, RowStats | None, tuple[str, ...], bool]:
+    """What a comparison of rows ``a`` and ``b`` reads: their runs, stats and the seeds left out (see the
+    module docstring), and whether the runs read have learned."""
+    ra, rb = records_by_row.get(a, ()), records_by_row.get(b, ())
+    sa, sb = stats[a], stats[b]
+    if not (sa and sb) or sa.not_learned + sb.not_learned == 0:
+        return ra, rb, sa, sb, (), True
+    pairs = _learned_pairs(spec, (a, b), (ra, rb))
+    if pairs is None or not pairs[0]:
+        return ra, rb, sa, sb, pairs[2] if pairs else (), False
+    ka, kb, notes = pairs
+    return ka, kb, row_stats(spec, spec.row(a), ka), row_stats(spec, spec.row(b), kb), notes, True
+
+
 def claim_results(spec: TableSpec, records_by_row: RecordsByRow) -> list[ClaimResult]:
-    """Each of the table's claims on our runs: it holds when our mean of ``better`` exceeds ``worse``'s
-    (and both rows have learned, see the module docstring).
+    """Each of the table's claims on our runs: it holds when our mean of ``better`` exceeds ``worse``'s,
+    on the seeds where both rows' runs learned (see the module docstring).
 
     The paper's margin comes from its numbers of both rows where it prints them, else from the
     claim's stated ``margin`` (``None`` when neither exists).
@@ -141,17 +188,14 @@ def claim_results(spec: TableSpec, records_by_row: RecordsByRow) -> list[ClaimRe
             paper_margin: float | None = float(better.paper[claim.metric]) - float(worse.paper[claim.metric])
         else:
             paper_margin = claim.margin
-        sb, sw = stats[claim.better], stats[claim.worse]
+        rb, rw, sb, sw, left_out, learned = _compared(spec, claim.better, claim.worse, records_by_row, stats)
         ours_margin = sb.mean[claim.metric] - sw.mean[claim.metric] if sb and sw else None
         if ours_margin is not None and math.isnan(ours_margin):  # a metric undefined on this data
             ours_margin = None
-        learned = not (sb and sw) or sb.not_learned + sw.not_learned == 0
         holds = None if ours_margin is None or not learned else ours_margin > 0
-        se = None
-        if ours_margin is not None:
-            se = _margin_se(spec, claim.metric, records_by_row[claim.better], records_by_row[claim.worse])
+        se = _margin_se(spec, claim.metric, rb, rw) if ours_margin is not None else None
         results.append(ClaimResult(claim.text, claim.metric, claim.better, claim.worse, paper_margin, ours_margin,
-                                   holds, se, min(sb.n, sw.n) if sb and sw else 0, learned))
+                                   holds, se, min(sb.n, sw.n) if sb and sw else 0, learned, left_out))
     return results
 
 
@@ -192,6 +236,7 @@ class Effect:
     paper: float  # NaN when the paper prints either number not
     ours: float  # NaN without runs of both rows
     ours_se: float | None  # over seeds (paired by seed when the rows share seeds); None with one seed
+    left_out: int = 0  # seeds left out because a run of the row or of the reference did not learn
 
 
 def effects(spec: TableSpec, records_by_row: RecordsByRow) -> dict[str, dict[str, Effect]]:
@@ -202,13 +247,16 @@ def effects(spec: TableSpec, records_by_row: RecordsByRow) -> dict[str, dict[str
     out: dict[str, dict[str, Effect]] = {}
     for row in spec.rows:
         per_metric = {}
+        compared = _compared(spec, row.label, ref.label, records_by_row, stats)
         for metric in spec.metrics:
             paper = float(row.paper.get(metric, math.nan)) - float(ref.paper.get(metric, math.nan))
-            s, r = stats[row.label], stats[ref.label]
+            if row.label == ref.label:
+                r = stats[ref.label]
+                per_metric[metric] = Effect(paper, r.mean[metric] - r.mean[metric] if r else math.nan, None)
+                continue
+            rs, rr, s, r, left_out, learned = compared
             ours = s.mean[metric] - r.mean[metric] if s and r else math.nan
-            se = None
-            if s and r and row.label != ref.label:
-                se = _margin_se(spec, metric, records_by_row[row.label], records_by_row[ref.label])
-            per_metric[metric] = Effect(paper, ours, se)
+            se = _margin_se(spec, metric, rs, rr) if s and r else None
+            per_metric[metric] = Effect(paper, ours, se, len(left_out) if learned else 0)
         out[row.label] = per_metric
     return out

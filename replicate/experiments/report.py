@@ -34,7 +34,7 @@ import pandas as pd
 from ..errors import ReplicateError
 from ..io import atomic_write_json, read_json
 from ..provenance import repo_relative
-from .claims import (NOISE_SE, ClaimResult, Record, RecordsByRow, RowStats, _all_stats, claim_results, effects,
+from .claims import (LEARNED_FLOOR, NOISE_SE, ClaimResult, Record, RecordsByRow, RowStats, _all_stats, claim_results, effects,
                      main_metric, reference_row)
 from .spec import Row, TableSpec
 
@@ -129,9 +129,10 @@ def render_claims(spec: TableSpec, records_by_row: RecordsByRow) -> HtmlFragment
     items = []
     for c in claim_results(spec, records_by_row):
         detail = f"paper {_fmt(c.paper_margin, signed=True)}, ours {_margin_text(c)} {c.metric}"
+        left_out = f"; {c.left_out_text}" if c.left_out_text else ""
         items.append(f"<li>{verdict_mark(c.verdict)} {html.escape(c.text)} "
                      f"<small>({html.escape(c.better)} vs {html.escape(c.worse)}: {detail}; "
-                     f"{html.escape(c.verdict)})</small></li>")
+                     f"{html.escape(c.verdict)}{html.escape(left_out)})</small></li>")
     if not items:
         return HtmlFragment("<p>The paper draws no claims from this table.</p>")
     return HtmlFragment('<ul class="replicate-claims">' + "".join(items) + "</ul>")
@@ -143,6 +144,7 @@ def _margin_text(c: ClaimResult) -> str:
     return f"{text} ± {c.ours_se:.1f}" if c.ours_se is not None else text
 
 
+LEFT_OUT_MARK = "†"  # an effect over fewer seeds: a run of its row or of the reference did not learn
 MAIN_COLUMNS = 6  # metrics in a table's main (effects) view; the others go to its collapsed details
 
 
@@ -150,7 +152,9 @@ def effects_frame(spec: TableSpec, records_by_row: RecordsByRow, seeds: int | No
                   metrics: Sequence[str] | None = None) -> pd.DataFrame:
     """Each row's effect relative to the reference row (:func:`~.claims.reference_row`): the paper's and
     ours ± its standard error over seeds, as text; the reference row shows its absolute numbers instead.
-    Columns: (metric, ``paper`` | ``ours``) plus ``status``."""
+    Ours ends in :data:`LEFT_OUT_MARK` when seeds were left out because a run of the row or of the reference
+    did not learn (the effect is then over the seeds where both learned). Columns: (metric, ``paper`` |
+    ``ours``) plus ``status``."""
     metrics = list(metrics or spec.metrics)
     ref = reference_row(spec)
     eff = effects(spec, records_by_row)
@@ -167,6 +171,8 @@ def effects_frame(spec: TableSpec, records_by_row: RecordsByRow, seeds: int | No
             ours = _fmt(e.ours, signed=True)
             if e.ours_se is not None and ours != "—":
                 ours = f"{ours} ± {e.ours_se:.1f}"
+            if e.left_out and ours != "—":
+                ours = f"{ours} {LEFT_OUT_MARK}"
             cells += [_fmt(e.paper, signed=True), ours]
         rows.append(cells + [_status(row, stats[row.label], seeds)])
     columns = [(m, k) for m in metrics for k in ("paper", "ours")] + [("", "status")]
@@ -241,7 +247,8 @@ def headline(spec: TableSpec, records_by_row: RecordsByRow) -> dict[str, Any]:
         "claims_total": len(claims),
         "claims": [{"text": c.text, "metric": c.metric, "better": c.better, "worse": c.worse,
                     "paper_margin": _json_number(c.paper_margin), "ours_margin": _json_number(c.ours_margin),
-                    "ours_se": _json_number(c.ours_se), "seeds": c.seeds, "verdict": c.verdict} for c in claims],
+                    "ours_se": _json_number(c.ours_se), "seeds": c.seeds, "verdict": c.verdict,
+                    "left_out": c.left_out_text} for c in claims],
         "rows": [{"label": label, "paper": _json_number(frame.at[label, f"{metric} paper"]),
                   "ours": _json_number(frame.at[label, f"{metric} ours"]), "status": frame.at[label, "status"],
                   "not_learned": stats[label].not_learned if stats[label] else 0}
@@ -298,8 +305,9 @@ def claims_frame(headlines: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
             ours = _fmt(c["ours_margin"], signed=True)
             if c["ours_se"] is not None:
                 ours += f" ± {c['ours_se']:.1f}"
+            verdict = c["verdict"] + (f" ({c['left_out']})" if c.get("left_out") else "")
             data.append([h["paper"], h["table"], c["text"], c["metric"], _fmt(c["paper_margin"], signed=True),
-                         ours, c["seeds"], c["verdict"]])
+                         ours, c["seeds"], verdict])
     return pd.DataFrame(data, columns=columns)
 
 
@@ -328,6 +336,10 @@ def verdict_statement(headlines: Sequence[Mapping[str, Any]]) -> dict[str, str]:
                  f"{noise} within seed noise",
                  f"{reversed_ + single_fails} do not hold ({reversed_} reversed beyond the noise, {single_fails} "
                  f"on a single seed)"]
+        fewer = sum(bool(c.get("left_out")) for c in claims)
+        if fewer:
+            parts.append(f"{fewer} of the checked claims on fewer seeds, where a run of one of their rows did not "
+                         "learn")
         unchecked = len(verdicts) - len(checked)
         text = "; ".join(parts)
         out[paper] = text + (f"; {unchecked} not checked (rows without runs, or runs that did not learn)."
