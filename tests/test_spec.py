@@ -74,3 +74,26 @@ def test_row_profile_overrides_apply_on_their_profile_only():
     _, smoke = run_config(spec, spec.rows[0], "smoke")
     assert (coco.scale, coco.iters) == ("1024x608", 9)  # the row's profile change beats the table's; iters: the row's
     assert (smoke.scale, smoke.iters) == (None, 9)
+
+
+def test_every_committed_record_is_a_run_some_table_asks_for():
+    """A record the tables no longer ask for (its row's config changed since) is never read: the book would
+    show nothing of it and a reader would find a number without a table. Stale records are removed (git
+    keeps them); the tables' requests at up to 5 seeds (the calibration's noise table) name every key. The
+    analysis caches named for a run (``<kind>-<key>.json``) go with it."""
+    import re
+    from pathlib import Path
+
+    from replicate.experiments.runs import requests_for
+    from replicate.experiments.sweep import load_papers
+
+    results = Path(__file__).resolve().parents[1] / "results"
+    specs = [spec for tables in load_papers().values() for spec in tables.values()]
+    for folder in sorted(p for p in results.iterdir() if p.is_dir() and p.name.startswith("proxy")):
+        asked = {r.key for spec in specs for r in requests_for(spec, folder.name, 5)}
+        orphans = sorted(p.name for p in folder.glob("*.json") if p.stem not in asked)
+        assert not orphans, f"{folder}: records no table asks for: {orphans}"
+        caches = (results / "analysis" / folder.name).glob("*.json")
+        keys = {m.group(1): p.name for p in caches if (m := re.search(r"-([0-9a-f]{12})\.json$", p.name))}
+        stale = sorted(name for key, name in keys.items() if not (folder / f"{key}.json").is_file())
+        assert not stale, f"{results / 'analysis' / folder.name}: caches of runs without a record: {stale}"
