@@ -213,6 +213,16 @@ def test_render_table_and_claims_html():
     assert "paper +0.8, ours +2.5 AP" in claims
 
 
+def test_render_table_lists_the_notes_of_reproduced_rows_only():
+    assert "replicate-row-notes" not in report.render_table(SPEC, RECORDS)
+    rows = (Row("base", "fcos", paper={"AP": 38.6}), Row("+RFA", "fcos", note="RFA on <the> first conv"),
+            Row("R101", "fcos", paper={"AP": 42.0}, reproduce=False, note="cited"))
+    spec = TableSpec(paper="mod", table="table9", title="t", source="s", metrics=("AP",), rows=rows)
+    html = report.render_table(spec, RECORDS)
+    assert "<li><em>+RFA</em>: RFA on &lt;the&gt; first conv</li>" in html
+    assert "cited</li>" not in html and html.count("<li><em>") == 1
+
+
 def test_headline_round_trips_through_the_results_folder(tmp_path):
     summary = report.headline(SPEC, RECORDS)
     assert summary["key"] == "mod:table9" and summary["metric"] == "AP"

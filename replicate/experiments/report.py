@@ -203,6 +203,16 @@ def _html_table(styler) -> str:
             .set_table_attributes('class="replicate-table"').to_html() + "</div>")
 
 
+def row_notes(spec: TableSpec) -> str:
+    """What each reproduced row is, where its spec says (``Row.note``), as an HTML list; "" when none does.
+    Cited rows are left out: their status says what they are."""
+    items = [f"<li><em>{html.escape(r.label)}</em>: {html.escape(r.note)}</li>"
+             for r in spec.rows if r.note and r.reproduce]
+    if not items:
+        return ""
+    return f'<ul class="replicate-row-notes" style="font-size: 0.85em">{"".join(items)}</ul>'
+
+
 def render_table(spec: TableSpec, records_by_row: RecordsByRow, seeds: int | None = None) -> HtmlFragment:
     """The table as the proxy benchmark supports it, as HTML: each row's effect relative to the reference
     row (paper's beside ours ± SE over seeds) on the main metrics, then, collapsed, the absolute numbers of
@@ -220,7 +230,7 @@ def render_table(spec: TableSpec, records_by_row: RecordsByRow, seeds: int | Non
     details = ("<details><summary>Absolute numbers, every metric (paper: COCO; ours: this benchmark)</summary>"
                + absolute + "</details>")
     note = f"<p><em>{html.escape(spec.note)}</em></p>" if spec.note else ""
-    return HtmlFragment(table + legend + details + note + "<p><strong>Claims</strong></p>"
+    return HtmlFragment(table + legend + row_notes(spec) + details + note + "<p><strong>Claims</strong></p>"
                         + render_claims(spec, records_by_row))
 
 

@@ -22,16 +22,18 @@ on FCOS, and their transfer to RetinaNet and FoveaBox (Sec. 4.5, Table 6).
 * **Ablations**: ``aps.criterion`` ranks levels by the cls, reg or combined cost (Table 1, with
   ``num_levels_kept=1`` and ``spatial="center"``); ``aps.scale``/``aps.spatial`` switch off either
   step (Table 5); ``assigner="fcos"`` keeps FCOS's own assignment (RFA alone, Tables 2-4).
-* **Anchor-based transfer** (Sec. 4.5): RetinaNet has A anchors per point; each (GT, point) pair takes
-  the cost of the anchor with the smallest ``L_cls + L_reg`` ("we simply assign each feature point
-  with only one anchor, by choosing the one with the smallest loss"), APS runs on points, and a
-  positive point makes that one anchor positive. The point's other anchors are left out of the
-  classification loss (``other_anchors="ignore"``): the point is assigned through one anchor only. Making
-  them negatives instead (``"negative"``) pits anchors that share one feature against each other; on the
-  smoke check that variant did not learn within 100 iterations (AP50 0 vs 0.13). The regression cost is RetinaNet's box loss (smooth
-  L1 / L1 on the deltas, summed over the 4 coordinates). FoveaBox is point-based: its cost is its
-  own focal loss (alpha 0.4, gamma 1.5) and smooth L1 on the log-space targets. Neither transfer is in
-  the released code, so these follow the paper's one sentence.
+* **Anchor-based transfer** (Sec. 4.5): RetinaNet has A anchors per point (the paper speaks of
+  three; RetinaNet as published and in mmdetection has nine, 3 scales x 3 ratios, which ours keeps).
+  Each (GT, point) pair takes the cost of the anchor with the smallest ``L_cls + L_reg`` ("we simply
+  assign each feature point with only one anchor, by choosing the one with the smallest loss"), APS
+  runs on points, and a positive point makes that one anchor positive. The paper is silent on the
+  point's other anchors. Our reading (``other_anchors="ignore"``, fixed before any proxy run) leaves
+  them out of the classification loss: the point is assigned through one anchor only. The other
+  reading (``"negative"``) trains them as background, pitting anchors that share one feature against
+  each other; Table 6 measures both. The regression cost is RetinaNet's box loss (smooth L1 / L1 on
+  the deltas, summed over the 4 coordinates). FoveaBox is point-based: its cost is its own focal loss
+  (alpha 0.4, gamma 1.5) and smooth L1 on the log-space targets. Neither transfer is in the released
+  code, so these follow the paper's one sentence.
 * **Tables 3-4 statistics**: the FCOS-family MOD head logs ``stat_loss_gap`` and ``stat_loss_sum``
   every iteration: for each GT, the mean classification and regression cost over its positives (its
   assigned levels), their absolute difference and their sum, averaged over the GTs of the batch.
