@@ -213,6 +213,17 @@ def test_render_table_and_claims_html():
     assert "paper +0.8, ours +2.5 AP" in claims
 
 
+def test_margin_text_never_shows_a_bare_zero_beside_a_verdict():
+    def result(margin, se):
+        return claims.ClaimResult("c", "AP", "a", "b", 0.1, margin, True, ours_se=se, seeds=2)
+
+    assert report._margin_text(result(0.8, 0.3)) == "+0.8 ± 0.3"
+    assert report._margin_text(result(0.02, 0.004)) == "+0.02 ± 0.00"
+    assert report._margin_text(result(-0.04, None)) == "-0.04"
+    assert report._margin_text(result(0.0, 0.0)) == "+0.0 ± 0.0"
+    assert report._margin_text(result(None, None)) == "—"
+
+
 def test_render_table_lists_the_notes_of_reproduced_rows_only():
     assert "replicate-row-notes" not in report.render_table(SPEC, RECORDS)
     rows = (Row("base", "fcos", paper={"AP": 38.6}), Row("+RFA", "fcos", note="RFA on <the> first conv"),

@@ -140,8 +140,17 @@ def render_claims(spec: TableSpec, records_by_row: RecordsByRow) -> HtmlFragment
 
 def _margin_text(c: ClaimResult) -> str:
     """Our margin, with its standard error over seeds when known: ``+0.8 ± 0.3``."""
-    text = _fmt(c.ours_margin, signed=True)
-    return f"{text} ± {c.ours_se:.1f}" if c.ours_se is not None else text
+    return _signed_with_se(c.ours_margin, c.ours_se)
+
+
+def _signed_with_se(margin: float | None, se: float | None) -> str:
+    """``+0.8 ± 0.3``; a margin that one decimal would show as 0.0 gets two (``+0.02 ± 0.00``), so that a
+    verdict never stands beside a bare "+0.0"."""
+    if margin is None or math.isnan(margin):
+        return "—"
+    digits = 2 if margin != 0 and abs(margin) < 0.05 else 1
+    text = f"{margin:+.{digits}f}"
+    return f"{text} ± {se:.{digits}f}" if se is not None else text
 
 
 LEFT_OUT_MARK = "†"  # an effect over fewer seeds: a run of its row or of the reference did not learn
@@ -312,9 +321,7 @@ def claims_frame(headlines: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     data = []
     for h in headlines:
         for c in h.get("claims", ()):
-            ours = _fmt(c["ours_margin"], signed=True)
-            if c["ours_se"] is not None:
-                ours += f" ± {c['ours_se']:.1f}"
+            ours = _signed_with_se(c["ours_margin"], c["ours_se"])
             verdict = c["verdict"] + (f" ({c['left_out']})" if c.get("left_out") else "")
             data.append([h["paper"], h["table"], c["text"], c["metric"], _fmt(c["paper_margin"], signed=True),
                          ours, c["seeds"], verdict])
