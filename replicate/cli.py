@@ -75,7 +75,7 @@ def _cmd_book(args: argparse.Namespace) -> int:
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from .engine.pretrain import PretrainConfig, ensure_pretrained, pretrain
+    from .engine.pretrain import ZERO_INIT_RESIDUAL, PretrainConfig, ensure_pretrained, pretrain
     from .models.checkpoints import resolve_weights
     from .profiles import get as get_profile
 
@@ -90,7 +90,8 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
             print(f"{weights}: {'present' if present else 're-made from its record; its SHA-256 matches'}")
         return 0
     for backbone in args.backbone:
-        cfg = PretrainConfig(backbone=backbone, epochs=args.epochs, seed=args.seed)
+        zero_init = ZERO_INIT_RESIDUAL[backbone] if args.zero_init_residual is None else args.zero_init_residual
+        cfg = PretrainConfig(backbone=backbone, epochs=args.epochs, seed=args.seed, zero_init_residual=zero_init)
         out = args.out or Path("results") / "pretrained" / args.profile
         doc = pretrain(args.profile, out, cfg, data_root=args.data_root, progress=not args.quiet)
         print(f"{out / doc['weights']}: {doc['trained_on']['objects']} training objects, train accuracy "
@@ -384,6 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", type=Path, default=None, help="dataset folder (default data/PROFILE)")
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--zero-init-residual", action=argparse.BooleanOptionalAction, default=None,
+                   help="start each residual block as the identity (default: as the profile's weights were made: "
+                        "on for narrow_deep, off for narrow)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--ensure", action="store_true",
                    help="make nothing new: re-make the weights files the profile's presets load that are absent, "

@@ -92,7 +92,7 @@ PROXY_SCHEDULE = TrainConfig(iters=4800, batch_size=8, lr=0.01, steps=(3200, 440
                              gn_nchw=True, checkpoint_every=250, num_workers=0)
 
 PROXY_SCALE = ModelScale(64, 2, weights={"narrow": "results/pretrained/proxy/narrow-bb70379f.pt",
-                                         "narrow_deep": "results/pretrained/proxy/narrow_deep-56b411b2.pt"})
+                                         "narrow_deep": "results/pretrained/proxy/narrow_deep-489ccd8a.pt"})
 
 #: The calibration dial: the proxy benchmark with the key (the class evidence) nearer the body centre. At
 #: offset 0 the best point to classify is the best point to regress, so the misalignment should fade.

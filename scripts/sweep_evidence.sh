@@ -63,6 +63,8 @@ for seeds in 1 2 3; do sweep benchmark:ranking "$seeds"; done
 sweep benchmark:noise 5
 sweep benchmark:dial 1 proxy-offset0 1 & sweep benchmark:dial 1 proxy-offset0.3 1; wait
 sweep benchmark:precision 1
+# the deeper backbone (the chapters' ResNet-101 rows) against ResNet-50's, before any of those rows runs
+sweep benchmark:depth 3
 # 2. the evidence: every reproduced row of RetinaNet-Conf and MOD, the main tables first, 2 seeds then 3;
 #    one comma-separated target per pass, so that the two slots stay busy across tables. EVIDENCE=... narrows
 #    it (e.g. EVIDENCE=retinanet_conf:code_variants,retinanet_conf while a chapter's set-up is being decided)

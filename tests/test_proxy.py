@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 from torch import nn
+from torchvision.models import resnet
 from scipy.stats import spearmanr
 
 from replicate import profiles
@@ -106,6 +107,30 @@ def test_pretrain_reads_the_training_split_and_is_deterministic(smoke_root, tmp_
     with pytest.raises(ReplicateError, match="did not reproduce here .it was pretrained on 'Another CPU'") as err:
         ensure_pretrained(str(weights), profile="smoke", data_root=smoke_root, progress=False)
     assert f"Copy the recorded file to {weights}" in str(err.value) and not weights.exists()
+
+
+def test_zero_init_residual_starts_every_block_as_the_identity():
+    from replicate.engine.pretrain import Classifier
+
+    torch.manual_seed(0)
+    net = Classifier("narrow_deep", 10, zero_init_residual=True).eval()
+    blocks = [b for b in net.backbone.body.modules() if isinstance(b, resnet.BasicBlock)]
+    assert len(blocks) == 8 and all(torch.count_nonzero(b.bn2.weight) == 0 for b in blocks)
+    x = torch.randn(2, 64, 8, 8)
+    second = net.backbone.body.layer2[1]  # no downsample: relu(0 + x) = relu(x)
+    assert second.downsample is None and torch.equal(second(x), torch.relu(x))
+    plain = Classifier("narrow_deep", 10).eval()
+    assert all(torch.count_nonzero(b.bn2.weight) > 0 for b in plain.modules() if isinstance(b, resnet.BasicBlock))
+
+
+def test_pretrain_defaults_are_the_committed_backbones_settings():
+    """`replicate pretrain`'s per-backbone default is what the profile's committed weights were made with."""
+    from replicate.engine.pretrain import ZERO_INIT_RESIDUAL
+
+    for backbone, weights in profiles.get("proxy").model.weights.items():
+        config = json.loads(resolve_weights(weights).with_suffix(".json").read_text())["config"]
+        assert config["backbone"] == backbone
+        assert PretrainConfig(**config).zero_init_residual is ZERO_INIT_RESIDUAL[backbone]
 
 
 def test_bf16_autocast_on_cpu_keeps_losses_in_float32():
