@@ -417,6 +417,26 @@ def test_targets_at_a_glance_hand_made():
     assert out.loc["sizes: each COCO bucket's share of the val objects", "missed by"] == "3.0 points short"
     assert out.loc["cost: minutes per run", "missed by"] == "1.20x the target"
     assert "cost: img/s" not in out.index  # no target
+    assert not any(i.startswith("depth") for i in out.index)  # not given
+    pretraining = pd.DataFrame({"held-out accuracy %": [71.8, 53.6]}, index=["narrow", "narrow_deep"])
+    depth = pd.DataFrame({"our margin": [-18.0], "our SE": [4.0], "seeds": [2]}, index=["R101 helps RetinaNet"])
+    deep = bm.targets_at_a_glance(noise, ranking, 0.65, margins, dial, sizes, cost, pretraining=pretraining, depth=depth)
+    line = deep.loc["depth: the deeper backbone's pretraining is at least as accurate"]
+    assert line["met"] is False and line["missed by"] == "18.2 points short"
+    assert "53.6 % (deeper) against 71.8 %" in line["measured"]
+    assert deep.loc["depth: R101 helps RetinaNet", "met"] is False
+    assert deep.loc["depth: R101 helps RetinaNet", "missed by"] == "reversed"
+
+
+def test_pretraining_table_reads_the_profiles_committed_records():
+    table = bm.pretraining_table("proxy")
+    assert list(table.index) == ["narrow", "narrow_deep"]
+    assert table.loc["narrow_deep", "stands in for"] == "ResNet-101" and table.loc["narrow", "stands in for"] == "ResNet-50"
+    assert bool(table.loc["narrow_deep", "zero-init residual"]) and not bool(table.loc["narrow", "zero-init residual"])
+    for backbone, weights in profiles.get("proxy").model.weights.items():
+        doc = json.loads(resolve_weights(weights).with_suffix(".json").read_text())
+        assert table.loc[backbone, "held-out accuracy %"] == round(100 * doc["held_out_accuracy"], 1)
+    assert bm.pretraining_table("smoke").empty  # trained from scratch: no pretrained backbone
 
 
 def test_convergence_hand_computed():

@@ -15,7 +15,10 @@ Each function measures one target of the benchmark (the targets come from outsid
 * :func:`run_costs`: wall time per run from the records (target: median at most 5 minutes);
 * :func:`convergence`: what each doubling of the schedule still gains (target: doubling the profile's
   schedule gains RetinaNet at most 5 % of its AP; COCO's 1x to 2x gains 2.5 %), and
-  :func:`schedule_leads` whether a baseline's lead over RetinaNet holds as both train longer.
+  :func:`schedule_leads` whether a baseline's lead over RetinaNet holds as both train longer;
+* :func:`pretraining_table`: the profile's pretrained backbones, the stand-ins for ImageNet's ResNet-50 and
+  ResNet-101, with their accuracy on held-out training objects (target: the deeper one at least as
+  accurate, as ResNet-101 is on ImageNet); the ``depth`` table then checks RetinaNet on the two.
 """
 
 from __future__ import annotations
@@ -50,6 +53,9 @@ SIZE_SHARE_TARGET = 15.0  # percent of the validation objects per COCO size buck
 #: schedule (mmdetection's zoo, configs/retinanet: 1x 36.5, 2x 37.4), 2.5 % of its 1x AP
 COCO_2X_GAIN = {"RetinaNet": (36.5, 37.4)}
 CONVERGENCE_TARGET = 5.0  # percent: the largest acceptable relative gain from doubling (twice COCO's 2.5 %)
+#: what each narrow backbone stands in for, and that network's ImageNet top-1 accuracy (%) with the weights
+#: the papers' recipes load (torchvision's IMAGENET1K_V1: ResNet-50 76.130, ResNet-101 77.374)
+STANDS_IN_FOR = {"narrow": ("ResNet-50", 76.13), "narrow_deep": ("ResNet-101", 77.37)}
 
 
 def anchor_coverage(ann_file: str | Path, scale: Scale, anchors: AnchorConfig = AnchorConfig(),
@@ -632,6 +638,27 @@ def backbone_draw(spec: TableSpec, records_by_row: Mapping[str, Sequence[Record]
     return out.round(2)
 
 
+def pretraining_table(profile: str) -> pd.DataFrame:
+    """One line per pretrained backbone of ``profile`` (its records under ``results/pretrained/``): what it
+    stands in for and that network's ImageNet top-1, its settings (epochs, ``zero_init_residual``) and its
+    accuracy on its training objects and on the held-out slice of them (10-way key classification)."""
+    from ..models.checkpoints import resolve_weights
+
+    scale = profiles.get(profile).model
+    rows = []
+    for backbone, weights in sorted((scale.weights if scale else {}).items()):
+        doc = read_json(resolve_weights(weights).with_suffix(".json"), what="pretrained-backbone record")
+        stands_for, imagenet = STANDS_IN_FOR.get(backbone, ("", math.nan))
+        cfg = doc["config"]
+        rows.append({"backbone": backbone, "stands in for": stands_for, "its ImageNet top-1 %": imagenet,
+                     "epochs": cfg["epochs"], "zero-init residual": bool(cfg.get("zero_init_residual", False)),
+                     "train accuracy %": 100 * doc["train_accuracy"],
+                     "held-out accuracy %": 100 * doc["held_out_accuracy"], "weights": Path(weights).name})
+    columns = ["backbone", "stands in for", "its ImageNet top-1 %", "epochs", "zero-init residual",
+               "train accuracy %", "held-out accuracy %", "weights"]
+    return pd.DataFrame(rows, columns=columns).set_index("backbone").round(1)
+
+
 def _detector(label: Any) -> str:
     """The detector of a schedule-table row label (``"RetinaNet, 1200 iterations"`` -> ``"RetinaNet"``)."""
     return str(label).split(",")[0]
@@ -660,11 +687,13 @@ def plot_schedule(schedule: pd.DataFrame, profile: str):
 
 def targets_at_a_glance(noise: pd.DataFrame, ranking_frame: pd.DataFrame, rho: float, margins: pd.DataFrame,
                         dial: pd.DataFrame, sizes: pd.DataFrame, cost: pd.DataFrame,
-                        converged: pd.DataFrame | None = None) -> pd.DataFrame:
+                        converged: pd.DataFrame | None = None, pretraining: pd.DataFrame | None = None,
+                        depth: pd.DataFrame | None = None) -> pd.DataFrame:
     """One line per calibration target of the page: what was measured, the target, whether it is met and,
     where it is missed, by how much (``None`` where there is nothing to judge yet). The inputs are the
     page's own frames (:func:`seed_noise`, :func:`ranking`, :func:`margin_table`, :func:`dial_frame`,
-    :func:`size_table`, :func:`cost_verdict`, :func:`convergence`)."""
+    :func:`size_table`, :func:`cost_verdict`, :func:`convergence`, :func:`pretraining_table`, and
+    :func:`margin_table` of the ``depth`` table)."""
     rows: list[tuple[str, str, str, bool | None, str]] = []
 
     def add(target: str, measured: str, wanted: str, met: bool | None, miss: str = "") -> None:
@@ -678,11 +707,19 @@ def targets_at_a_glance(noise: pd.DataFrame, ranking_frame: pd.DataFrame, rho: f
     have = int(ranking_frame["ours"].notna().sum())
     add("ranking: Spearman rho", f"{rho:.3f} over {have} of {len(ranking_frame)} baselines" if rho == rho else "too few runs",
         f">= {RHO_TARGET}", None if rho != rho else bool(rho >= RHO_TARGET), f"{RHO_TARGET - rho:.3f} short")
-    for claim, r in margins.iterrows():
-        margin, se = _number(r["our margin"]), _number(r["our SE"])  # None (one seed, no runs) -> NaN
-        judged = not (math.isnan(margin) or math.isnan(se))
-        add(f"ranking: {claim}", f"{margin:+.2f} ± {se:.2f} AP ({int(r['seeds'])} seeds)" if judged else "no spread yet",
-            "> 2 SE above 0", bool(margin > 2 * se) if judged else None, "within 2 SE")
+    for kind, frame in (("ranking", margins), ("depth", depth if depth is not None else margins.iloc[:0])):
+        for claim, r in frame.iterrows():
+            margin, se = _number(r["our margin"]), _number(r["our SE"])  # None (one seed, no runs) -> NaN
+            judged = not (math.isnan(margin) or math.isnan(se))
+            measured = f"{margin:+.2f} ± {se:.2f} AP ({int(r['seeds'])} seeds)" if judged else "no spread yet"
+            add(f"{kind}: {claim}", measured, "> 2 SE above 0", bool(margin > 2 * se) if judged else None,
+                "within 2 SE" if margin > 0 else "reversed")
+    if pretraining is not None and {"narrow", "narrow_deep"} <= set(pretraining.index):
+        shallow, deep = (float(pretraining.loc[b, "held-out accuracy %"]) for b in ("narrow", "narrow_deep"))
+        add("depth: the deeper backbone's pretraining is at least as accurate",
+            f"held-out accuracy {deep:.1f} % (deeper) against {shallow:.1f} %",
+            ">= the shallower one's (ImageNet: ResNet-101 ahead of ResNet-50)", bool(deep >= shallow),
+            f"{shallow - deep:.1f} points short")
     if len(dial) >= 2 and "share gap > 0.1" in dial and dial["share gap > 0.1"].notna().all():
         low, default = dial.iloc[0], dial.iloc[-1]
         add("dial: misalignment fades at the lowest offset",
