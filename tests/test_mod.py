@@ -306,3 +306,15 @@ def test_sampled_deform_conv_matches_torchvision_values_and_gradients(stride, di
     grads_theirs = torch.autograd.grad(theirs.square().sum(), inputs)
     for a, b in zip(grads_ours, grads_theirs):
         torch.testing.assert_close(a, b)
+
+
+def test_table7_trains_2x_multiscale_on_coco_and_at_the_proxys_own_schedule():
+    from replicate.experiments.sweep import load_papers, requests_for
+    from replicate.profiles import PROXY_SCHEDULE, schedule_for
+
+    spec = load_papers()["mod"]["table7"]
+    coco = {r.row_label: r.train for r in requests_for(spec, "coco", 1)}
+    proxy = {r.row_label: r.train for r in requests_for(spec, "proxy", 1)}
+    assert coco["MOD (R101)"].iters == 2 * schedule_for("coco").iters and coco["MOD (R101)"].scale == "ms-480-960"
+    assert {(t.iters, tuple(t.steps)) for t in proxy.values()} == {(PROXY_SCHEDULE.iters, tuple(PROXY_SCHEDULE.steps))}
+    assert proxy["MOD (R101)"].scale == PROXY_SCHEDULE.scale
