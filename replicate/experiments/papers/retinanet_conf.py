@@ -246,7 +246,9 @@ TABLE6 = register(TableSpec(
         Claim("The deeper backbone helps RetinaNet-Conf", "RetinaNet-Conf R101 1x", "RetinaNet-Conf R50 1x"),
     ),
     note="The first seven rows are cited from their papers, as in the paper's own table. On the small profiles "
-         "'R101' is the deeper narrow backbone (narrow_deep).",
+         "'R101' is the deeper narrow backbone (narrow_deep). Whether it plays ResNet-101's part is checked on "
+         "the calibration page (The deeper backbone): the claim that the deeper backbone helps tests that "
+         "stand-in as much as the paper.",
 ))
 
 # ------------------------------------------------------------------------------------------ paper vs code
