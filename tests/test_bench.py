@@ -19,6 +19,19 @@ def test_bench_train_step_writes_result(tmp_path, capsys):
     assert record["ratio"] == record["ours"]["median_s"] / record["torchvision"]["median_s"]
     assert {"commit", "versions", "device", "config_hash"} <= set(record["provenance"])
     assert "ratio ours/torchvision" in capsys.readouterr().out
+    assert record["device"] == "cpu"
+
+
+def test_bench_train_step_names_the_gpu_it_ran_on(tmp_path, monkeypatch):
+    """A CUDA result's provenance names the GPU, not the host's CPU (the first H200 results named the Xeon)."""
+    import torch
+
+    from replicate.bench.train_step import write_result
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    out = write_result({"benchmark": "train-step", "model": "fcos", "device": "cuda"}, tmp_path / "r.json")
+    assert json.loads(out.read_text())["provenance"]["device"] == "NVIDIA H200"
 
 
 def test_bench_rejects_bad_size(capsys):

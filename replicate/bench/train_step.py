@@ -129,7 +129,7 @@ def bench_train_step(model: str = "retinanet", *, batch_size: int = 2, size: tup
     results = {who: {"median_s": statistics.median(times[who]), "times_s": times[who],
                      "step_peak_mb": peaks[who] if dev.type == "cuda" else None} for who in times}
     ratio = results["ours"]["median_s"] / results["torchvision"]["median_s"]
-    return {"benchmark": "train-step", "model": model, "batch_size": batch_size, "size": list(size),
+    return {"benchmark": "train-step", "model": model, "device": dev.type, "batch_size": batch_size, "size": list(size),
             "iters": iters, "warmup": warmup, "num_classes": num_classes, "amp": amp, "channels_last": channels_last,
             "gn_nchw": gn_nchw, "threads": torch.get_num_threads(), "interleaved": True, "ours": results["ours"],
             "torchvision": results["torchvision"], "ratio": ratio, "note": NOTES[model]}
@@ -141,7 +141,7 @@ def write_result(result: dict, out: Path | None = None) -> Path:
 
     record = {**result, "provenance": provenance({k: v for k, v in result.items() if k in
                                                   ("benchmark", "model", "batch_size", "size", "amp",
-                                                   "channels_last")})}
+                                                   "channels_last")}, device=result.get("device"))}
     if out is None:
         device = record["provenance"]["device"].replace(" ", "-").replace("/", "-")
         tags = "".join(f"_{t}" for t in (result.get("amp"), "cl" if result.get("channels_last") else None) if t)
