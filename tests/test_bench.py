@@ -106,3 +106,22 @@ def test_bench_norm_writes_result(tmp_path, capsys):
         assert row["max_abs_diff"] < (0.05 if row["dtype"] == "bf16" else 1e-4)  # the same operator
     assert {"commit", "versions", "device", "config_hash"} <= set(record["provenance"])
     assert "ours (NCHW path)" in capsys.readouterr().out
+
+
+def test_parity_judges_first_steps_tightly_and_the_trajectory_loosely():
+    from replicate.bench.parity import judge
+
+    cpu = [2.0, 1.9, 1.8, 1.7, 1.6]
+    # float32 rounding on the first steps, then chaotic drift that averages out: agree
+    cuda = [2.0 + 2e-7, 1.9 - 1e-7, 1.8, 1.72, 1.58]
+    verdict = judge(cpu, cuda)
+    assert verdict["initial_max_rel_diff"] == pytest.approx(1e-7)
+    assert verdict["trajectory_rel_diff"] == pytest.approx(0.0, abs=1e-7)
+    assert verdict["max_rel_diff"] == pytest.approx(0.02 / 1.7)
+    assert verdict["agree"]
+    # a first forward pass that already differs by 1e-4 is a real difference
+    assert not judge(cpu, [2.0002, 1.9, 1.8, 1.7, 1.6])["agree"]
+    # so is a run that trains differently: mean loss 2% higher
+    assert not judge(cpu, [2.0, 1.9, 1.8, 1.7 * 1.1, 1.6 * 1.1])["agree"]
+    with pytest.raises(ValueError, match="equal length"):
+        judge(cpu, cuda[:4])
