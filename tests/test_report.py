@@ -308,7 +308,18 @@ def test_bench_and_environment_frames(tmp_path):
              "max_abs_diff": 1e-2},
             {"shape": [8, 64, 7, 7], "dtype": "bf16", "ours_ms": 0.2, "channels_last_ms": 0.8, "speedup": 4.0,
              "max_abs_diff": 0.0}]}))
+    (tmp_path / "train-step_fcos_cuda_bf16_cl.json").write_text(json.dumps({
+        "benchmark": "train-step", "model": "fcos", "batch_size": 8, "size": [800, 1333], "amp": "bf16",
+        "channels_last": True, "ours": {"median_s": 0.08}, "torchvision": {"median_s": 0.09},
+        "provenance": {"device": "NVIDIA H200"}}))
+    (tmp_path / "parity_cuda_cpu.json").write_text(json.dumps({
+        "benchmark": "parity", "model": "fcos", "iters": 20, "initial_iters": 3, "initial_max_rel_diff": 1.04e-7,
+        "trajectory_rel_diff": 7.0e-4, "agree": True, "provenance": {"device": "NVIDIA H200"}}))
     frame = report.bench_frame(tmp_path).set_index("file")
+    assert frame.loc["train-step_fcos_cuda_bf16_cl.json", "load"] == "batch 8 at 800x1333, bf16, channels_last"
+    parity = frame.loc["parity_cuda_cpu.json"]
+    assert parity["same result"] is True and parity["device"] == "NVIDIA H200" and pd.isna(parity["speed-up"])
+    assert parity["load"] == "20 iterations, float32: first 3 losses within 1e-07, mean loss within 7e-04 (relative)"
     norm = frame.loc["norm_cpu.json"]  # the headline: bf16 on the largest map
     assert norm["speed-up"] == pytest.approx(6.0) and norm["ours median s"] == pytest.approx(0.002)
     assert norm["same result"] is True and norm["load"] == "forward + backward, 8x64x26x26, bf16"

@@ -416,14 +416,16 @@ def bench_frame(bench_dir: str | Path) -> pd.DataFrame:
     faster-coco-eval backend against pycocotools, the reference; ``norm``: GroupNorm's NCHW path against
     PyTorch's channels-last kernel, bf16 on the largest map); ``speed-up`` is baseline time over
     ours (above 1: ours is faster). ``same result`` is the APS parity check, for ``eval`` whether every
-    stat agrees to 1e-12, for ``norm`` whether the float32 outputs agree to 1e-4 (``None`` where none is made).
+    stat agrees to 1e-12, for ``norm`` whether the float32 outputs agree to 1e-4, for ``parity`` (the
+    same training run on CUDA and on CPU, no timing) :func:`replicate.bench.parity.judge`'s verdict
+    (``None`` where none is made).
     """
     columns = ["file", "benchmark", "what", "load", "ours median s", "baseline", "baseline median s", "speed-up",
                "same result", "device", "threads"]
     data = []
     for path in sorted(Path(bench_dir).glob("*.json")):
         b = read_json(path, what="benchmark result")
-        if b.get("benchmark") not in ("aps", "train-step", "eval", "norm"):
+        if b.get("benchmark") not in ("aps", "train-step", "eval", "norm", "parity"):
             continue  # the cost benchmarks (data, threads) have no baseline: the calibration page shows them
         if b.get("benchmark") == "norm":  # the headline: bf16 on the largest map, as the proxy trains
             rows = b.get("rows") or []
@@ -435,6 +437,13 @@ def bench_frame(bench_dir: str | Path) -> pd.DataFrame:
                          f"forward + backward, {'x'.join(map(str, head['shape']))}, bf16", head["ours_ms"] / 1e3,
                          "PyTorch's channels-last kernel", head["channels_last_ms"] / 1e3, head["speedup"], same,
                          _get(b, "provenance", "device"), b.get("threads")])
+            continue
+        if b.get("benchmark") == "parity":
+            load = (f"{b.get('iters')} iterations, float32: first {b.get('initial_iters')} losses within "
+                    f"{b.get('initial_max_rel_diff', float('nan')):.0e}, mean loss within "
+                    f"{b.get('trajectory_rel_diff', float('nan')):.0e} (relative)")
+            data.append([path.name, "parity", f"{b.get('model')} training, CUDA against CPU", load, None, "CPU", None,
+                         None, b.get("agree"), _get(b, "provenance", "device"), b.get("threads")])
             continue
         if b.get("benchmark") == "eval":
             load = f"{b.get('detections'):,} detections, {b.get('images'):,} images"
@@ -449,7 +458,8 @@ def bench_frame(bench_dir: str | Path) -> pd.DataFrame:
         else:
             what, baseline, base_key = b.get("model"), "torchvision", "torchvision"
             size = b.get("size") or []
-            load = f"batch {b.get('batch_size')} at {'x'.join(map(str, size))}" + (f", {b['amp']}" if b.get("amp") else "")
+            load = (f"batch {b.get('batch_size')} at {'x'.join(map(str, size))}" + (f", {b['amp']}" if b.get("amp") else "")
+                    + (", channels_last" if b.get("channels_last") else ""))
         ours, base = _get(b, "ours", "median_s"), _get(b, base_key, "median_s")
         data.append([path.name, b.get("benchmark"), what, load, ours, baseline, base,
                      base / ours if ours and base else None, b.get("identical"),
