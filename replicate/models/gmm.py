@@ -36,7 +36,6 @@ from torch import Tensor
 from replicate.errors import ReplicateError
 
 _LOG_2PI = math.log(2.0 * math.pi)
-CHECK_EVERY_ON_DEVICE = 8  # EM iterations between two host-device synchronisations off the CPU
 
 
 @dataclass
@@ -95,15 +94,13 @@ def _initial_means(x: Tensor, valid: Tensor) -> Tensor:
     return torch.stack([low, high], dim=1)
 
 
-def _e_step(x: Tensor, valid: Tensor, count: Tensor, weights: Tensor, means: Tensor, variances: Tensor
-            ) -> tuple[Tensor, Tensor]:
-    """Responsibilities (G, N, 2), zero on invalid points, and the mean log-likelihood (G,) per group.
-
-    ``count`` is the (G,) number of valid points per group (at least 1), a loop invariant made once."""
+def _e_step(x: Tensor, valid: Tensor, weights: Tensor, means: Tensor, variances: Tensor) -> tuple[Tensor, Tensor]:
+    """Responsibilities (G, N, 2), zero on invalid points, and the mean log-likelihood (G,) per group."""
     weighted = _component_log_prob(x, means, variances) + weights.log().unsqueeze(1)
     norm = torch.logsumexp(weighted, dim=-1)
     resp = torch.exp(weighted - norm.unsqueeze(-1)) * valid.unsqueeze(-1)
-    bound = torch.where(valid, norm, 0.0).sum(dim=1) / count
+    count = valid.sum(dim=1).clamp(min=1)
+    bound = torch.where(valid, norm, torch.zeros_like(norm)).sum(dim=1) / count
     return resp, bound
 
 
@@ -137,7 +134,6 @@ def gmm2_fit(
     reg_covar: float = 1e-6,
     means_init: Tensor | None = None,
     var_init: float = 10.0,
-    check_every: int | None = None,
 ) -> GMM2:
     """Fit G independent two-component 1-D Gaussian mixtures with EM, all groups at once.
 
@@ -149,10 +145,6 @@ def gmm2_fit(
         reg_covar: added to every variance in the M-step.
         means_init: optional (G, 2) initial means; default ``[min, max]`` of each group's valid values.
         var_init: initial variance of both components (precision 0.1 -> variance 10).
-        check_every: EM iterations between two checks of "has every group stopped?". The check makes
-            the host wait for the device; a group that has stopped stays frozen, so checking less often
-            only adds iterations that change nothing (the result is the same). Default: every
-            iteration on the CPU, every ``CHECK_EVERY_ON_DEVICE`` on a GPU.
 
     Returns:
         The fitted :class:`GMM2`; weights start at [0.5, 0.5].
@@ -165,21 +157,15 @@ def gmm2_fit(
     variances = torch.full((groups, 2), float(var_init), dtype=torch.float64, device=x.device)
     active = torch.ones(groups, dtype=torch.bool, device=x.device)
     bound = torch.full((groups,), -math.inf, dtype=torch.float64, device=x.device)
-    count = valid.sum(dim=1).clamp(min=1)
-    ran = torch.zeros(groups, dtype=torch.long, device=x.device)  # EM iterations each group ran
-    if check_every is None:
-        check_every = 1 if x.device.type == "cpu" else CHECK_EVERY_ON_DEVICE
     n_iter = 0
-    while n_iter < iters and (n_iter % check_every or bool(active.any())):
+    while n_iter < iters and bool(active.any()):
         n_iter += 1
-        resp, new_bound = _e_step(x64, valid, count, weights, means, variances)
+        resp, new_bound = _e_step(x64, valid, weights, means, variances)
         new_weights, new_means, new_variances = _m_step(x64, resp, reg_covar)
         keep = active.unsqueeze(1)
         weights = torch.where(keep, new_weights, weights)
         means = torch.where(keep, new_means, means)
         variances = torch.where(keep, new_variances, variances)
-        ran += active
         active = active & ~((new_bound - bound).abs() < tol)
         bound = new_bound
-    return GMM2(weights=weights, means=means, variances=variances, n_iter=int(ran.max()) if groups else 0,
-                converged=~active)
+    return GMM2(weights=weights, means=means, variances=variances, n_iter=n_iter, converged=~active)
