@@ -26,7 +26,13 @@ done
 # the pretrained backbones the runs load, in this checkout: an absent file is re-made from its record
 # (minutes), and a machine that cannot reproduce it (another CPU maker) stops the sweep here, before any run
 # is launched on it.
-(cd "$HERE" && "$R" pretrain --profile proxy --ensure --quiet --data-root "$DATA/proxy") || exit 1
+# The backbones are re-made side by side, one thread each (as they were made), one per core.
+pids=()
+for backbone in narrow narrow_deep; do
+  (cd "$HERE" && "$R" pretrain --profile proxy --ensure --quiet --backbone "$backbone" --data-root "$DATA/proxy") &
+  pids+=($!)
+done
+for pid in "${pids[@]}"; do wait "$pid" || exit 1; done
 [ -d "$TREE" ] || git -C "$HERE" worktree add --detach "$TREE" HEAD >/dev/null || exit 1
 cd "$TREE" || exit 1
 # a worktree of a commit without the weights files takes this checkout's when they hash to their records'
