@@ -118,17 +118,18 @@ def test_a_collapsed_seed_is_left_out_of_the_claim_and_counted_in_the_status():
 
 
 def test_claim_on_the_learned_seeds_keeps_its_paired_spread():
-    # base collapses on seed 1 of three; seeds 0 and 2 give differences 3.0 and 4.0 AP: mean 3.5, standard
-    # error sd([3, 4]) / sqrt(2) = 0.5, so the margin is 7 standard errors: holds
+    # base collapses on seed 1 of three; seeds 0 and 2 give differences 3.0 and 3.2 AP: mean 3.1, standard
+    # error sd([3.0, 3.2]) / sqrt(2) = 0.1 on 1 degree of freedom: 95 % interval 12.71 * 0.1 = 1.27 < 3.1: holds
     runs = {"base": [record("base", 0, 0.300, 0.5), record("base", 1, 0.004, 0.01), record("base", 2, 0.310, 0.5)],
-            "+RFA": [record("+RFA", 0, 0.330, 0.5), record("+RFA", 1, 0.340, 0.5), record("+RFA", 2, 0.350, 0.5)]}
+            "+RFA": [record("+RFA", 0, 0.330, 0.5), record("+RFA", 1, 0.340, 0.5), record("+RFA", 2, 0.342, 0.5)]}
     rfa = {c.text: c for c in claims.claim_results(SPEC, runs)}["RFA helps"]
-    assert rfa.ours_margin == pytest.approx(3.5) and rfa.ours_se == pytest.approx(0.5) and rfa.seeds == 2
+    assert rfa.ours_margin == pytest.approx(3.1) and rfa.ours_se == pytest.approx(0.1) and rfa.seeds == 2
+    assert rfa.ours_df == 1 and rfa.noise_bound == pytest.approx(1.2706, abs=1e-4)
     assert rfa.verdict == "holds" and rfa.left_out == ("base did not learn on seed 1",)
     assert rfa.left_out_text == "1 of 3 seeds left out: base did not learn on seed 1"
     effect = claims.effects(SPEC, runs)["+RFA"]["AP"]
-    assert effect.ours == pytest.approx(3.5) and effect.ours_se == pytest.approx(0.5) and effect.left_out == 1
-    assert report.effects_frame(SPEC, runs).loc["+RFA", ("AP", "ours")] == f"+3.5 ± 0.5 {report.LEFT_OUT_MARK}"
+    assert effect.ours == pytest.approx(3.1) and effect.ours_se == pytest.approx(0.1) and effect.left_out == 1
+    assert report.effects_frame(SPEC, runs).loc["+RFA", ("AP", "ours")] == f"+3.1 ± 0.1 {report.LEFT_OUT_MARK}"
     saved = report.headline(SPEC, runs)
     (claim,) = [c for c in saved["claims"] if c["text"] == "RFA helps"]
     assert claim["left_out"] == rfa.left_out_text and claim["seeds"] == 2
@@ -255,10 +256,10 @@ def test_headline_round_trips_through_the_results_folder(tmp_path):
 
 def test_a_claim_within_seed_noise_is_neither_marked_nor_counted_as_holding():
     # a beats b by +1, +0, -0.5 points (paired): mean +0.17, se 0.44 -> within seed noise, though its sign
-    # is the paper's; c beats b by +1, +2, +1 -> holds (se 0.33)
+    # is the paper's; c beats b by +1.0, +1.1, +1.2 -> holds (se 0.058, 95 % interval 4.30 * 0.058 = 0.25)
     spec = _spec_ab(Claim("a beats b", "a", "b"), Claim("c beats b", "c", "b"))
     runs = {"a": _runs("a", [0.30, 0.30, 0.295]), "b": _runs("b", [0.29, 0.30, 0.30]),
-            "c": _runs("c", [0.30, 0.32, 0.31])}
+            "c": _runs("c", [0.30, 0.311, 0.312])}
     assert [c.verdict for c in claims.claim_results(spec, runs)] == ["within seed noise", "holds"]
     html = report.render_claims(spec, runs)
     assert html.count("≈") == 1 and html.count("✓") == 1 and "✗" not in html
@@ -361,26 +362,42 @@ def _runs(label, aps, seeds=None):
 
 def test_claim_verdicts_weigh_the_margin_against_its_spread_over_seeds():
     spec = _spec_ab(Claim("a beats b", "a", "b"), Claim("c beats b", "c", "b"), Claim("b beats c", "b", "c"))
-    # paired by seed: differences 1, 2, 1 -> mean 1.333, sd 0.577, se 0.333: beyond 2 se
+    # paired by seed: differences 1, 2, 1 -> mean 1.333, sd 0.577, se 0.333 on 2 degrees of freedom: the 95 %
+    # interval is t(0.975, 2) = 4.303 standard errors, 1.434 > 1.333: within seed noise (4 standard errors,
+    # but three seeds cannot pin the spread down)
     runs = {"a": _runs("a", [0.30, 0.32, 0.31]), "b": _runs("b", [0.29, 0.30, 0.30]),
             "c": _runs("c", [0.29, 0.29, 0.31])}
     a_b, c_b, b_c = claims.claim_results(spec, runs)
     assert a_b.ours_margin == pytest.approx(4 / 3) and a_b.ours_se == pytest.approx(1 / 3) and a_b.seeds == 3
-    assert a_b.verdict == "holds"
+    assert a_b.ours_df == 2 and a_b.noise_bound == pytest.approx(4.3027 / 3, abs=1e-4)
+    assert a_b.verdict == "within seed noise"
+    # differences 1.0, 1.2, 1.1 -> mean 1.1, se 0.0577, interval 0.248: holds
+    tight = {**runs, "a": _runs("a", [0.30, 0.312, 0.311])}
+    assert claims.claim_results(spec, tight)[0].verdict == "holds"
     # c - b: differences 0, -1, 1 -> mean 0, se 0.577: within noise (and it does not hold: margin 0)
     assert c_b.ours_se == pytest.approx(math.sqrt(1 / 3)) and c_b.verdict == "within seed noise"
     assert b_c.verdict == "within seed noise"
 
-    # unpaired (different seeds): se = sqrt(var_a / 2 + var_b / 2) = sqrt(2/2 + 2/2)
+    # unpaired (different seeds): se = sqrt(var_a / 2 + var_b / 2) = sqrt(2/2 + 2/2); Welch-Satterthwaite
+    # df = (1 + 1)^2 / (1^2 / 1 + 1^2 / 1) = 2
     unpaired = {"a": _runs("a", [0.30, 0.32], [0, 1]), "b": _runs("b", [0.29, 0.31], [2, 3]), "c": []}
     result = claims.claim_results(spec, unpaired)[0]
     assert result.ours_margin == pytest.approx(1.0) and result.ours_se == pytest.approx(math.sqrt(2))
-    assert result.verdict == "within seed noise"
+    assert result.ours_df == pytest.approx(2.0) and result.verdict == "within seed noise"
+    # unequal spreads: var_a / 3 = 1/3 (values 30, 31, 32), var_b / 2 = 0 -> df = (1/3)^2 / ((1/3)^2 / 2) = 2
+    welch = {"a": _runs("a", [0.30, 0.31, 0.32], [0, 1, 2]), "b": _runs("b", [0.29, 0.29], [3, 4]), "c": []}
+    assert claims.claim_results(spec, welch)[0].ours_df == pytest.approx(2.0)
 
-    # reversed beyond the noise: differences -2, -3 -> mean -2.5, se 0.5
-    reversed_runs = {"a": _runs("a", [0.30, 0.30]), "b": _runs("b", [0.32, 0.33]), "c": []}
+    # reversed beyond the noise: differences -2.0, -2.1 -> mean -2.05, se 0.05, interval 0.64
+    reversed_runs = {"a": _runs("a", [0.30, 0.30]), "b": _runs("b", [0.32, 0.321]), "c": []}
     result = claims.claim_results(spec, reversed_runs)[0]
-    assert result.ours_se == pytest.approx(0.5) and result.holds is False and result.verdict == "reversed"
+    assert result.ours_se == pytest.approx(0.05) and result.holds is False and result.verdict == "reversed"
+    # two seeds whose differences happen to agree (-2, -3 -> se 0.5) no longer make a verdict: 12.7 se
+    loose = {"a": _runs("a", [0.30, 0.30]), "b": _runs("b", [0.32, 0.33]), "c": []}
+    assert claims.claim_results(spec, loose)[0].verdict == "within seed noise"
+    assert claims.t_critical(1) == pytest.approx(12.7062, abs=1e-4)
+    with pytest.raises(ReplicateError, match="degrees of freedom"):
+        claims.t_critical(0)
 
     single = claims.claim_results(spec, {"a": _runs("a", [0.3]), "b": _runs("b", [0.2]), "c": []})
     assert [c.verdict for c in single] == ["holds (1 seed)", "not checked", "not checked"]
@@ -389,18 +406,20 @@ def test_claim_verdicts_weigh_the_margin_against_its_spread_over_seeds():
 
 def test_verdict_statement_and_claims_frame_from_headlines(tmp_path):
     spec = _spec_ab(Claim("a beats b", "a", "b"), Claim("c beats b", "c", "b"), Claim("b beats a", "b", "a"))
-    runs = {"a": _runs("a", [0.30, 0.32, 0.31]), "b": _runs("b", [0.29, 0.30, 0.30]), "c": []}
+    runs = {"a": _runs("a", [0.30, 0.312, 0.311]), "b": _runs("b", [0.29, 0.30, 0.30]), "c": []}
     report.save_headline(report.headline(spec, runs), tmp_path, "smoke")
     headlines = report.load_headlines(tmp_path, "smoke")
     assert report.verdict_statement(headlines) == {
-        "p": "1 of 2 checked claims hold; 1 beyond 2 standard errors over seeds and 0 on a single seed "
+        "p": "1 of 2 checked claims hold; 1 with a 95% confidence interval over seeds that excludes zero and 0 on "
+             "a single seed "
              "(spread unknown); 0 within seed noise; 1 do not hold (1 reversed beyond the noise, 0 on a single "
              "seed); 1 not checked (rows without runs, or runs that did not learn)."}
     frame = report.claims_frame(headlines)
     assert list(frame["verdict"]) == ["holds", "not checked", "reversed"]
-    assert frame.loc[0, "ours"] == "+1.3 ± 0.3" and frame.loc[1, "ours"] == "—" and frame.loc[0, "seeds"] == 3
+    assert frame.loc[0, "ours"] == "+1.1 ± 0.1" and frame.loc[1, "ours"] == "—" and frame.loc[0, "seeds"] == 3
+    assert frame.loc[0, "95% interval"] == "±0.2" and frame.loc[1, "95% interval"] == "—"  # 4.303 * 0.0577
     html = report.render_claims(spec, runs)
-    assert "+1.3 ± 0.3 AP; holds)" in html and "not checked" in html
+    assert "+1.1 ± 0.1 AP, 95% interval ±0.2 over 3 seeds; holds)" in html and "not checked" in html
 
 
 def test_verdict_statement_without_checked_claims():

@@ -11,6 +11,14 @@ compared seed by seed, as they share data order and initialisation), and the res
 were left out and why (:attr:`ClaimResult.left_out`); row effects (:func:`effects`) do the same against
 the reference row. With no such seed left, or rows not run on the same seeds, the claim reads "not
 checked". The table's status column counts the runs that did not learn, so a collapse stays in view.
+
+A checked claim's verdict weighs our margin against its standard error over seeds with Student's t: it
+holds (or is reversed) when the margin's 95 % confidence interval excludes zero, i.e. when
+``|margin| > t(0.975, df) * se``, with ``df`` the degrees of freedom of the standard error (``n - 1``
+seeds when paired, Welch-Satterthwaite when not). With two seeds that factor is 12.7, with three 4.3,
+with five 2.8: a spread estimated from two or three seeds is itself uncertain, and a fixed factor of two
+(the rule before 2026-12-04) let two seeds whose differences happened to agree call a 0.4-AP margin
+established.
 """
 
 from __future__ import annotations
@@ -19,6 +27,8 @@ import math
 import statistics
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
+
+from scipy import stats as scipy_stats
 
 from ..errors import ReplicateError
 from .spec import TIMING_METRICS, Row, TableSpec
@@ -56,7 +66,15 @@ class RowStats:
     not_learned: int = 0  # runs whose main metric is below LEARNED_FLOOR
 
 
-NOISE_SE = 2.0  # a margin within this many standard errors of zero is "within seed noise"
+CONFIDENCE = 0.95  # a margin whose two-sided confidence interval at this level holds zero is "within seed noise"
+
+
+def t_critical(df: float) -> float:
+    """Student's t quantile for a two-sided :data:`CONFIDENCE` interval with ``df`` degrees of freedom
+    (12.71 at 1, 4.30 at 2, 2.78 at 4; 1.96 in the limit)."""
+    if not df > 0:
+        raise ReplicateError(f"t_critical: degrees of freedom must be positive, got {df}")
+    return float(scipy_stats.t.ppf(0.5 + CONFIDENCE / 2, df))
 
 
 @dataclass(frozen=True)
@@ -67,7 +85,8 @@ class ClaimResult:
     the standard error of our margin over seeds: paired by seed when both rows have the same seeds
     (each seed's difference; the rows then share data order and initialisation, and test-time
     variants share the trained model), else from the two rows' spreads; ``None`` with fewer than two
-    seeds on a row. ``seeds`` is the smaller number of runs of the two rows.
+    seeds on a row. ``ours_df`` is its degrees of freedom (see the module docstring). ``seeds`` is the
+    smaller number of runs of the two rows.
     """
 
     text: str
@@ -81,6 +100,14 @@ class ClaimResult:
     seeds: int = 0
     learned: bool = True  # the runs the claim is checked on reach LEARNED_FLOOR on the main metric
     left_out: tuple[str, ...] = ()  # per seed left out: which row's run did not learn on it
+    ours_df: float | None = None
+
+    @property
+    def noise_bound(self) -> float:
+        """Half-width of the margin's :data:`CONFIDENCE` interval: ``t(df) * se`` (NaN without a spread)."""
+        if self.ours_se is None or not self.ours_df:
+            return math.nan
+        return t_critical(self.ours_df) * self.ours_se
 
     @property
     def left_out_text(self) -> str:
@@ -92,15 +119,15 @@ class ClaimResult:
 
     @property
     def verdict(self) -> str:
-        """``holds`` / ``reversed`` (beyond :data:`NOISE_SE` standard errors), ``within seed noise``,
-        ``holds (1 seed)`` / ``does not hold (1 seed)`` without a spread, or ``not checked``."""
+        """``holds`` / ``reversed`` (the margin's :data:`CONFIDENCE` interval excludes zero), ``within seed
+        noise``, ``holds (1 seed)`` / ``does not hold (1 seed)`` without a spread, or ``not checked``."""
         if not self.learned:
             return f"not checked (a run of these rows did not learn: AP below {LEARNED_FLOOR:g})"
         if self.holds is None:
             return "not checked"
         if self.ours_se is None:
             return f"{'holds' if self.holds else 'does not hold'} ({self.seeds} seed{'s' if self.seeds != 1 else ''})"
-        if abs(self.ours_margin) <= NOISE_SE * self.ours_se:
+        if abs(self.ours_margin) <= self.noise_bound:
             return "within seed noise"
         return "holds" if self.holds else "reversed"
 
@@ -193,14 +220,16 @@ def claim_results(spec: TableSpec, records_by_row: RecordsByRow) -> list[ClaimRe
         if ours_margin is not None and math.isnan(ours_margin):  # a metric undefined on this data
             ours_margin = None
         holds = None if ours_margin is None or not learned else ours_margin > 0
-        se = _margin_se(spec, claim.metric, rb, rw) if ours_margin is not None else None
+        se, df = _margin_se(spec, claim.metric, rb, rw) if ours_margin is not None else (None, None)
         results.append(ClaimResult(claim.text, claim.metric, claim.better, claim.worse, paper_margin, ours_margin,
-                                   holds, se, min(sb.n, sw.n) if sb and sw else 0, learned, left_out))
+                                   holds, se, min(sb.n, sw.n) if sb and sw else 0, learned, left_out, df))
     return results
 
 
-def _margin_se(spec: TableSpec, metric: str, better: Sequence[Record], worse: Sequence[Record]) -> float | None:
-    """Standard error of ``mean(better) - mean(worse)`` over seeds (see :class:`ClaimResult`)."""
+def _margin_se(spec: TableSpec, metric: str, better: Sequence[Record], worse: Sequence[Record]
+               ) -> tuple[float | None, float | None]:
+    """Standard error of ``mean(better) - mean(worse)`` over seeds (see :class:`ClaimResult`) and its
+    degrees of freedom; ``(None, None)`` without a spread."""
     b = {r.get("seed"): _metric_value(spec, r, metric) for r in better}
     w = {r.get("seed"): _metric_value(spec, r, metric) for r in worse}
     if len(b) != len(better) or len(w) != len(worse):  # seeds not unique: no pairing
@@ -208,11 +237,15 @@ def _margin_se(spec: TableSpec, metric: str, better: Sequence[Record], worse: Se
     if set(b) == set(w) and len(b) >= 2:
         diffs = [b[k] - w[k] for k in b]
         se = sample_std(diffs) / math.sqrt(len(diffs))
-        return None if math.isnan(se) else se
+        return (None, None) if math.isnan(se) else (se, len(diffs) - 1)
     if len(b) >= 2 and len(w) >= 2:
-        se = math.sqrt(sample_variance(b.values()) / len(b) + sample_variance(w.values()) / len(w))
-        return None if math.isnan(se) else se
-    return None
+        vb, vw = sample_variance(b.values()) / len(b), sample_variance(w.values()) / len(w)
+        se = math.sqrt(vb + vw)
+        if math.isnan(se):
+            return None, None
+        spread = vb**2 / (len(b) - 1) + vw**2 / (len(w) - 1)  # Welch-Satterthwaite
+        return se, (vb + vw) ** 2 / spread if spread > 0 else len(b) + len(w) - 2
+    return None, None
 
 
 
@@ -256,7 +289,7 @@ def effects(spec: TableSpec, records_by_row: RecordsByRow) -> dict[str, dict[str
                 continue
             rs, rr, s, r, left_out, learned = compared
             ours = s.mean[metric] - r.mean[metric] if s and r else math.nan
-            se = _margin_se(spec, metric, rs, rr) if s and r else None
+            se = _margin_se(spec, metric, rs, rr)[0] if s and r else None
             per_metric[metric] = Effect(paper, ours, se, len(left_out) if learned else 0)
         out[row.label] = per_metric
     return out

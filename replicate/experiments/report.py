@@ -34,7 +34,7 @@ import pandas as pd
 from ..errors import ReplicateError
 from ..io import atomic_write_json, read_json
 from ..provenance import repo_relative
-from .claims import (LEARNED_FLOOR, NOISE_SE, ClaimResult, Record, RecordsByRow, RowStats, _all_stats, claim_results, effects,
+from .claims import (CONFIDENCE, LEARNED_FLOOR, ClaimResult, Record, RecordsByRow, RowStats, _all_stats, claim_results, effects,
                      main_metric, reference_row)
 from .spec import Row, TableSpec
 
@@ -129,6 +129,8 @@ def render_claims(spec: TableSpec, records_by_row: RecordsByRow) -> HtmlFragment
     items = []
     for c in claim_results(spec, records_by_row):
         detail = f"paper {_fmt(c.paper_margin, signed=True)}, ours {_margin_text(c)} {c.metric}"
+        if not math.isnan(c.noise_bound):
+            detail += f", {CONFIDENCE:.0%} interval {_interval_text(c.noise_bound)} over {c.seeds} seeds"
         left_out = f"; {c.left_out_text}" if c.left_out_text else ""
         items.append(f"<li>{verdict_mark(c.verdict)} {html.escape(c.text)} "
                      f"<small>({html.escape(c.better)} vs {html.escape(c.worse)}: {detail}; "
@@ -141,6 +143,13 @@ def render_claims(spec: TableSpec, records_by_row: RecordsByRow) -> HtmlFragment
 def _margin_text(c: ClaimResult) -> str:
     """Our margin, with its standard error over seeds when known: ``+0.8 ± 0.3``."""
     return _signed_with_se(c.ours_margin, c.ours_se)
+
+
+def _interval_text(bound: float | None) -> str:
+    """Half-width of a margin's confidence interval, ``±1.3`` (two decimals below 0.05); ``—`` when unknown."""
+    if bound is None or math.isnan(bound):
+        return "—"
+    return f"±{bound:.{2 if bound < 0.05 else 1}f}"
 
 
 def _signed_with_se(margin: float | None, se: float | None) -> str:
@@ -266,7 +275,8 @@ def headline(spec: TableSpec, records_by_row: RecordsByRow) -> dict[str, Any]:
         "claims_total": len(claims),
         "claims": [{"text": c.text, "metric": c.metric, "better": c.better, "worse": c.worse,
                     "paper_margin": _json_number(c.paper_margin), "ours_margin": _json_number(c.ours_margin),
-                    "ours_se": _json_number(c.ours_se), "seeds": c.seeds, "verdict": c.verdict,
+                    "ours_se": _json_number(c.ours_se), "ours_interval": _json_number(c.noise_bound),
+                    "seeds": c.seeds, "verdict": c.verdict,
                     "left_out": c.left_out_text} for c in claims],
         "rows": [{"label": label, "paper": _json_number(frame.at[label, f"{metric} paper"]),
                   "ours": _json_number(frame.at[label, f"{metric} ours"]), "status": frame.at[label, "status"],
@@ -316,15 +326,17 @@ def unlearned_frame(headlines: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
 
 def claims_frame(headlines: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """Every claim of the saved headlines, one row each: where it comes from, the paper's margin, ours
-    (± its standard error over seeds when known), the number of seeds and the verdict."""
-    columns = ["paper", "table", "claim", "metric", "paper margin", "ours", "seeds", "verdict"]
+    (± its standard error over seeds when known), the half-width of its confidence interval, the number of
+    seeds and the verdict."""
+    columns = ["paper", "table", "claim", "metric", "paper margin", "ours", f"{CONFIDENCE:.0%} interval", "seeds",
+               "verdict"]
     data = []
     for h in headlines:
         for c in h.get("claims", ()):
             ours = _signed_with_se(c["ours_margin"], c["ours_se"])
             verdict = c["verdict"] + (f" ({c['left_out']})" if c.get("left_out") else "")
             data.append([h["paper"], h["table"], c["text"], c["metric"], _fmt(c["paper_margin"], signed=True),
-                         ours, c["seeds"], verdict])
+                         ours, _interval_text(c.get("ours_interval")), c["seeds"], verdict])
     return pd.DataFrame(data, columns=columns)
 
 
@@ -348,7 +360,8 @@ def verdict_statement(headlines: Sequence[Mapping[str, Any]]) -> dict[str, str]:
         reversed_ = verdicts.count("reversed")
         single_fails = sum(v.startswith("does not hold (") for v in verdicts)
         parts = [f"{firm + single_holds} of {len(checked)} checked claims hold",
-                 f"{firm} beyond {NOISE_SE:g} standard errors over seeds and {single_holds} on a single seed "
+                 f"{firm} with a {CONFIDENCE:.0%} confidence interval over seeds that excludes zero and "
+                 f"{single_holds} on a single seed "
                  f"(spread unknown)",
                  f"{noise} within seed noise",
                  f"{reversed_ + single_fails} do not hold ({reversed_} reversed beyond the noise, {single_fails} "
