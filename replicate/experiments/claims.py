@@ -220,13 +220,13 @@ def claim_results(spec: TableSpec, records_by_row: RecordsByRow) -> list[ClaimRe
         if ours_margin is not None and math.isnan(ours_margin):  # a metric undefined on this data
             ours_margin = None
         holds = None if ours_margin is None or not learned else ours_margin > 0
-        se, df = _margin_se(spec, claim.metric, rb, rw) if ours_margin is not None else (None, None)
+        se, df = _margin_spread(spec, claim.metric, rb, rw) if ours_margin is not None else (None, None)
         results.append(ClaimResult(claim.text, claim.metric, claim.better, claim.worse, paper_margin, ours_margin,
                                    holds, se, min(sb.n, sw.n) if sb and sw else 0, learned, left_out, df))
     return results
 
 
-def _margin_se(spec: TableSpec, metric: str, better: Sequence[Record], worse: Sequence[Record]
+def _margin_spread(spec: TableSpec, metric: str, better: Sequence[Record], worse: Sequence[Record]
                ) -> tuple[float | None, float | None]:
     """Standard error of ``mean(better) - mean(worse)`` over seeds (see :class:`ClaimResult`) and its
     degrees of freedom; ``(None, None)`` without a spread."""
@@ -289,7 +289,7 @@ def effects(spec: TableSpec, records_by_row: RecordsByRow) -> dict[str, dict[str
                 continue
             rs, rr, s, r, left_out, learned = compared
             ours = s.mean[metric] - r.mean[metric] if s and r else math.nan
-            se = _margin_se(spec, metric, rs, rr)[0] if s and r else None
+            se = _margin_spread(spec, metric, rs, rr)[0] if s and r else None
             per_metric[metric] = Effect(paper, ours, se, len(left_out) if learned else 0)
         out[row.label] = per_metric
     return out

@@ -361,8 +361,7 @@ def verdict_statement(headlines: Sequence[Mapping[str, Any]]) -> dict[str, str]:
         single_fails = sum(v.startswith("does not hold (") for v in verdicts)
         parts = [f"{firm + single_holds} of {len(checked)} checked claims hold",
                  f"{firm} with a {CONFIDENCE:.0%} confidence interval over seeds that excludes zero and "
-                 f"{single_holds} on a single seed "
-                 f"(spread unknown)",
+                 f"{single_holds} on a single seed (spread unknown)",
                  f"{noise} within seed noise",
                  f"{reversed_ + single_fails} do not hold ({reversed_} reversed beyond the noise, {single_fails} "
                  f"on a single seed)"]
