@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's CUDA checks, for a lent GPU machine (the device tool: ../.library/device/README.md).
 # One call, at most ~8 minutes: the train-step benchmark with bf16 AMP and channels_last, the APS
-# benchmark on CUDA, and a short CUDA-vs-CPU training parity check. Results land in $OUT (and in
+# benchmark on CUDA, the CUDA-only tests, and a short CUDA-vs-CPU training parity check. Results land in $OUT (and in
 # results/bench/ of the copy there); copy them back into results/bench/ here and commit them.
 #
 #   device run: command="bash scripts/device_check.sh", carry=[".whl"], timeout_s=540
@@ -32,5 +32,7 @@ R="python3 -m replicate.cli"
   done
   timeout 90 $R bench aps --device cuda --score paper --out "$OUT/aps_paper_cuda.json"
   timeout 90 $R bench aps --device cuda --score code --out "$OUT/aps_code_cuda.json"
+  # the CUDA-only tests (the GMM's CUDA-graph engine against its loop), skipped on CPU machines
+  timeout 120 python3 -m pytest -q -p no:cacheprovider -m "not slow" -k cuda tests/test_aps.py
   timeout 120 python3 -m replicate.bench.parity --iters 20 --out "$OUT/parity_cuda_cpu.json"
 } 2>&1 | tee "$OUT/device_check.log"

@@ -13,7 +13,7 @@ from sklearn.mixture import GaussianMixture
 
 from replicate.errors import ReplicateError
 from replicate.models.aps import aps_select, resolve_conflicts
-from replicate.models.gmm import gmm2_fit
+from replicate.models.gmm import _BlockEM, _padded_groups, gmm2_fit
 
 
 def _sklearn_gmm(values: np.ndarray, tol: float) -> GaussianMixture:
@@ -71,11 +71,81 @@ def test_gmm2_fit_degenerate_groups_have_no_nan() -> None:
     assert labels[2, :4].tolist() == [0, 0, 1, 1]
 
 
+def _aps_like_groups(groups: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """APS-sized problems: rows of up to 18 scores from two modes, some short, one single, one empty."""
+    gen = torch.Generator().manual_seed(seed)
+    low = torch.rand(groups, 18, generator=gen) * 0.5
+    high = 2.0 + torch.rand(groups, 18, generator=gen) * 3.0
+    x = torch.where(torch.rand(groups, 18, generator=gen) < 0.4, low, high).double()
+    lengths = torch.randint(2, 19, (groups,), generator=gen)
+    lengths[0], lengths[1] = 1, 0
+    valid = torch.arange(18) < lengths.unsqueeze(1)
+    return x, valid
+
+
+def _assert_same_fit(a, b) -> None:
+    for name in ("weights", "means", "variances", "converged"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert a.n_iter == b.n_iter
+
+
+@pytest.mark.parametrize("iters,tol", [(1, 1e-3), (3, 1e-3), (6, 1e-6), (100, 1e-3), (100, 1e-8)])
+def test_gmm2_fit_blocks_engine_is_the_loop(iters: int, tol: float) -> None:
+    """Blocks of masked iterations (the CUDA-graph engine, run eagerly here) end in the loop's state,
+    whatever ``iters`` is against the block size, including groups that never stop."""
+    x, valid = _aps_like_groups(37, seed=iters)
+    loop = gmm2_fit(x, valid, iters=iters, tol=tol, engine="loop")
+    blocks = gmm2_fit(x, valid, iters=iters, tol=tol, engine="blocks")
+    _assert_same_fit(blocks, loop)
+    # the cases cover fits cut off by iters with groups still running, and fits that all stop early
+    assert (loop.n_iter == iters and not bool(loop.converged.all())) or (loop.n_iter < iters and bool(loop.converged.all()))
+
+
+def test_gmm2_fit_blocks_engine_padding_rows_change_nothing() -> None:
+    """A captured graph serves padded group counts: the first rows of a padded state fit as alone,
+    and refilling the state (a second fit on other data) starts afresh."""
+    em = _BlockEM(64, 18, torch.device("cpu"), iters=100, tol=1e-3, reg_covar=1e-6, capture=False)
+    for seed in (0, 1):
+        x, valid = _aps_like_groups(37, seed=seed)
+        x64 = torch.where(valid, x, torch.zeros_like(x))
+        means = torch.stack([torch.where(valid, x64, torch.full_like(x64, float("inf"))).amin(1),
+                             torch.where(valid, x64, torch.full_like(x64, -float("inf"))).amax(1)], 1)
+        means = torch.where(valid.any(1, keepdim=True), means, torch.zeros_like(means))
+        em.load(x64, valid, means, var_init=10.0)
+        padded = em.run(37)
+        alone = gmm2_fit(x, valid, iters=100, tol=1e-3, engine="loop")
+        torch.testing.assert_close(padded.means, alone.means, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(padded.variances, alone.variances, rtol=1e-12, atol=1e-12)
+        assert torch.equal(padded.converged, alone.converged) and padded.n_iter == alone.n_iter
+
+
+def test_padded_groups_is_the_next_power_of_two_from_32() -> None:
+    assert [_padded_groups(g) for g in (0, 1, 32, 33, 112, 128, 129)] == [32, 32, 32, 64, 128, 128, 256]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run by scripts/device_check.sh)")
+def test_gmm2_fit_cuda_graph_matches_the_loop_on_cuda() -> None:
+    """On CUDA the default engine replays a captured graph; twice on new data (the cached graph) it
+    gives the loop's fit on the same device."""
+    for seed in (0, 1, 2):
+        x, valid = _aps_like_groups(112 - seed * 30, seed=seed)
+        x, valid = x.cuda(), valid.cuda()
+        loop = gmm2_fit(x, valid, iters=100, tol=1e-3, engine="loop")
+        graph = gmm2_fit(x, valid, iters=100, tol=1e-3)
+        torch.testing.assert_close(graph.means, loop.means, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(graph.weights, loop.weights, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(graph.variances, loop.variances, rtol=1e-12, atol=1e-12)
+        assert torch.equal(graph.predict(x), loop.predict(x))
+        assert torch.equal(graph.converged, loop.converged) and graph.n_iter == loop.n_iter
+
+
 def test_gmm2_fit_rejects_bad_shapes() -> None:
     with pytest.raises(ReplicateError, match="valid"):
         gmm2_fit(torch.zeros(2, 3), torch.ones(2, 4, dtype=torch.bool))
     with pytest.raises(ReplicateError, match="bool"):
         gmm2_fit(torch.zeros(2, 3), torch.ones(2, 3))
+    with pytest.raises(ReplicateError, match="engine"):
+        gmm2_fit(torch.zeros(2, 3), torch.ones(2, 3, dtype=torch.bool), engine="graph")
 
 
 def _select(cost_cls: list[float], cost_reg: list[float], levels: list[int], num_levels: int = 3,

@@ -9,7 +9,9 @@ PAA-style cut; conflicts between GTs are not part of either):
   released code pays it too), then a Python loop over the M GTs selects the levels with NumPy and fits
   one scikit-learn ``GaussianMixture`` per GT;
 * ours: :func:`replicate.models.aps.aps_select`, all GTs at once on the device (CUDA synchronised
-  before and after each call).
+  before and after each call). On CUDA its GMM replays a CUDA graph (:mod:`replicate.models.gmm`'s
+  ``blocks`` engine), captured during the untimed warm-up calls, as it is once per padded GT count in
+  training.
 
 Both are given the same tensors (cost computation, candidate masks and the conversion of the selection
 into targets are outside the timings). The figure reported is the median over ``iters`` calls after
