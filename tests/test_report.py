@@ -80,8 +80,9 @@ def test_effects_relative_to_the_reference_row():
     frame = report.effects_frame(SPEC, RECORDS)
     assert frame.loc["base (reference)", ("AP", "paper")] == "38.6"  # the reference shows its own numbers
     assert frame.loc["base (reference)", ("AP", "ours")] == "31.0"
-    assert frame.loc["+RFA", ("AP", "paper")] == "+0.8" and frame.loc["+RFA", ("AP", "ours")] == "+2.5"
-    assert frame.loc["+RFA", ("AP50", "paper")] == "+0.6" and frame.loc["+RFA", ("AP50", "ours")] == "-0.5"
+    # +RFA is run on seed 0 only: the effect reads seed 0 of both rows (33.5 - 30.0, 50.5 - 50.0), marked
+    assert frame.loc["+RFA", ("AP", "paper")] == "+0.8" and frame.loc["+RFA", ("AP", "ours")] == "+3.5 †"
+    assert frame.loc["+RFA", ("AP50", "paper")] == "+0.6" and frame.loc["+RFA", ("AP50", "ours")] == "+0.5 †"
     assert frame.loc["+APS", ("AP", "ours")] == "—" and frame.loc["+APS", ("AP50", "paper")] == "—"
     paired = {"base": RECORDS["base"], "+RFA": [record("+RFA", 0, 0.335, 0.5), record("+RFA", 1, 0.345, 0.5)]}
     # per-seed differences 3.5 and 2.5 AP: mean 3.0, standard error 0.5
@@ -136,7 +137,8 @@ def test_claim_on_the_learned_seeds_keeps_its_paired_spread():
     assert report.claims_frame([saved]).set_index("claim").at["RFA helps", "verdict"] == (
         "holds (1 of 3 seeds left out: base did not learn on seed 1)")
     assert report.verdict_statement([saved])["mod"].endswith(  # RFA helps, and base beats RFA on AP50
-        "; 2 of the checked claims on fewer seeds, where a run of one of their rows did not learn; "
+        "; 2 of the checked claims on fewer seeds (a seed run for one of their rows only, or a run that did "
+        "not learn); "
         "2 not checked (rows without runs, or runs that did not learn).")
     # both rows collapsed on the same seed: one note names both
     both = {"base": runs["base"], "+RFA": [record("+RFA", 0, 0.330, 0.5), record("+RFA", 1, 0.0, 0.0),
@@ -145,9 +147,33 @@ def test_claim_on_the_learned_seeds_keeps_its_paired_spread():
     assert rfa.left_out == ("+RFA and base did not learn on seed 1",) and rfa.seeds == 2
 
 
+def test_rows_on_different_seeds_are_compared_on_the_seeds_they_share():
+    # base on seeds 0-2, +RFA on 0-1 (its seed 2 not run yet): differences 3.0 and 2.0 AP on seeds 0 and 1,
+    # mean 2.5, standard error sd([3.0, 2.0]) / sqrt(2) = 0.5, not the unpaired 33.0 - 30.5 = 2.5 ± 1.1
+    runs = {"base": [record("base", 0, 0.300, 0.5), record("base", 1, 0.320, 0.5), record("base", 2, 0.290, 0.5)],
+            "+RFA": [record("+RFA", 0, 0.330, 0.5), record("+RFA", 1, 0.340, 0.5)]}
+    rfa = {c.text: c for c in claims.claim_results(SPEC, runs)}["RFA helps"]
+    assert rfa.ours_margin == pytest.approx(2.5) and rfa.ours_se == pytest.approx(0.5) and rfa.ours_df == 1
+    assert rfa.seeds == 2 and rfa.left_out == ("seed 2 is run for base only",)
+    assert rfa.left_out_text == "1 of 3 seeds left out: seed 2 is run for base only"
+    assert rfa.verdict == "within seed noise"  # 12.71 * 0.5 = 6.4 > 2.5
+    effect = claims.effects(SPEC, runs)["+RFA"]["AP"]
+    assert effect.ours == pytest.approx(2.5) and effect.ours_se == pytest.approx(0.5) and effect.left_out == 1
+    assert report.effects_frame(SPEC, runs).loc["+RFA", ("AP", "ours")] == "+2.5 ± 0.5 †"
+    # the absolute numbers keep every run: base's mean is over its three seeds
+    assert report.table_frame(SPEC, runs).at["base", "AP ours"] == pytest.approx(30.333, abs=1e-3)
+    # seeds run for either row only are both named, in seed order; a collapse on a seed the other row
+    # lacks costs nothing
+    apart = {"base": [record("base", 0, 0.300, 0.5), record("base", 1, 0.004, 0.01)],
+             "+RFA": [record("+RFA", 0, 0.335, 0.5), record("+RFA", 2, 0.340, 0.5)]}
+    rfa = {c.text: c for c in claims.claim_results(SPEC, apart)}["RFA helps"]
+    assert rfa.learned is True and rfa.verdict == "holds (1 seed)" and rfa.ours_margin == pytest.approx(3.5)
+    assert rfa.left_out_text == "2 of 3 seeds left out: seed 1 is run for base only; seed 2 is run for +RFA only"
+
+
 def test_a_collapse_on_rows_without_common_seeds_or_on_every_seed_leaves_the_claim_unchecked():
     unpaired = {"base": [record("base", 0, 0.300, 0.5), record("base", 1, 0.004, 0.01)],
-                "+RFA": [record("+RFA", 0, 0.335, 0.5), record("+RFA", 2, 0.340, 0.5)]}
+                "+RFA": [record("+RFA", 2, 0.335, 0.5), record("+RFA", 3, 0.340, 0.5)]}
     rfa = {c.text: c for c in claims.claim_results(SPEC, unpaired)}["RFA helps"]
     assert rfa.learned is False and rfa.holds is None and rfa.verdict.startswith("not checked")
     assert rfa.left_out_text == ""
@@ -161,13 +187,14 @@ def test_a_collapse_on_rows_without_common_seeds_or_on_every_seed_leaves_the_cla
 def test_claims_hold_fail_or_stay_unknown():
     results = {c.text: c for c in claims.claim_results(SPEC, RECORDS)}
     rfa = results["RFA helps"]
-    assert rfa.paper_margin == pytest.approx(0.8) and rfa.ours_margin == pytest.approx(2.5) and rfa.holds is True
+    # +RFA has seed 0 only: the margins read seed 0 of both rows
+    assert rfa.paper_margin == pytest.approx(0.8) and rfa.ours_margin == pytest.approx(3.5) and rfa.holds is True
     aps = results["APS helps more"]  # paper numbers of both rows: 40.0 - 39.4; ours: +APS missing
     assert aps.paper_margin == pytest.approx(0.6) and aps.ours_margin is None and aps.holds is None
     cited = results["R101 beats base"]  # base has no AP50 margin stated; R101 is cited only
     assert cited.paper_margin == pytest.approx(61.0 - 57.4) and cited.holds is None
     fails = results["base beats RFA on AP50"]
-    assert fails.ours_margin == pytest.approx(51.0 - 50.5) and fails.holds is True
+    assert fails.ours_margin == pytest.approx(50.0 - 50.5) and fails.holds is False
     reversed_records = {"base": RECORDS["base"], "+RFA": [record("+RFA", 0, 0.2, 0.6)]}
     assert {c.text: c.holds for c in claims.claim_results(SPEC, reversed_records)}["RFA helps"] is False
 
@@ -208,10 +235,12 @@ def test_render_table_and_claims_html():
     html = report.render_table(SPEC, RECORDS)
     assert html._repr_html_() == str(html)
     assert "<table" in html and "MOD, Table 9 (p. 1)" in html and "31.0 ± 1.4" in html
-    assert "#cf222e" in html  # a negative Δ in red
+    assert "#cf222e" not in html  # no effect of the other sign than the paper's
+    worse = {"base": RECORDS["base"], "+RFA": [record("+RFA", 0, 0.335, 0.490)]}
+    assert "#cf222e" in report.render_table(SPEC, worse)  # AP50 49.0 - 50.0 against the paper's +0.6: red
     claims = report.render_claims(SPEC, RECORDS)
-    assert claims.count("<li>") == 4 and claims.count("✓") == 2 and claims.count("—") >= 2
-    assert "paper +0.8, ours +2.5 AP" in claims
+    assert claims.count("<li>") == 4 and claims.count("✓") == 1 and claims.count("—") >= 2
+    assert "paper +0.8, ours +3.5 AP" in claims
 
 
 def test_margin_text_never_shows_a_bare_zero_beside_a_verdict():
@@ -238,7 +267,7 @@ def test_render_table_lists_the_notes_of_reproduced_rows_only():
 def test_headline_round_trips_through_the_results_folder(tmp_path):
     summary = report.headline(SPEC, RECORDS)
     assert summary["key"] == "mod:table9" and summary["metric"] == "AP"
-    assert (summary["claims_holding"], summary["claims_checked"], summary["claims_total"]) == (2, 2, 4)
+    assert (summary["claims_holding"], summary["claims_checked"], summary["claims_total"]) == (1, 2, 4)
     assert summary["rows"][0] == {"label": "base", "paper": 38.6, "ours": 31.0, "status": "2 runs",
                                    "not_learned": 0}
     assert summary["rows"][2] == {"label": "+APS", "paper": 40.0, "ours": None, "status": "missing",
@@ -250,7 +279,7 @@ def test_headline_round_trips_through_the_results_folder(tmp_path):
     assert report.load_headlines(tmp_path, "coco") == []
     frame = report.summary_frame([summary])
     assert frame.iloc[0].to_dict() == {"table": "mod:table9", "title": "Ablation", "metric": "AP",
-                                       "claims holding": 2, "within seed noise": 0, "claims checked": 2,
+                                       "claims holding": 1, "within seed noise": 0, "claims checked": 2,
                                        "claims": 4, "rows run": 2, "rows": 4}
 
 

@@ -12,6 +12,11 @@ were left out and why (:attr:`ClaimResult.left_out`); row effects (:func:`effect
 the reference row. With no such seed left, or rows not run on the same seeds, the claim reads "not
 checked". The table's status column counts the runs that did not learn, so a collapse stays in view.
 
+Rows run on different seeds (a sweep half-way through a seed, one row's run still missing) are compared
+on the seeds they share, seed by seed, and the seeds run for one row only are named as left out: a
+margin between means over different seeds would mix the rows' difference with the seeds'. Rows that share
+no seed are compared on all their runs, unpaired.
+
 A checked claim's verdict weighs our margin against its standard error over seeds with Student's t: it
 holds (or is reversed) when the margin's 95 % confidence interval excludes zero, i.e. when
 ``|margin| > t(0.975, df) * se``, with ``df`` the degrees of freedom of the standard error (``n - 1``
@@ -82,11 +87,11 @@ class ClaimResult:
     """One claim of the paper checked on our runs; margins are ``better - worse`` in the paper's units.
 
     ``holds`` is ``None`` when either row has no runs of ours (missing, or cited only). ``ours_se`` is
-    the standard error of our margin over seeds: paired by seed when both rows have the same seeds
-    (each seed's difference; the rows then share data order and initialisation, and test-time
+    the standard error of our margin over seeds: paired by seed when the rows share seeds (each seed's
+    difference, on the shared seeds; the rows then share data order and initialisation, and test-time
     variants share the trained model), else from the two rows' spreads; ``None`` with fewer than two
     seeds on a row. ``ours_df`` is its degrees of freedom (see the module docstring). ``seeds`` is the
-    smaller number of runs of the two rows.
+    smaller number of runs of the two rows that the margin reads.
     """
 
     text: str
@@ -99,7 +104,7 @@ class ClaimResult:
     ours_se: float | None = None
     seeds: int = 0
     learned: bool = True  # the runs the claim is checked on reach LEARNED_FLOOR on the main metric
-    left_out: tuple[str, ...] = ()  # per seed left out: which row's run did not learn on it
+    left_out: tuple[str, ...] = ()  # per seed left out: run for one row only, or which row's run did not learn
     ours_df: float | None = None
 
     @property
@@ -111,7 +116,8 @@ class ClaimResult:
 
     @property
     def left_out_text(self) -> str:
-        """``"1 of 2 seeds left out: FCOS did not learn on seed 0"``, or ``""`` when none was."""
+        """``"1 of 2 seeds left out: FCOS did not learn on seed 0"`` (or ``"seed 2 is run for FCOS only"``),
+        or ``""`` when none was."""
         if not self.left_out or not self.learned:
             return ""
         total = self.seeds + len(self.left_out)
@@ -185,19 +191,40 @@ def _learned_pairs(spec: TableSpec, rows: tuple[str, str], records: tuple[Sequen
     return [by_seed[0][s] for s in kept], [by_seed[1][s] for s in kept], tuple(notes)
 
 
+def _shared_seeds(rows: tuple[str, str], records: tuple[Sequence[Record], Sequence[Record]]
+                  ) -> tuple[list[Record], list[Record], tuple[str, ...]] | None:
+    """The two rows' runs on the seeds both were run on, and one note per seed run for one row only;
+    ``None`` when a row repeats a seed or the rows share none (no pairing)."""
+    by_seed = [{r.get("seed"): r for r in runs} for runs in records]
+    if any(len(m) != len(runs) for m, runs in zip(by_seed, records)):
+        return None
+    shared = set(by_seed[0]) & set(by_seed[1])
+    if not shared:
+        return None
+    only = sorted(((s, label) for label, m in zip(rows, by_seed) for s in set(m) - shared),
+                  key=lambda item: (str(type(item[0])), item[0]))
+    keep = [[r for r in runs if r.get("seed") in shared] for runs in records]
+    return keep[0], keep[1], tuple(f"seed {seed} is run for {label} only" for seed, label in only)
+
+
 def _compared(spec: TableSpec, a: str, b: str, records_by_row: RecordsByRow, stats: Mapping[str, RowStats | None]
               ) -> tuple[Sequence[Record], Sequence[Record], RowStats | None, RowStats | None, tuple[str, ...], bool]:
     """What a comparison of rows ``a`` and ``b`` reads: their runs, stats and the seeds left out (see the
     module docstring), and whether the runs read have learned."""
     ra, rb = records_by_row.get(a, ()), records_by_row.get(b, ())
     sa, sb = stats[a], stats[b]
+    notes: tuple[str, ...] = ()
+    shared = _shared_seeds((a, b), (ra, rb)) if sa and sb else None
+    if shared and shared[2]:
+        ra, rb, notes = shared
+        sa, sb = row_stats(spec, spec.row(a), ra), row_stats(spec, spec.row(b), rb)
     if not (sa and sb) or sa.not_learned + sb.not_learned == 0:
-        return ra, rb, sa, sb, (), True
+        return ra, rb, sa, sb, notes, True
     pairs = _learned_pairs(spec, (a, b), (ra, rb))
     if pairs is None or not pairs[0]:
-        return ra, rb, sa, sb, pairs[2] if pairs else (), False
-    ka, kb, notes = pairs
-    return ka, kb, row_stats(spec, spec.row(a), ka), row_stats(spec, spec.row(b), kb), notes, True
+        return ra, rb, sa, sb, notes + (pairs[2] if pairs else ()), False
+    ka, kb, more = pairs
+    return ka, kb, row_stats(spec, spec.row(a), ka), row_stats(spec, spec.row(b), kb), notes + more, True
 
 
 def claim_results(spec: TableSpec, records_by_row: RecordsByRow) -> list[ClaimResult]:
@@ -269,7 +296,7 @@ class Effect:
     paper: float  # NaN when the paper prints either number not
     ours: float  # NaN without runs of both rows
     ours_se: float | None  # over seeds (paired by seed when the rows share seeds); None with one seed
-    left_out: int = 0  # seeds left out because a run of the row or of the reference did not learn
+    left_out: int = 0  # seeds left out: run for one of the two rows only, or a run of either did not learn
 
 
 def effects(spec: TableSpec, records_by_row: RecordsByRow) -> dict[str, dict[str, Effect]]:

@@ -162,7 +162,7 @@ def _signed_with_se(margin: float | None, se: float | None) -> str:
     return f"{text} ± {se:.{digits}f}" if se is not None else text
 
 
-LEFT_OUT_MARK = "†"  # an effect over fewer seeds: a run of its row or of the reference did not learn
+LEFT_OUT_MARK = "†"  # an effect over fewer seeds: one run for one row only, or a run did not learn
 MAIN_COLUMNS = 6  # metrics in a table's main (effects) view; the others go to its collapsed details
 
 
@@ -170,8 +170,8 @@ def effects_frame(spec: TableSpec, records_by_row: RecordsByRow, seeds: int | No
                   metrics: Sequence[str] | None = None) -> pd.DataFrame:
     """Each row's effect relative to the reference row (:func:`~.claims.reference_row`): the paper's and
     ours ± its standard error over seeds, as text; the reference row shows its absolute numbers instead.
-    Ours ends in :data:`LEFT_OUT_MARK` when seeds were left out because a run of the row or of the reference
-    did not learn (the effect is then over the seeds where both learned). Columns: (metric, ``paper`` |
+    Ours ends in :data:`LEFT_OUT_MARK` when seeds were left out: run for the row or the reference only, or a
+    run of either did not learn (the effect is then over the seeds both were run on and learned). Columns: (metric, ``paper`` |
     ``ours``) plus ``status``."""
     metrics = list(metrics or spec.metrics)
     ref = reference_row(spec)
@@ -241,9 +241,10 @@ def render_table(spec: TableSpec, records_by_row: RecordsByRow, seeds: int | Non
     table = _html_table(effect.style.apply(_agreement_style, axis=None)
                         .set_caption(html.escape(f"{spec.title} ({spec.source})")))
     legend = (f"<p><small>Effects relative to <em>{html.escape(ref.label)}</em> (its row: absolute numbers), in "
-              "the paper's units; ours is the mean over seeds ± its standard error. Green: our effect has the "
-              "paper's sign; red: the opposite sign. Absolute levels are not comparable: the paper's are COCO's, "
-              "ours the benchmark's.</small></p>")
+              "the paper's units; ours is the mean over seeds ± its standard error, paired by seed. "
+              f"{LEFT_OUT_MARK}: on fewer seeds (a seed run for one of the two rows only, or a run that did not "
+              "learn). Green: our effect has the paper's sign; red: the opposite sign. Absolute levels are not "
+              "comparable: the paper's are COCO's, ours the benchmark's.</small></p>")
     absolute = _html_table(styled_table(spec, records_by_row, seeds).set_caption(""))
     details = ("<details><summary>Absolute numbers, every metric (paper: COCO; ours: this benchmark)</summary>"
                + absolute + "</details>")
@@ -367,8 +368,8 @@ def verdict_statement(headlines: Sequence[Mapping[str, Any]]) -> dict[str, str]:
                  f"on a single seed)"]
         fewer = sum(bool(c.get("left_out")) for c in claims)
         if fewer:
-            parts.append(f"{fewer} of the checked claims on fewer seeds, where a run of one of their rows did not "
-                         "learn")
+            parts.append(f"{fewer} of the checked claims on fewer seeds (a seed run for one of their rows only, or "
+                         "a run that did not learn)")
         unchecked = len(verdicts) - len(checked)
         text = "; ".join(parts)
         out[paper] = text + (f"; {unchecked} not checked (rows without runs, or runs that did not learn)."
