@@ -468,3 +468,42 @@ def test_spread_of_a_metric_undefined_on_some_seeds_is_unknown_not_an_error():
     assert stats.std["AP"] == pytest.approx(math.sqrt(0.5)) and math.isnan(stats.std["APl"])
     (claim,) = claims.claim_results(spec, runs)
     assert claim.holds is None and claim.ours_se is None
+
+
+def test_resolvable_margin_and_seeds_to_resolve_hand_computed():
+    # t(0.975, 1) = 12.706, t(0.975, 2) = 4.303, t(0.975, 4) = 2.776, t(0.975, 5) = 2.571, t(0.975, 6) = 2.447
+    assert claims.resolvable_margin(1.0, 2) == pytest.approx(12.706 / math.sqrt(2), abs=1e-3)
+    assert claims.resolvable_margin(1.0, 3) == pytest.approx(4.303 / math.sqrt(3), abs=1e-3)
+    assert claims.resolvable_margin(2.0, 5) == pytest.approx(2 * 2.776 / math.sqrt(5), abs=1e-3)
+    assert claims.seeds_to_resolve(3.0, 1.0) == 3  # 2.48 < 3 at three seeds, 8.98 at two
+    assert claims.seeds_to_resolve(-1.0, 1.0) == 7  # 1.05 at six seeds, 0.92 at seven; the sign is irrelevant
+    assert claims.seeds_to_resolve(0.1, 1.0) is None and claims.seeds_to_resolve(0.0, 1.0) is None
+    with pytest.raises(ReplicateError, match="2 seeds"):
+        claims.resolvable_margin(1.0, 1)
+
+
+def test_seeds_needed_for_a_claim_within_seed_noise():
+    # differences 3.0 and 2.0 AP on seeds 0 and 1: sd 0.707, so the paper's +0.8 needs six seeds
+    # (5 seeds resolve 2.776 * 0.707 / sqrt(5) = 0.88, six 2.571 * 0.707 / sqrt(6) = 0.74)
+    runs = {"base": [record("base", 0, 0.300, 0.5), record("base", 1, 0.320, 0.5)],
+            "+RFA": [record("+RFA", 0, 0.330, 0.5), record("+RFA", 1, 0.340, 0.5)]}
+    rfa = {c.text: c for c in claims.claim_results(SPEC, runs)}["RFA helps"]
+    assert rfa.paired and rfa.difference_sd == pytest.approx(math.sqrt(0.5))
+    assert rfa.verdict == "within seed noise" and rfa.seeds_for_paper_margin == 6
+    # (the AP50 claim ties exactly on both seeds, 50.0 - 50.0: a zero spread, that two seeds would resolve)
+    frame = report.seeds_needed_frame([report.headline(SPEC, runs)])
+    assert frame["claim"].tolist() == ["base beats RFA on AP50", "RFA helps"]  # fewest seeds needed first
+    assert frame.iloc[[1]].to_dict("records") == [{
+        "paper": "mod", "table": "table9", "claim": "RFA helps", "paper margin": "+0.8", "ours": "+2.5 ± 0.5",
+        "seeds": 2, "sd of differences": "0.71", "resolved at 3 seeds": "±1.8", "resolved at 5 seeds": "±0.9",
+        "seeds for the paper's margin": 6}]
+    assert report.seeds_statement([report.headline(SPEC, runs)]).startswith(
+        "Of the 2 claims within seed noise with a paired spread, 1 already have the seeds to resolve a margin of "
+        "the paper's size, and ours is smaller; for the others a margin of "
+        "the paper's size would be resolved at our spread by 3 seeds for 0, by 5 for 0 and by 10 for 1; 0 would "
+        "need more than 50 seeds")
+    # an unpaired margin (rows on no common seed) has no per-seed differences to size more seeds by
+    apart = {"base": runs["base"], "+RFA": [record("+RFA", 2, 0.330, 0.5), record("+RFA", 3, 0.340, 0.5)]}
+    rfa = {c.text: c for c in claims.claim_results(SPEC, apart)}["RFA helps"]
+    assert not rfa.paired and rfa.difference_sd is None and rfa.seeds_for_paper_margin is None
+    assert report.seeds_needed_frame([report.headline(SPEC, apart)]).empty

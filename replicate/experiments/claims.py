@@ -74,6 +74,27 @@ class RowStats:
 CONFIDENCE = 0.95  # a margin whose two-sided confidence interval at this level holds zero is "within seed noise"
 
 
+SEEDS_LIMIT = 50  # :func:`seeds_to_resolve` looks no further
+
+
+def resolvable_margin(sd: float, seeds: int) -> float:
+    """Half-width of the :data:`CONFIDENCE` interval of a margin paired over ``seeds`` seeds whose per-seed
+    differences spread with standard deviation ``sd``: ``t(seeds - 1) * sd / sqrt(seeds)``. A margin
+    wider than this is resolved (holds or is reversed); a narrower one stays within seed noise."""
+    if seeds < 2:
+        raise ReplicateError(f"resolvable_margin: a spread needs at least 2 seeds, got {seeds}")
+    return t_critical(seeds - 1) * sd / math.sqrt(seeds)
+
+
+def seeds_to_resolve(margin: float, sd: float, limit: int = SEEDS_LIMIT) -> int | None:
+    """The fewest seeds (at least 2) whose :func:`resolvable_margin` at spread ``sd`` is below ``|margin|``;
+    ``None`` when more than ``limit`` would be needed (or the margin is 0)."""
+    for seeds in range(2, limit + 1):
+        if resolvable_margin(sd, seeds) < abs(margin):
+            return seeds
+    return None
+
+
 def t_critical(df: float) -> float:
     """Student's t quantile for a two-sided :data:`CONFIDENCE` interval with ``df`` degrees of freedom
     (12.71 at 1, 4.30 at 2, 2.78 at 4; 1.96 in the limit)."""
@@ -106,6 +127,25 @@ class ClaimResult:
     learned: bool = True  # the runs the claim is checked on reach LEARNED_FLOOR on the main metric
     left_out: tuple[str, ...] = ()  # per seed left out: run for one row only, or which row's run did not learn
     ours_df: float | None = None
+    paired: bool = False  # ours_se comes from per-seed differences
+
+    @property
+    def difference_sd(self) -> float | None:
+        """Standard deviation of the per-seed differences (``ours_se * sqrt(seeds)``) of a paired margin;
+        ``None`` for an unpaired one or without a spread."""
+        if not self.paired or self.ours_se is None:
+            return None
+        return self.ours_se * math.sqrt(self.seeds)
+
+    @property
+    def seeds_for_paper_margin(self) -> int | None:
+        """How many seeds would resolve a margin of the paper's size at our spread (:func:`seeds_to_resolve`):
+        what more seeds can settle, as opposed to what the benchmark's noise hides; ``None`` without a
+        paired spread or a paper margin, or beyond :data:`SEEDS_LIMIT`."""
+        sd = self.difference_sd
+        if sd is None or self.paper_margin is None or math.isnan(self.paper_margin):
+            return None
+        return seeds_to_resolve(self.paper_margin, sd)
 
     @property
     def noise_bound(self) -> float:
@@ -247,16 +287,17 @@ def claim_results(spec: TableSpec, records_by_row: RecordsByRow) -> list[ClaimRe
         if ours_margin is not None and math.isnan(ours_margin):  # a metric undefined on this data
             ours_margin = None
         holds = None if ours_margin is None or not learned else ours_margin > 0
-        se, df = _margin_spread(spec, claim.metric, rb, rw) if ours_margin is not None else (None, None)
+        se, df, paired = (_margin_spread(spec, claim.metric, rb, rw) if ours_margin is not None
+                          else (None, None, False))
         results.append(ClaimResult(claim.text, claim.metric, claim.better, claim.worse, paper_margin, ours_margin,
-                                   holds, se, min(sb.n, sw.n) if sb and sw else 0, learned, left_out, df))
+                                   holds, se, min(sb.n, sw.n) if sb and sw else 0, learned, left_out, df, paired))
     return results
 
 
 def _margin_spread(spec: TableSpec, metric: str, better: Sequence[Record], worse: Sequence[Record]
-               ) -> tuple[float | None, float | None]:
-    """Standard error of ``mean(better) - mean(worse)`` over seeds (see :class:`ClaimResult`) and its
-    degrees of freedom; ``(None, None)`` without a spread."""
+                   ) -> tuple[float | None, float | None, bool]:
+    """Standard error of ``mean(better) - mean(worse)`` over seeds (see :class:`ClaimResult`), its degrees
+    of freedom, and whether it is paired by seed; ``(None, None, False)`` without a spread."""
     b = {r.get("seed"): _metric_value(spec, r, metric) for r in better}
     w = {r.get("seed"): _metric_value(spec, r, metric) for r in worse}
     if len(b) != len(better) or len(w) != len(worse):  # seeds not unique: no pairing
@@ -264,15 +305,15 @@ def _margin_spread(spec: TableSpec, metric: str, better: Sequence[Record], worse
     if set(b) == set(w) and len(b) >= 2:
         diffs = [b[k] - w[k] for k in b]
         se = sample_std(diffs) / math.sqrt(len(diffs))
-        return (None, None) if math.isnan(se) else (se, len(diffs) - 1)
+        return (None, None, False) if math.isnan(se) else (se, len(diffs) - 1, True)
     if len(b) >= 2 and len(w) >= 2:
         vb, vw = sample_variance(b.values()) / len(b), sample_variance(w.values()) / len(w)
         se = math.sqrt(vb + vw)
         if math.isnan(se):
-            return None, None
+            return None, None, False
         spread = vb**2 / (len(b) - 1) + vw**2 / (len(w) - 1)  # Welch-Satterthwaite
-        return se, (vb + vw) ** 2 / spread if spread > 0 else len(b) + len(w) - 2
-    return None, None
+        return se, (vb + vw) ** 2 / spread if spread > 0 else len(b) + len(w) - 2, False
+    return None, None, False
 
 
 

@@ -34,8 +34,8 @@ import pandas as pd
 from ..errors import ReplicateError
 from ..io import atomic_write_json, read_json
 from ..provenance import repo_relative
-from .claims import (CONFIDENCE, LEARNED_FLOOR, ClaimResult, Record, RecordsByRow, RowStats, _all_stats, claim_results, effects,
-                     main_metric, reference_row)
+from .claims import (CONFIDENCE, LEARNED_FLOOR, SEEDS_LIMIT, ClaimResult, Record, RecordsByRow, RowStats, _all_stats,
+                     claim_results, effects, main_metric, reference_row, resolvable_margin)
 from .spec import Row, TableSpec
 
 MISSING = "missing"
@@ -277,8 +277,9 @@ def headline(spec: TableSpec, records_by_row: RecordsByRow) -> dict[str, Any]:
         "claims": [{"text": c.text, "metric": c.metric, "better": c.better, "worse": c.worse,
                     "paper_margin": _json_number(c.paper_margin), "ours_margin": _json_number(c.ours_margin),
                     "ours_se": _json_number(c.ours_se), "ours_interval": _json_number(c.noise_bound),
-                    "seeds": c.seeds, "verdict": c.verdict,
-                    "left_out": c.left_out_text} for c in claims],
+                    "seeds": c.seeds, "verdict": c.verdict, "left_out": c.left_out_text,
+                    "difference_sd": _json_number(c.difference_sd),
+                    "seeds_for_paper_margin": c.seeds_for_paper_margin} for c in claims],
         "rows": [{"label": label, "paper": _json_number(frame.at[label, f"{metric} paper"]),
                   "ours": _json_number(frame.at[label, f"{metric} ours"]), "status": frame.at[label, "status"],
                   "not_learned": stats[label].not_learned if stats[label] else 0}
@@ -339,6 +340,47 @@ def claims_frame(headlines: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
             data.append([h["paper"], h["table"], c["text"], c["metric"], _fmt(c["paper_margin"], signed=True),
                          ours, _interval_text(c.get("ours_interval")), c["seeds"], verdict])
     return pd.DataFrame(data, columns=columns)
+
+
+def seeds_needed_frame(headlines: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """The claims within seed noise that have a paired spread, one row each, fewest seeds needed first: the
+    spread of their per-seed differences, the margin our seeds resolve now, at 3 and at 5 seeds, and how
+    many seeds would resolve a margin of the paper's size (``> 50``: more than :data:`~.claims.SEEDS_LIMIT`)."""
+    columns = ["paper", "table", "claim", "paper margin", "ours", "seeds", "sd of differences",
+               "resolved at 3 seeds", "resolved at 5 seeds", "seeds for the paper's margin"]
+    data = []
+    for h in headlines:
+        for c in h.get("claims", ()):
+            sd = c.get("difference_sd")
+            if c["verdict"] != "within seed noise" or sd is None:
+                continue
+            need = c.get("seeds_for_paper_margin")
+            data.append([h["paper"], h["table"], c["text"], _fmt(c["paper_margin"], signed=True),
+                         _signed_with_se(c["ours_margin"], c["ours_se"]), c["seeds"], f"{sd:.2f}",
+                         _interval_text(resolvable_margin(sd, 3)), _interval_text(resolvable_margin(sd, 5)),
+                         need if need is not None else f"> {SEEDS_LIMIT}"])
+    frame = pd.DataFrame(data, columns=columns)
+    order = frame["seeds for the paper's margin"].map(lambda v: v if isinstance(v, int) else SEEDS_LIMIT + 1)
+    return frame.iloc[order.argsort(kind="stable")].reset_index(drop=True)
+
+
+def seeds_statement(headlines: Sequence[Mapping[str, Any]]) -> str:
+    """One sentence on what more seeds could settle among the claims within seed noise. A claim whose seeds
+    already suffice to resolve a margin of the paper's size has a smaller margin on our runs than the paper's
+    (it is within the noise, the paper's would not be)."""
+    frame = seeds_needed_frame(headlines)
+    if frame.empty:
+        return "No claim is within seed noise with a paired spread."
+    need = [(v, have) for v, have in zip(frame["seeds for the paper's margin"], frame["seeds"]) if isinstance(v, int)]
+    already = sum(v <= have for v, have in need)
+    later = [v for v, have in need if v > have]
+    counts = [sum(v <= n for v in later) for n in (3, 5, 10)]
+    return (f"Of the {len(frame)} claims within seed noise with a paired spread, {already} already have the seeds "
+            "to resolve a margin of the paper's size, and ours is smaller; "
+            f"for the others a margin of the paper's size would be resolved at our spread by 3 seeds for "
+            f"{counts[0]}, by 5 for {counts[1]} and by 10 for {counts[2]}; {len(frame) - len(need)} would need "
+            f"more than {SEEDS_LIMIT} seeds (the paper's margin is small against the spread of our per-seed "
+            "differences).")
 
 
 def verdict_statement(headlines: Sequence[Mapping[str, Any]]) -> dict[str, str]:
