@@ -244,14 +244,11 @@ def test_render_table_and_claims_html():
 
 
 def test_margin_text_never_shows_a_bare_zero_beside_a_verdict():
-    def result(margin, se):
-        return claims.ClaimResult("c", "AP", "a", "b", 0.1, margin, True, ours_se=se, seeds=2)
-
-    assert report._margin_text(result(0.8, 0.3)) == "+0.8 ± 0.3"
-    assert report._margin_text(result(0.02, 0.004)) == "+0.02 ± 0.00"
-    assert report._margin_text(result(-0.04, None)) == "-0.04"
-    assert report._margin_text(result(0.0, 0.0)) == "+0.0 ± 0.0"
-    assert report._margin_text(result(None, None)) == "—"
+    assert report._signed_with_se(0.8, 0.3) == "+0.8 ± 0.3"
+    assert report._signed_with_se(0.02, 0.004) == "+0.02 ± 0.00"
+    assert report._signed_with_se(-0.04, None) == "-0.04"
+    assert report._signed_with_se(0.0, 0.0) == "+0.0 ± 0.0"
+    assert report._signed_with_se(None, None) == "—"
 
 
 def test_render_table_lists_the_notes_of_reproduced_rows_only():
@@ -494,9 +491,8 @@ def test_seeds_needed_for_a_claim_within_seed_noise():
     frame = report.seeds_needed_frame([report.headline(SPEC, runs)])
     assert frame["claim"].tolist() == ["base beats RFA on AP50", "RFA helps"]  # fewest seeds needed first
     assert frame.iloc[[1]].to_dict("records") == [{
-        "paper": "mod", "table": "table9", "claim": "RFA helps", "paper margin": "+0.8", "ours": "+2.5 ± 0.5",
-        "seeds": 2, "sd of differences": "0.71", "resolved at 3 seeds": "±1.8", "resolved at 5 seeds": "±0.9",
-        "seeds for the paper's margin": 6}]
+        "table": "mod:table9", "claim": "RFA helps", "paper": "+0.8", "ours": "+2.5 ± 0.5", "seeds": 2,
+        "sd": "0.71", "±3 seeds": "±1.8", "±5 seeds": "±0.9", "seeds needed": 6}]
     assert report.seeds_statement([report.headline(SPEC, runs)]).startswith(
         "Of the 2 claims within seed noise with a paired spread, 1 already have the seeds to resolve a margin of "
         "the paper's size, and ours is smaller; for the others a margin of "
@@ -507,3 +503,27 @@ def test_seeds_needed_for_a_claim_within_seed_noise():
     rfa = {c.text: c for c in claims.claim_results(SPEC, apart)}["RFA helps"]
     assert not rfa.paired and rfa.difference_sd is None and rfa.seeds_for_paper_margin is None
     assert report.seeds_needed_frame([report.headline(SPEC, apart)]).empty
+
+
+def test_claims_by_table_lists_each_table_s_claims_as_its_page_does():
+    saved = [report.headline(SPEC, RECORDS)]
+    html = str(report.render_claims_by_table(saved))
+    assert html.startswith("<p><strong>mod:table9</strong>: Ablation</p><ul")
+    page = str(report.render_claims(SPEC, RECORDS))  # the table page's list, from the same claim dicts
+    assert page[page.index("<li>"):page.rindex("</ul>")] in html
+    assert html.count("<li>") == 4 and "paper +0.8, ours +3.5 AP" in html
+    assert "No table draws claims" in str(report.render_claims_by_table([]))
+
+
+def test_render_frame_is_a_compact_table_with_text_on_the_left():
+    frame = pd.DataFrame({"claim": ["a <b>", "c"], "seeds": [2, 3]})
+    html = str(report.render_frame(frame))
+    assert html.count("<tr>") == 3 and "a &lt;b&gt;" in html and "font-size: 0.85em" in html
+    assert 'class="replicate-table"' in html
+    # the text column's left alignment outranks the table-wide right alignment (a class more in its selector)
+    assert "td.col0 {" in html and "td.col1" not in html and "white-space: nowrap" in html
+    wide = str(report.render_frame(pd.DataFrame({"claim": ["x" * 31], "seeds": [2]})))
+    assert "min-width: 12em" in wide
+    assert ">0<" not in html  # no index column
+    folded = str(report.render_frame(frame, collapsed="All claims"))
+    assert folded.startswith("<details><summary>All claims</summary>") and folded.endswith("</details>")

@@ -124,25 +124,44 @@ def verdict_mark(verdict: str) -> str:
     return "≈" if verdict == "within seed noise" else "—"
 
 
+def _claim_item(c: Mapping[str, Any]) -> str:
+    """One claim (a :func:`claim_dicts` entry) as an HTML list item marked by its verdict."""
+    detail = f"paper {_fmt(c['paper_margin'], signed=True)}, ours {_signed_with_se(c['ours_margin'], c['ours_se'])} "
+    detail += c["metric"]
+    if c.get("ours_interval") is not None:
+        detail += f", {CONFIDENCE:.0%} interval {_interval_text(c['ours_interval'])} over {c['seeds']} seeds"
+    left_out = f"; {c['left_out']}" if c.get("left_out") else ""
+    return (f"<li>{verdict_mark(c['verdict'])} {html.escape(c['text'])} "
+            f"<small>({html.escape(c['better'])} vs {html.escape(c['worse'])}: {detail}; "
+            f"{html.escape(c['verdict'])}{html.escape(left_out)})</small></li>")
+
+
+def claim_dicts(results: Sequence[ClaimResult]) -> list[dict[str, Any]]:
+    """Claim results as the JSON-able dicts a table's headline keeps (margins rounded to 4 decimals)."""
+    return [{"text": c.text, "metric": c.metric, "better": c.better, "worse": c.worse,
+             "paper_margin": _json_number(c.paper_margin), "ours_margin": _json_number(c.ours_margin),
+             "ours_se": _json_number(c.ours_se), "ours_interval": _json_number(c.noise_bound),
+             "seeds": c.seeds, "verdict": c.verdict, "left_out": c.left_out_text,
+             "difference_sd": _json_number(c.difference_sd), "seeds_for_paper_margin": c.seeds_for_paper_margin}
+            for c in results]
+
+
 def render_claims(spec: TableSpec, records_by_row: RecordsByRow) -> HtmlFragment:
     """The table's claims as an HTML list, each marked by its verdict (:func:`verdict_mark`)."""
-    items = []
-    for c in claim_results(spec, records_by_row):
-        detail = f"paper {_fmt(c.paper_margin, signed=True)}, ours {_margin_text(c)} {c.metric}"
-        if not math.isnan(c.noise_bound):
-            detail += f", {CONFIDENCE:.0%} interval {_interval_text(c.noise_bound)} over {c.seeds} seeds"
-        left_out = f"; {c.left_out_text}" if c.left_out_text else ""
-        items.append(f"<li>{verdict_mark(c.verdict)} {html.escape(c.text)} "
-                     f"<small>({html.escape(c.better)} vs {html.escape(c.worse)}: {detail}; "
-                     f"{html.escape(c.verdict)}{html.escape(left_out)})</small></li>")
+    items = [_claim_item(c) for c in claim_dicts(claim_results(spec, records_by_row))]
     if not items:
         return HtmlFragment("<p>The paper draws no claims from this table.</p>")
     return HtmlFragment('<ul class="replicate-claims">' + "".join(items) + "</ul>")
 
 
-def _margin_text(c: ClaimResult) -> str:
-    """Our margin, with its standard error over seeds when known: ``+0.8 ± 0.3``."""
-    return _signed_with_se(c.ours_margin, c.ours_se)
+def render_claims_by_table(headlines: Sequence[Mapping[str, Any]]) -> HtmlFragment:
+    """Every claim of the saved headlines as the table pages list them, under one heading per table."""
+    parts = []
+    for h in headlines:
+        if h.get("claims"):
+            parts.append(f"<p><strong>{html.escape(h['key'])}</strong>: {html.escape(h['title'])}</p>"
+                         '<ul class="replicate-claims">' + "".join(_claim_item(c) for c in h["claims"]) + "</ul>")
+    return HtmlFragment("".join(parts) or "<p>No table draws claims.</p>")
 
 
 def _interval_text(bound: float | None) -> str:
@@ -214,11 +233,32 @@ def _agreement_style(frame: pd.DataFrame) -> pd.DataFrame:
     return styles
 
 
+_CELLS = {"selector": "td, th", "props": "padding: 0.15em 0.45em; text-align: right; font-size: 0.85em"}
+
+
 def _html_table(styler) -> str:
+    """A Styler as a compact table in a wrapper that scrolls sideways rather than overflow the page."""
     return ('<div class="replicate-table-wrap" style="overflow-x: auto; max-width: 100%">'
-            + styler.set_table_styles([{"selector": "td, th",
-                                        "props": "padding: 0.15em 0.45em; text-align: right; font-size: 0.85em"}])
-            .set_table_attributes('class="replicate-table"').to_html() + "</div>")
+            + styler.set_table_styles([_CELLS], overwrite=False).set_table_attributes('class="replicate-table"').to_html() + "</div>")
+
+
+def render_frame(frame: pd.DataFrame, collapsed: str = "") -> HtmlFragment:
+    """A plain frame as a compact HTML table that fits the page: small type, no index, cells and headers
+    HTML-escaped, text columns left-aligned (long ones kept at least 12em wide rather than wrapped a word a
+    line, short ones unbroken); inside a ``<details>`` element titled ``collapsed`` when that is given."""
+    styles = [_CELLS]
+    for i, column in enumerate(frame.columns):
+        if pd.api.types.is_numeric_dtype(frame[column]):
+            continue
+        longest = max((len(str(v)) for v in frame[column]), default=0)
+        props = "text-align: left" + ("; min-width: 12em" if longest > 30 else "; white-space: nowrap" if longest <= 16
+                                      else "")
+        styles.append({"selector": f"td.col{i}, th.col{i}", "props": props})
+    styler = frame.style.format(escape="html").format_index(escape="html", axis=1).hide(axis="index")
+    table = _html_table(styler.set_table_styles(styles[1:], overwrite=False))
+    if collapsed:
+        table = f"<details><summary>{html.escape(collapsed)}</summary>{table}</details>"
+    return HtmlFragment(table)
 
 
 def row_notes(spec: TableSpec) -> str:
@@ -274,12 +314,7 @@ def headline(spec: TableSpec, records_by_row: RecordsByRow) -> dict[str, Any]:
         "claims_within_noise": sum(c.verdict == "within seed noise" for c in claims),
         "claims_checked": sum(not c.verdict.startswith("not checked") for c in claims),
         "claims_total": len(claims),
-        "claims": [{"text": c.text, "metric": c.metric, "better": c.better, "worse": c.worse,
-                    "paper_margin": _json_number(c.paper_margin), "ours_margin": _json_number(c.ours_margin),
-                    "ours_se": _json_number(c.ours_se), "ours_interval": _json_number(c.noise_bound),
-                    "seeds": c.seeds, "verdict": c.verdict, "left_out": c.left_out_text,
-                    "difference_sd": _json_number(c.difference_sd),
-                    "seeds_for_paper_margin": c.seeds_for_paper_margin} for c in claims],
+        "claims": claim_dicts(claims),
         "rows": [{"label": label, "paper": _json_number(frame.at[label, f"{metric} paper"]),
                   "ours": _json_number(frame.at[label, f"{metric} ours"]), "status": frame.at[label, "status"],
                   "not_learned": stats[label].not_learned if stats[label] else 0}
@@ -344,10 +379,10 @@ def claims_frame(headlines: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
 
 def seeds_needed_frame(headlines: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """The claims within seed noise that have a paired spread, one row each, fewest seeds needed first: the
-    spread of their per-seed differences, the margin our seeds resolve now, at 3 and at 5 seeds, and how
-    many seeds would resolve a margin of the paper's size (``> 50``: more than :data:`~.claims.SEEDS_LIMIT`)."""
-    columns = ["paper", "table", "claim", "paper margin", "ours", "seeds", "sd of differences",
-               "resolved at 3 seeds", "resolved at 5 seeds", "seeds for the paper's margin"]
+    paper's margin and ours, the standard deviation ``sd`` of the per-seed differences, the half-width of
+    the interval 3 and 5 seeds would have at that spread (a margin wider than it is resolved), and how many
+    seeds would resolve a margin of the paper's size (``> 50``: more than :data:`~.claims.SEEDS_LIMIT`)."""
+    columns = ["table", "claim", "paper", "ours", "seeds", "sd", "±3 seeds", "±5 seeds", "seeds needed"]
     data = []
     for h in headlines:
         for c in h.get("claims", ()):
@@ -355,12 +390,12 @@ def seeds_needed_frame(headlines: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
             if c["verdict"] != "within seed noise" or sd is None:
                 continue
             need = c.get("seeds_for_paper_margin")
-            data.append([h["paper"], h["table"], c["text"], _fmt(c["paper_margin"], signed=True),
+            data.append([h["key"], c["text"], _fmt(c["paper_margin"], signed=True),
                          _signed_with_se(c["ours_margin"], c["ours_se"]), c["seeds"], f"{sd:.2f}",
                          _interval_text(resolvable_margin(sd, 3)), _interval_text(resolvable_margin(sd, 5)),
                          need if need is not None else f"> {SEEDS_LIMIT}"])
     frame = pd.DataFrame(data, columns=columns)
-    order = frame["seeds for the paper's margin"].map(lambda v: v if isinstance(v, int) else SEEDS_LIMIT + 1)
+    order = frame["seeds needed"].map(lambda v: v if isinstance(v, int) else SEEDS_LIMIT + 1)
     return frame.iloc[order.argsort(kind="stable")].reset_index(drop=True)
 
 
@@ -371,7 +406,7 @@ def seeds_statement(headlines: Sequence[Mapping[str, Any]]) -> str:
     frame = seeds_needed_frame(headlines)
     if frame.empty:
         return "No claim is within seed noise with a paired spread."
-    need = [(v, have) for v, have in zip(frame["seeds for the paper's margin"], frame["seeds"]) if isinstance(v, int)]
+    need = [(v, have) for v, have in zip(frame["seeds needed"], frame["seeds"]) if isinstance(v, int)]
     already = sum(v <= have for v, have in need)
     later = [v for v, have in need if v > have]
     counts = [sum(v <= n for v in later) for n in (3, 5, 10)]
