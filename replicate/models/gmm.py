@@ -179,7 +179,8 @@ class _BlockEM:
             self._block()
         torch.cuda.current_stream(device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread-local: CUDA calls of other threads (a data loader pinning memory) do not break the capture
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             self._block()
         self.graph = graph
 
