@@ -503,6 +503,12 @@ def test_seeds_needed_for_a_claim_within_seed_noise():
     rfa = {c.text: c for c in claims.claim_results(SPEC, apart)}["RFA helps"]
     assert not rfa.paired and rfa.difference_sd is None and rfa.seeds_for_paper_margin is None
     assert report.seeds_needed_frame([report.headline(SPEC, apart)]).empty
+    # a claim without a paper margin has no size to aim at: "—", last, and not counted as beyond 50 seeds
+    saved = report.headline(SPEC, runs)
+    saved["claims"][0] = dict(saved["claims"][0], paper_margin=None, seeds_for_paper_margin=None)
+    frame = report.seeds_needed_frame([saved])
+    assert frame["claim"].tolist() == ["base beats RFA on AP50", "RFA helps"] and frame.at[1, "seeds needed"] == "—"
+    assert "; 0 would need more than 50 seeds" in report.seeds_statement([saved])
 
 
 def test_claims_by_table_lists_each_table_s_claims_as_its_page_does():

@@ -381,7 +381,8 @@ def seeds_needed_frame(headlines: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """The claims within seed noise that have a paired spread, one row each, fewest seeds needed first: the
     paper's margin and ours, the standard deviation ``sd`` of the per-seed differences, the half-width of
     the interval 3 and 5 seeds would have at that spread (a margin wider than it is resolved), and how many
-    seeds would resolve a margin of the paper's size (``> 50``: more than :data:`~.claims.SEEDS_LIMIT`)."""
+    seeds would resolve a margin of the paper's size (``> 50``: more than :data:`~.claims.SEEDS_LIMIT`; ``—``:
+    the paper states no margin)."""
     columns = ["table", "claim", "paper", "ours", "seeds", "sd", "±3 seeds", "±5 seeds", "seeds needed"]
     data = []
     for h in headlines:
@@ -390,12 +391,13 @@ def seeds_needed_frame(headlines: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
             if c["verdict"] != "within seed noise" or sd is None:
                 continue
             need = c.get("seeds_for_paper_margin")
+            if need is None:
+                need = "—" if c["paper_margin"] is None else f"> {SEEDS_LIMIT}"
             data.append([h["key"], c["text"], _fmt(c["paper_margin"], signed=True),
                          _signed_with_se(c["ours_margin"], c["ours_se"]), c["seeds"], f"{sd:.2f}",
-                         _interval_text(resolvable_margin(sd, 3)), _interval_text(resolvable_margin(sd, 5)),
-                         need if need is not None else f"> {SEEDS_LIMIT}"])
+                         _interval_text(resolvable_margin(sd, 3)), _interval_text(resolvable_margin(sd, 5)), need])
     frame = pd.DataFrame(data, columns=columns)
-    order = frame["seeds needed"].map(lambda v: v if isinstance(v, int) else SEEDS_LIMIT + 1)
+    order = frame["seeds needed"].map(lambda v: v if isinstance(v, int) else SEEDS_LIMIT + (2 if v == "—" else 1))
     return frame.iloc[order.argsort(kind="stable")].reset_index(drop=True)
 
 
@@ -410,10 +412,11 @@ def seeds_statement(headlines: Sequence[Mapping[str, Any]]) -> str:
     already = sum(v <= have for v, have in need)
     later = [v for v, have in need if v > have]
     counts = [sum(v <= n for v in later) for n in (3, 5, 10)]
+    beyond = sum(v == f"> {SEEDS_LIMIT}" for v in frame["seeds needed"])
     return (f"Of the {len(frame)} claims within seed noise with a paired spread, {already} already have the seeds "
             "to resolve a margin of the paper's size, and ours is smaller; "
             f"for the others a margin of the paper's size would be resolved at our spread by 3 seeds for "
-            f"{counts[0]}, by 5 for {counts[1]} and by 10 for {counts[2]}; {len(frame) - len(need)} would need "
+            f"{counts[0]}, by 5 for {counts[1]} and by 10 for {counts[2]}; {beyond} would need "
             f"more than {SEEDS_LIMIT} seeds (the paper's margin is small against the spread of our per-seed "
             "differences).")
 
