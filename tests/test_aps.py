@@ -13,7 +13,7 @@ from sklearn.mixture import GaussianMixture
 
 from replicate.errors import ReplicateError
 from replicate.models.aps import aps_select, resolve_conflicts
-from replicate.models.gmm import _BlockEM, _padded_groups, gmm2_fit
+from replicate.models.gmm import _BlockEM, _initial_means, _padded_groups, gmm2_fit
 
 
 def _sklearn_gmm(values: np.ndarray, tol: float) -> GaussianMixture:
@@ -108,10 +108,7 @@ def test_gmm2_fit_blocks_engine_padding_rows_change_nothing() -> None:
     for seed in (0, 1):
         x, valid = _aps_like_groups(37, seed=seed)
         x64 = torch.where(valid, x, torch.zeros_like(x))
-        means = torch.stack([torch.where(valid, x64, torch.full_like(x64, float("inf"))).amin(1),
-                             torch.where(valid, x64, torch.full_like(x64, -float("inf"))).amax(1)], 1)
-        means = torch.where(valid.any(1, keepdim=True), means, torch.zeros_like(means))
-        em.load(x64, valid, means, var_init=10.0)
+        em.load(x64, valid, _initial_means(x64, valid), var_init=10.0)
         padded = em.run(37)
         alone = gmm2_fit(x, valid, iters=100, tol=1e-3, engine="loop")
         torch.testing.assert_close(padded.means, alone.means, rtol=1e-12, atol=1e-12)
