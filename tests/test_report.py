@@ -303,8 +303,21 @@ def test_provenance_frame():
     assert list(frame["key"]) == ["base-s0", "base-s1", "bare"]
     first = frame.iloc[0]
     assert first["commit"] == "0123456789" and first["torch"] == "2.14.1" and first["train img/s"] == 12.5
-    assert first["device"] == "cpu" and not first["dirty"] and first["finished"] == "2026-01-01T00:01:00"
-    assert pd.isna(frame.iloc[2]["commit"])
+    assert first["device"] == "cpu" and not first["dirty"] and first["finished (UTC)"] == "2026-01-01 00:01"
+    assert report._utc_minute("2026-12-02T05:21:23+02:00") == "2026-12-02 03:21" and report._utc_minute("n/a") == "n/a"
+    assert pd.isna(frame.iloc[2]["commit"]) and pd.isna(frame.iloc[2]["AP"]) and pd.isna(frame.iloc[2]["train min"])
+    assert frame.iloc[0]["AP"] == 30.0 and frame.iloc[1]["AP"] == 32.0 and "table rows" not in frame.columns
+    # with the rows each run serves: in the tables' order (a run no table reads last), seed by seed
+    uses = {"bare": ["demo:table1 · atss"], "base-s1": ["demo:table2 · base", "demo:table3 · base"]}
+    ordered = report.provenance_frame(records, uses)
+    assert list(ordered["key"]) == ["bare", "base-s1", "base-s0"]
+    assert list(ordered["table rows"]) == ["demo:table1 · atss", "demo:table2 · base; demo:table3 · base", "—"]
+    # shown: the values every run shares are said once, above the table, and left out of it
+    shown = report.render_provenance(report.provenance_frame(RECORDS["base"], {}))
+    assert "2 runs; every one: profile smoke, from a clean checkout, device cpu, torch 2.14.1." in shown
+    assert ">device<" not in shown and ">torch<" not in shown and ">commit<" in shown and ">AP<" in shown
+    mixed = report.render_provenance(frame)  # "bare" records no device, torch or checkout state
+    assert "every one: profile smoke." in mixed and ">device<" in mixed and ">dirty<" in mixed
     devices = report.devices_frame(records, "results").set_index("device")
     assert devices.loc["cpu", "records"] == 2 and devices.loc["unrecorded", "records"] == 1
     assert devices.loc["cpu", "check one"] == "replicate verify results/smoke/base-s0.json"
@@ -531,5 +544,8 @@ def test_render_frame_is_a_compact_table_with_text_on_the_left():
     wide = str(report.render_frame(pd.DataFrame({"claim": ["x" * 31], "seeds": [2]})))
     assert "min-width: 12em" in wide
     assert ">0<" not in html  # no index column
+    numbers = str(report.render_frame(pd.DataFrame({"AP": [64.25, None], "s": [0.0065, 0.01234], "n": [1234.4, 1e4]})))
+    assert ">64.2<" in numbers and ">—<" in numbers  # three significant digits of the column's median
+    assert ">0.00650<" in numbers and ">0.01234<" in numbers and ">1234<" in numbers and ">10000<" in numbers
     folded = str(report.render_frame(frame, collapsed="All claims"))
     assert folded.startswith("<details><summary>All claims</summary>") and folded.endswith("</details>")

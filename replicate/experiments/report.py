@@ -9,8 +9,9 @@ with more than one seed. Rows the paper's table cites without our reproducing th
 
 The notebooks stay thin: a table notebook calls :func:`render_table`, draws :func:`plot_paper_vs_ours`
 and saves :func:`headline` with :func:`save_headline`; the summary page reads them back with
-:func:`load_headlines` and :func:`summary_frame`; the provenance appendix uses :func:`provenance_frame`,
-:func:`devices_frame`, :func:`bench_frame` and :func:`environment_frame`. A table notebook's body, after its ``parameters``
+:func:`load_headlines` and :func:`summary_frame`; the provenance appendix uses :func:`provenance_frame`
+(shown by :func:`render_provenance`), :func:`devices_frame`, :func:`bench_frame` and
+:func:`environment_frame`. A table notebook's body, after its ``parameters``
 cell (``profile``, ``executor``, ``seeds``, ``results_dir``, ``data_root``, ``run_missing``)::
 
     spec = REGISTRY["mod"]["table3"]
@@ -26,6 +27,7 @@ import html
 import math
 import statistics
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -242,10 +244,20 @@ def _html_table(styler) -> str:
             + styler.set_table_styles([_CELLS], overwrite=False).set_table_attributes('class="replicate-table"').to_html() + "</div>")
 
 
+def _decimals(values: pd.Series) -> int:
+    """Decimals that give a float column's median magnitude three significant digits (0 to 6): AP 64.2,
+    a time 0.00650 s, a count 1234."""
+    finite = values.abs()[values.notna() & (values != 0) & values.abs().lt(math.inf)]
+    if finite.empty:
+        return 1
+    return min(6, max(0, 2 - math.floor(math.log10(finite.median()))))
+
+
 def render_frame(frame: pd.DataFrame, collapsed: str = "") -> HtmlFragment:
     """A plain frame as a compact HTML table that fits the page: small type, no index, cells and headers
     HTML-escaped, text columns left-aligned (long ones kept at least 12em wide rather than wrapped a word a
-    line, short ones unbroken); inside a ``<details>`` element titled ``collapsed`` when that is given."""
+    line, short ones unbroken), each float column to three significant digits of its median (:func:`_decimals`),
+    a missing number as "—"; inside a ``<details>`` element titled ``collapsed`` when that is given."""
     styles = [_CELLS]
     for i, column in enumerate(frame.columns):
         if pd.api.types.is_numeric_dtype(frame[column]):
@@ -255,6 +267,9 @@ def render_frame(frame: pd.DataFrame, collapsed: str = "") -> HtmlFragment:
                                       else "")
         styles.append({"selector": f"td.col{i}, th.col{i}", "props": props})
     styler = frame.style.format(escape="html").format_index(escape="html", axis=1).hide(axis="index")
+    for column in frame.columns:
+        if pd.api.types.is_float_dtype(frame[column]):
+            styler = styler.format(precision=_decimals(frame[column]), subset=[column], na_rep="—")
     table = _html_table(styler.set_table_styles(styles[1:], overwrite=False))
     if collapsed:
         table = f"<details><summary>{html.escape(collapsed)}</summary>{table}</details>"
@@ -465,19 +480,61 @@ def _get(mapping: Mapping[str, Any] | None, *path: str) -> Any:
     return mapping
 
 
-def provenance_frame(records: Sequence[Record]) -> pd.DataFrame:
-    """One row per run record: what ran, from which code, where, when, and how fast it trained."""
-    columns = ["key", "model", "profile", "seed", "commit", "dirty", "device", "torch", "started", "finished",
-               "train img/s"]
+def provenance_frame(records: Sequence[Record], uses: Mapping[str, Sequence[str]] | None = None) -> pd.DataFrame:
+    """One row per run record: what ran (and, given ``uses`` as :func:`~.sweep.run_uses` makes it, which table
+    rows read it), its AP, from which code, where, when, and how long and fast it trained. With ``uses`` the
+    rows follow the tables (the first row a run serves, then the seed); a run no table reads comes last."""
+    columns = ["key", *(["table rows"] if uses is not None else []), "model", "profile", "seed", "AP", "commit",
+               "dirty", "device", "torch", "finished (UTC)", "train min", "train img/s"]
+    order = {key: i for i, key in enumerate(uses or {})}
+    if uses is not None:
+        records = sorted(records, key=lambda r: (order.get(r.get("key"), len(order)), r.get("seed") or 0))
     data = []
     for r in records:
-        commit = _get(r, "provenance", "commit")
-        data.append([r.get("key"), r.get("model"), r.get("profile"), r.get("seed"),
+        commit, ap = _get(r, "provenance", "commit"), _get(r, "metrics", "AP")
+        seconds = _get(r, "timings", "train_seconds")
+        data.append([r.get("key"), *(["; ".join(uses.get(r.get("key"), [])) or "—"] if uses is not None else []),
+                     r.get("model"), r.get("profile"), r.get("seed"),
+                     round(100 * ap, 1) if isinstance(ap, (int, float)) else None,
                      commit[:10] if isinstance(commit, str) else None, _get(r, "provenance", "dirty"),
                      _get(r, "provenance", "device"), _get(r, "provenance", "versions", "torch"),
-                     _get(r, "provenance", "started"), _get(r, "provenance", "finished"),
+                     _utc_minute(_get(r, "provenance", "finished")),
+                     round(seconds / 60, 1) if isinstance(seconds, (int, float)) else None,
                      _get(r, "timings", "train_imgs_per_s")])
     return pd.DataFrame(data, columns=columns)
+
+
+def _utc_minute(stamp: Any) -> Any:
+    """An ISO time stamp as ``YYYY-MM-DD HH:MM`` in UTC (a stamp without a zone is taken as UTC); anything
+    else as it is."""
+    if not isinstance(stamp, str):
+        return stamp
+    try:
+        when = datetime.fromisoformat(stamp)
+    except ValueError:
+        return stamp
+    return (when.astimezone(timezone.utc) if when.tzinfo else when).strftime("%Y-%m-%d %H:%M")
+
+
+SHARED_PROVENANCE = ("profile", "dirty", "device", "torch")
+
+
+def render_provenance(frame: pd.DataFrame) -> HtmlFragment:
+    """:func:`provenance_frame` as a table that fits the page: the columns of :data:`SHARED_PROVENANCE` that
+    hold one value for every run are said once above the table (``dirty``: "from a clean checkout") and
+    left out of it; the others stay."""
+    shared = [c for c in SHARED_PROVENANCE if c in frame.columns and len(frame) and frame[c].nunique(dropna=False) == 1]
+    said = []
+    for column in shared:
+        value = frame[column].iloc[0]
+        if column == "dirty":
+            said.append("checkout state unrecorded" if pd.isna(value) else
+                        "from a checkout with uncommitted changes" if value else "from a clean checkout")
+        else:
+            said.append(f"{column} {value}")
+    intro = (f"<p><small>{len(frame)} run{'s' if len(frame) != 1 else ''}; every one: "
+             f"{html.escape(', '.join(said))}.</small></p>" if said else "")
+    return HtmlFragment(intro + render_frame(frame.drop(columns=shared)))
 
 
 def devices_frame(records: Sequence[Record], results_dir: str | Path = "results") -> pd.DataFrame:

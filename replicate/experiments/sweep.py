@@ -250,6 +250,21 @@ def table_status(spec: TableSpec, profile: str, seeds: int = 1, *,
     return out
 
 
+def run_uses(profile: str, seeds: int, *, results_dir: str | Path = "results") -> dict[str, list[str]]:
+    """Which table rows each run of ``profile`` serves (seeds ``0 .. seeds - 1``): run key -> ``"paper:table ·
+    row"`` labels, keys and labels in the registry's order (papers, then tables, by name; rows as the table
+    lists them). A run shared by several rows (one trained model, several test configs) lists them all."""
+    load_papers()
+    uses: dict[str, list[str]] = {}
+    for paper in sorted(REGISTRY):
+        for table in sorted(REGISTRY[paper]):
+            for r in requests_for(REGISTRY[paper][table], profile, seeds, results_dir=results_dir):
+                labels = uses.setdefault(r.key, [])
+                if (label := f"{r.spec_key} · {r.row_label}") not in labels:
+                    labels.append(label)
+    return uses
+
+
 def _duration(minutes: float) -> str:
     return f"{minutes:.0f} min" if minutes < 120 else f"{minutes / 60:.0f} h"
 
