@@ -278,6 +278,13 @@ def test_headline_round_trips_through_the_results_folder(tmp_path):
     assert frame.iloc[0].to_dict() == {"table": "mod:table9", "title": "Ablation", "metric": "AP",
                                        "claims holding": 1, "within seed noise": 0, "claims checked": 2,
                                        "claims": 4, "rows run": 2, "rows": 4}
+    two = report.summary_frame([summary, {**summary, "key": "mod:table8", "claims_within_noise": 1}])
+    assert report.summary_view(two).to_dict("records") == [
+        {"table": "mod:table9", "title": "Ablation", "hold": 1, "within noise": 0, "do not hold": 1,
+         "checked": "2 of 4", "rows run": "2 of 4"},
+        {"table": "mod:table8", "title": "Ablation", "hold": 1, "within noise": 1, "do not hold": 0,
+         "checked": "2 of 4", "rows run": "2 of 4"}]
+    assert list(report.summary_view(report.summary_frame([summary, {**summary, "metric": "AP50"}])).columns)[2] == "metric"
 
 
 def test_a_claim_within_seed_noise_is_neither_marked_nor_counted_as_holding():

@@ -367,6 +367,21 @@ def summary_frame(headlines: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(data, columns=columns)
 
 
+def summary_view(summary: pd.DataFrame) -> pd.DataFrame:
+    """:func:`summary_frame` as the summary page shows it, narrow enough for the page: per table the checked
+    claims that hold, are within seed noise and do not hold (reversed or not holding), the checked claims
+    "of" all, the rows run "of" all; the metric only when the tables do not all share one."""
+    view = summary[["table", "title"]].copy()
+    if summary["metric"].nunique() > 1:
+        view["metric"] = summary["metric"]
+    view["hold"] = summary["claims holding"]
+    view["within noise"] = summary["within seed noise"]
+    view["do not hold"] = summary["claims checked"] - summary["claims holding"] - summary["within seed noise"]
+    view["checked"] = [f"{a} of {b}" for a, b in zip(summary["claims checked"], summary["claims"])]
+    view["rows run"] = [f"{a} of {b}" for a, b in zip(summary["rows run"], summary["rows"])]
+    return view
+
+
 def unlearned_frame(headlines: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """The table rows with runs that did not learn (main metric below :data:`~.claims.LEARNED_FLOOR`), one
     line each: their claims are not checked, and a reader should see why."""
