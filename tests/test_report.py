@@ -234,8 +234,11 @@ def test_unknown_rows_and_missing_metrics_are_errors():
 def test_render_table_and_claims_html():
     html = report.render_table(SPEC, RECORDS)
     assert html._repr_html_() == str(html)
-    assert "<table" in html and "MOD, Table 9 (p. 1)" in html and "31.0 ± 1.4" in html
+    assert "<table" in html and "MOD, Table 9 (p. 1)" in html and "31.0 ± 1.4" in html  # the reference: absolute
+    assert report._stacked("+4.1 ± 0.2 †") == '+4.1<br><span style="font-size: 0.85em">± 0.2 †</span>'
+    assert report._stacked("+2.5 <x>") == "+2.5 &lt;x&gt;"
     assert "#cf222e" not in html  # no effect of the other sign than the paper's
+    assert "white-space: nowrap" in html and "min-width: 8em" in html  # effects on one line, row labels wrap
     worse = {"base": RECORDS["base"], "+RFA": [record("+RFA", 0, 0.335, 0.490)]}
     assert "#cf222e" in report.render_table(SPEC, worse)  # AP50 49.0 - 50.0 against the paper's +0.6: red
     claims = report.render_claims(SPEC, RECORDS)
