@@ -37,7 +37,7 @@ def record(label: str, seed: int, ap: float, ap50: float) -> dict:
         "key": f"{label}-s{seed}", "profile": "smoke", "seed": seed, "model": "fcos", "config": {},
         "metrics": {"AP": ap, "AP50": ap50, "AP75": 0.1},
         "loss_summary": {"loss": {"first": 2.0, "last": 1.0, "min": 1.0, "curve": [[0, 2.0], [10, 1.5], [20, 1.0]]}},
-        "timings": {"train_imgs_per_s": 12.5, "inference_fps": 30.0},
+        "timings": {"train_imgs_per_s": 12.5, "train_seconds": 90.0, "inference_fps": 30.0},
         "provenance": {"commit": "0123456789abcdef", "dirty": False, "versions": {"torch": "2.14.1"},
                        "device": "cpu", "started": "2026-01-01T00:00:00", "finished": "2026-01-01T00:01:00"},
         "work_dir": "/tmp/x",
@@ -312,16 +312,19 @@ def test_provenance_frame():
     frame = report.provenance_frame(records)
     assert list(frame["key"]) == ["base-s0", "base-s1", "bare"]
     first = frame.iloc[0]
-    assert first["commit"] == "0123456789" and first["torch"] == "2.14.1" and first["train img/s"] == 12.5
+    assert first["commit"] == "01234567" and first["torch"] == "2.14.1" and first["train min"] == 1.5
     assert first["device"] == "cpu" and not first["dirty"] and first["finished (UTC)"] == "2026-01-01 00:01"
     assert report._utc_minute("2026-12-02T05:21:23+02:00") == "2026-12-02 03:21" and report._utc_minute("n/a") == "n/a"
     assert pd.isna(frame.iloc[2]["commit"]) and pd.isna(frame.iloc[2]["AP"]) and pd.isna(frame.iloc[2]["train min"])
     assert frame.iloc[0]["AP"] == 30.0 and frame.iloc[1]["AP"] == 32.0 and "table rows" not in frame.columns
+    assert frame.iloc[0]["model"] == "fcos"
     # with the rows each run serves: in the tables' order (a run no table reads last), seed by seed
-    uses = {"bare": ["demo:table1 · atss"], "base-s1": ["demo:table2 · base", "demo:table3 · base"]}
+    uses = {"bare": [("demo:table1", "atss")], "base-s1": [("demo:table2", "base"), ("demo:table3", "base"),
+                                                           ("other:table1", "base"), ("demo:table4", "base (R50)")]}
     ordered = report.provenance_frame(records, uses)
-    assert list(ordered["key"]) == ["bare", "base-s1", "base-s0"]
-    assert list(ordered["table rows"]) == ["demo:table1 · atss", "demo:table2 · base; demo:table3 · base", "—"]
+    assert list(ordered["key"]) == ["bare", "base-s1", "base-s0"] and "model" not in ordered.columns
+    assert list(ordered["table rows"]) == [
+        "demo:table1 · atss", "demo:table2, table3 · base; other:table1 · base; demo:table4 · base (R50)", "—"]
     # shown: the values every run shares are said once, above the table, and left out of it
     shown = report.render_provenance(report.provenance_frame(RECORDS["base"], {}))
     assert "2 runs; every one: profile smoke, from a clean checkout, device cpu, torch 2.14.1." in shown

@@ -364,9 +364,9 @@ def test_run_uses_names_every_row_a_run_serves(demo):
     fcos = [r.key for r in requests_for(TABLE1, "smoke", 2) if r.row_label == "fcos"]
     giou = [r.key for r in requests_for(TABLE1, "smoke", 2) if r.row_label == "fcos_giou"]
     # table2's baseline is table1's fcos run: one key, both rows, in the registry's order
-    assert [uses[k] for k in fcos] == [["demo:table1 · fcos", "demo:table2 · baseline"]] * 2
-    assert [uses[k] for k in giou] == [["demo:table1 · fcos_giou"]] * 2 and len(set(fcos + giou)) == 4
-    assert not any("cited" in label for labels in uses.values() for label in labels)  # not reproduced: no run
+    assert [uses[k] for k in fcos] == [[("demo:table1", "fcos"), ("demo:table2", "baseline")]] * 2
+    assert [uses[k] for k in giou] == [[("demo:table1", "fcos_giou")]] * 2 and len(set(fcos + giou)) == 4
+    assert not any(row == "cited" for pairs in uses.values() for _, row in pairs)  # not reproduced: no run
 
 
 def _real_paper_runs(seeds: int) -> int:

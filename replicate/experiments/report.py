@@ -510,12 +510,25 @@ def _get(mapping: Mapping[str, Any] | None, *path: str) -> Any:
     return mapping
 
 
-def provenance_frame(records: Sequence[Record], uses: Mapping[str, Sequence[str]] | None = None) -> pd.DataFrame:
-    """One row per run record: what ran (and, given ``uses`` as :func:`~.sweep.run_uses` makes it, which table
-    rows read it), its AP, from which code, where, when, and how long and fast it trained. With ``uses`` the
-    rows follow the tables (the first row a run serves, then the seed); a run no table reads comes last."""
-    columns = ["key", *(["table rows"] if uses is not None else []), "model", "profile", "seed", "AP", "commit",
-               "dirty", "device", "torch", "finished (UTC)", "train min", "train img/s"]
+def uses_text(pairs: Sequence[tuple[str, str]]) -> str:
+    """The table rows a run serves, short: a row label shared by several tables of one paper is named once
+    after them (``benchmark:noise,ranking · RetinaNet; mod:table6 · RetinaNet``); "—" for none."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for spec_key, row in pairs:
+        paper, _, table = spec_key.partition(":")
+        groups.setdefault((paper, row), []).append(table)
+    return "; ".join(f"{paper}:{', '.join(tables)} · {row}" for (paper, row), tables in groups.items()) or "—"
+
+
+def provenance_frame(records: Sequence[Record], uses: Mapping[str, Sequence[tuple[str, str]]] | None = None
+                     ) -> pd.DataFrame:
+    """One row per run record: what ran (the model, or, given ``uses`` as :func:`~.sweep.run_uses` makes it,
+    the table rows that read it: :func:`uses_text`), its AP, from which code, where, when, and how many minutes it
+    trained. With ``uses`` the rows follow the tables (the first row a run serves, then the seed); a
+    run no table reads comes last."""
+    what = ["table rows"] if uses is not None else ["model"]
+    columns = ["key", *what, "profile", "seed", "AP", "commit", "dirty", "device", "torch", "finished (UTC)",
+               "train min"]
     order = {key: i for i, key in enumerate(uses or {})}
     if uses is not None:
         records = sorted(records, key=lambda r: (order.get(r.get("key"), len(order)), r.get("seed") or 0))
@@ -523,14 +536,13 @@ def provenance_frame(records: Sequence[Record], uses: Mapping[str, Sequence[str]
     for r in records:
         commit, ap = _get(r, "provenance", "commit"), _get(r, "metrics", "AP")
         seconds = _get(r, "timings", "train_seconds")
-        data.append([r.get("key"), *(["; ".join(uses.get(r.get("key"), [])) or "—"] if uses is not None else []),
-                     r.get("model"), r.get("profile"), r.get("seed"),
+        data.append([r.get("key"), uses_text(uses.get(r.get("key"), ())) if uses is not None else r.get("model"),
+                     r.get("profile"), r.get("seed"),
                      round(100 * ap, 1) if isinstance(ap, (int, float)) else None,
-                     commit[:10] if isinstance(commit, str) else None, _get(r, "provenance", "dirty"),
+                     commit[:8] if isinstance(commit, str) else None, _get(r, "provenance", "dirty"),
                      _get(r, "provenance", "device"), _get(r, "provenance", "versions", "torch"),
                      _utc_minute(_get(r, "provenance", "finished")),
-                     round(seconds / 60, 1) if isinstance(seconds, (int, float)) else None,
-                     _get(r, "timings", "train_imgs_per_s")])
+                     round(seconds / 60, 1) if isinstance(seconds, (int, float)) else None])
     return pd.DataFrame(data, columns=columns)
 
 

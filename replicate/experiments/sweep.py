@@ -250,18 +250,19 @@ def table_status(spec: TableSpec, profile: str, seeds: int = 1, *,
     return out
 
 
-def run_uses(profile: str, seeds: int, *, results_dir: str | Path = "results") -> dict[str, list[str]]:
-    """Which table rows each run of ``profile`` serves (seeds ``0 .. seeds - 1``): run key -> ``"paper:table ·
-    row"`` labels, keys and labels in the registry's order (papers, then tables, by name; rows as the table
-    lists them). A run shared by several rows (one trained model, several test configs) lists them all."""
+def run_uses(profile: str, seeds: int, *, results_dir: str | Path = "results") -> dict[str, list[tuple[str, str]]]:
+    """Which table rows each run of ``profile`` serves (seeds ``0 .. seeds - 1``): run key -> ``("paper:table",
+    row label)`` pairs, keys and pairs in the registry's order (papers, then tables, by name; rows as the
+    table lists them). A run several rows share (a baseline; one trained model under several test configs)
+    lists them all."""
     load_papers()
-    uses: dict[str, list[str]] = {}
+    uses: dict[str, list[tuple[str, str]]] = {}
     for paper in sorted(REGISTRY):
         for table in sorted(REGISTRY[paper]):
             for r in requests_for(REGISTRY[paper][table], profile, seeds, results_dir=results_dir):
-                labels = uses.setdefault(r.key, [])
-                if (label := f"{r.spec_key} · {r.row_label}") not in labels:
-                    labels.append(label)
+                pairs = uses.setdefault(r.key, [])
+                if (r.spec_key, r.row_label) not in pairs:
+                    pairs.append((r.spec_key, r.row_label))
     return uses
 
 
