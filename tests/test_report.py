@@ -390,15 +390,20 @@ def test_bench_and_environment_frames(tmp_path):
 
 
 def test_figures_draw():
-    fig = report.plot_paper_vs_ours(SPEC, RECORDS, metric="AP")
+    fig = report.plot_effects(SPEC, RECORDS, metric="AP")
     fig.canvas.draw()
-    assert len(fig.axes[0].patches) == 2 * len(SPEC.rows)
+    ax = fig.axes[0]
+    # the reproduced rows other than the reference, the paper's bar beside ours; +RFA has seed 0 only (†)
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["+RFA †", "+APS"] and len(ax.patches) == 4
+    widths = [p.get_width() for p in ax.patches]
+    assert widths[:2] == pytest.approx([0.8, 1.4]) and widths[2] == pytest.approx(3.5) and math.isnan(widths[3])
+    assert ax.get_xlabel() == "AP relative to base"
     fig2 = report.plot_loss_curves(RECORDS["base"], term="loss")
     fig2.canvas.draw()
     assert len(fig2.axes[0].lines) == 2
     plt.close("all")
     with pytest.raises(ReplicateError, match="not a column"):
-        report.plot_paper_vs_ours(SPEC, RECORDS, metric="APs")
+        report.plot_effects(SPEC, RECORDS, metric="APs")
     with pytest.raises(ReplicateError, match="loss_cls"):
         report.plot_loss_curves(RECORDS["base"], term="loss_cls")
 

@@ -7,7 +7,7 @@ percent). Means are over seeds; the spread is the sample standard deviation (``d
 with more than one seed. Rows the paper's table cites without our reproducing them
 (``Row.reproduce=False``) show the paper's number only.
 
-The notebooks stay thin: a table notebook calls :func:`render_table`, draws :func:`plot_paper_vs_ours`
+The notebooks stay thin: a table notebook calls :func:`render_table`, draws :func:`plot_effects`
 and saves :func:`headline` with :func:`save_headline`; the summary page reads them back with
 :func:`load_headlines` and :func:`summary_frame`; the provenance appendix uses :func:`provenance_frame`
 (shown by :func:`render_provenance`), :func:`devices_frame`, :func:`bench_frame` and
@@ -667,26 +667,32 @@ def environment_frame() -> pd.DataFrame:
     return pd.DataFrame({"value": [str(v) for v in info.values()]}, index=pd.Index(list(info), name="item"))
 
 
-def plot_paper_vs_ours(spec: TableSpec, records_by_row: RecordsByRow, metric: str = "AP"):
-    """Grouped bars per row: the paper's number and our mean (error bar: std over seeds)."""
+def plot_effects(spec: TableSpec, records_by_row: RecordsByRow, metric: str = "AP"):
+    """Each reproduced row's effect on ``metric`` relative to the reference row (:func:`~.claims.effects`,
+    what the table's main view shows), as horizontal bars: the paper's beside ours, with ours' standard
+    error over seeds as its error bar. A row whose effect is over fewer seeds than it has (a seed run for one
+    of the two rows only, or a run that did not learn) carries :data:`LEFT_OUT_MARK`. Absolute levels are not
+    drawn: the paper's are COCO's, ours the benchmark's."""
     import matplotlib.pyplot as plt
     import numpy as np
 
     if metric not in spec.metrics:
         raise ReplicateError(f"{spec.key}: metric {metric!r} is not a column of the table ({list(spec.metrics)})")
-    stats = _all_stats(spec, records_by_row)
-    labels = [r.label for r in spec.rows]
-    paper = [float(r.paper.get(metric, math.nan)) for r in spec.rows]
-    ours = [stats[lab].mean[metric] if stats[lab] else math.nan for lab in labels]
-    err = [stats[lab].std[metric] if stats[lab] and stats[lab].n > 1 else 0.0 for lab in labels]
-    x = np.arange(len(labels))
-    width = 0.38
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(labels) + 2), 3.6))
-    ax.bar(x - width / 2, paper, width, label="paper", color="#8c959f")
-    ax.bar(x + width / 2, ours, width, yerr=err, capsize=3, label="ours", color="#0969da")
-    ax.set_xticks(x, labels, rotation=20, ha="right")
-    ax.set_ylabel(metric)
-    ax.set_title(f"{spec.source}: {metric}, paper vs ours")
+    ref = reference_row(spec)
+    eff = effects(spec, records_by_row)
+    rows = [r for r in spec.rows if r.reproduce and r.label != ref.label]
+    cells = [eff[r.label][metric] for r in rows]
+    y = np.arange(len(rows))
+    height = 0.38
+    fig, ax = plt.subplots(figsize=(6.4, 1.4 + 0.45 * max(1, len(rows))))
+    ax.barh(y - height / 2, [e.paper for e in cells], height, label="paper (COCO)", color="#8c959f")
+    ax.barh(y + height / 2, [e.ours for e in cells], height, xerr=[e.ours_se or 0.0 for e in cells], capsize=3,
+            label="ours ± SE", color="#0969da")
+    ax.axvline(0.0, color="black", linewidth=0.8)
+    ax.set_yticks(y, [r.label + (f" {LEFT_OUT_MARK}" if e.left_out else "") for r, e in zip(rows, cells)])
+    ax.invert_yaxis()
+    ax.set_xlabel(f"{metric} relative to {ref.label}")
+    ax.set_title(f"{spec.source}: effect on {metric}")
     ax.legend(frameon=False)
     fig.tight_layout()
     return fig
