@@ -565,5 +565,19 @@ def test_render_frame_is_a_compact_table_with_text_on_the_left():
     numbers = str(report.render_frame(pd.DataFrame({"AP": [64.25, None], "s": [0.0065, 0.01234], "n": [1234.4, 1e4]})))
     assert ">64.2<" in numbers and ">—<" in numbers  # three significant digits of the column's median
     assert ">0.00650<" in numbers and ">0.01234<" in numbers and ">1234<" in numbers and ">10000<" in numbers
+    # an analysis frame: its named index (the row names) shown first, whole numbers bare, yes/no, "—" for gaps
+    analysis = pd.DataFrame({"seeds": [3.0, 5.0], "met": [True, None], "sd": [1.29, 0.431]},
+                            index=pd.Index(["RetinaNet", "Spearman rho"], name="row"))
+    shown = str(report.render_frame(analysis))
+    assert shown.index(">row<") < shown.index(">seeds<") and ">RetinaNet<" in shown and ">Spearman rho<" in shown
+    assert ">3<" in shown and ">3.0<" not in shown and ">yes<" in shown and "None" not in shown
+    assert ">1.29<" in shown and ">0.43<" in shown and shown.count(">—<") == 1  # at most 2 places from 0.1 up
+    assert ">2.00<" in str(report.render_frame(pd.DataFrame({"margin": [2.0]})))  # one value: no whole-number rule
+    captioned = str(report.render_frame(analysis, caption="rho <0.7>"))
+    assert "<caption>rho &lt;0.7&gt;</caption>" in captioned
+    assert ">no<" in str(report.render_frame(pd.DataFrame({"met": [False, True]})))
+    labelled = str(report.render_frame(pd.DataFrame({"AP": [57.1]}, index=["RetinaNet"])))  # unnamed labels
+    assert ">RetinaNet<" in labelled and ">index<" not in labelled
+    assert ">1.290<" in str(report.render_frame(analysis, decimals=3))  # fixed places
     folded = str(report.render_frame(frame, collapsed="All claims"))
     assert folded.startswith("<details><summary>All claims</summary>") and folded.endswith("</details>")

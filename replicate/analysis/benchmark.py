@@ -138,17 +138,16 @@ def ranking(spec: TableSpec, records_by_row: Mapping[str, Sequence[Record]],
 def schedules_compared(first: tuple[pd.DataFrame, float], now: tuple[pd.DataFrame, float],
                        first_noise: pd.DataFrame, noise: pd.DataFrame, reference: str = "RetinaNet") -> pd.DataFrame:
     """The ranking and the seed noise at an earlier schedule beside the profile's own: per baseline the COCO
-    AP, our mean AP, its lead over ``reference`` and its seed standard deviation (noise rows only) at both,
-    and Spearman's rho at both as the last line. ``first`` and ``now`` are :func:`ranking` outputs, the
-    noise frames :func:`seed_noise` outputs."""
-    (f, rho_f), (n, rho_n) = first, now
+    AP, our mean AP, its lead over ``reference`` and its seed standard deviation (noise rows only) at both
+    (Spearman's rho at both: the :func:`ranking` outputs' second items). ``first`` and ``now`` are
+    :func:`ranking` outputs, the noise frames :func:`seed_noise` outputs."""
+    (f, _), (n, _) = first, now
     out = pd.DataFrame({"COCO": n["COCO"], "AP first": f["ours"], "AP now": n["ours"]})
     for col, frame in (("lead first", f), ("lead now", n)):
         ref = frame["ours"].get(reference, math.nan)
         out[col] = frame["ours"] - ref
     out["seed sd first"] = first_noise["std"].reindex(out.index)
     out["seed sd now"] = noise["std"].reindex(out.index)
-    out.loc["Spearman rho", ["AP first", "AP now"]] = [rho_f, rho_n]
     return out.round(2)
 
 
@@ -447,11 +446,9 @@ def plot_val_splits(frame: pd.DataFrame):
     return fig
 
 
-def ranking_table(frame: pd.DataFrame, rho: float) -> pd.DataFrame:
-    out = frame.copy().round(2)
-    out.attrs["rho"] = rho
-    out.loc["Spearman rho (target >= 0.7)", "ours"] = round(rho, 3) if rho == rho else math.nan
-    return out
+def rho_text(rho: float) -> str:
+    """Spearman's rho between the two rankings, as the table's caption and the plot's title say it."""
+    return f"Spearman's rho {rho:.3f}" if rho == rho else "Spearman's rho: too few runs"
 
 
 def plot_ranking(frame: pd.DataFrame, rho: float):
@@ -465,7 +462,7 @@ def plot_ranking(frame: pd.DataFrame, rho: float):
         ax.annotate(label, (row["COCO"], row["ours"]), fontsize=7, xytext=(4, 2), textcoords="offset points")
     ax.set_xlabel("COCO box AP, R50-FPN 1x (%)")
     ax.set_ylabel("our AP, mean over seeds ± SE (%)")
-    ax.set_title(f"Spearman rho = {rho:.2f}" if rho == rho else "Spearman rho: too few runs")
+    ax.set_title(rho_text(rho))
     fig.tight_layout()
     return fig
 

@@ -31,6 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 
 from ..errors import ReplicateError
@@ -257,19 +258,43 @@ def _html_table(styler) -> str:
 
 
 def _decimals(values: pd.Series) -> int:
-    """Decimals that give a float column's median magnitude three significant digits (0 to 6): AP 64.2,
-    a time 0.00650 s, a count 1234."""
-    finite = values.abs()[values.notna() & (values != 0) & values.abs().lt(math.inf)]
+    """Decimals for a float column: three significant digits of its median magnitude, at most two places
+    when that is 0.1 or more (AP 64.2, a spread 1.29 or 0.43, a time 0.00650 s, a count 1234); none for a
+    column of several whole numbers (seeds 3, NaN where none)."""
+    finite = values.abs()[values.notna() & values.abs().lt(math.inf)]
+    if len(finite) > 1 and (finite == finite.round()).all():
+        return 0
+    finite = finite[finite != 0]
     if finite.empty:
         return 1
-    return min(6, max(0, 2 - math.floor(math.log10(finite.median()))))
+    median = finite.median()
+    return min(2 if median >= 0.1 else 6, max(0, 2 - math.floor(math.log10(median))))
 
 
-def render_frame(frame: pd.DataFrame, collapsed: str = "") -> HtmlFragment:
+def _displayed(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` as :func:`render_frame` shows it: a named or labelled index (row names, not positions) as
+    leading columns; yes/no for booleans (``None`` beside them: missing)."""
+    if any(name is not None for name in frame.index.names) or not pd.api.types.is_integer_dtype(frame.index.dtype):
+        unnamed = frame.index.nlevels == 1 and frame.index.name is None and "index" not in frame.columns
+        frame = frame.reset_index().rename(columns={"index": ""} if unnamed else {})
+    out = frame.copy()
+    for column in frame.columns:
+        values = frame[column]
+        if pd.api.types.is_bool_dtype(values) or (
+                values.dtype == object and values.notna().any()
+                and all(isinstance(v, (bool, np.bool_)) for v in values if v is not None and v == v)):
+            out[column] = [("yes" if v else "no") if isinstance(v, (bool, np.bool_)) else None for v in values]
+    return out
+
+
+def render_frame(frame: pd.DataFrame, collapsed: str = "", decimals: int | None = None, caption: str = ""
+                 ) -> HtmlFragment:
     """A plain frame as a compact HTML table that fits the page: small type, no index, cells and headers
     HTML-escaped, text columns left-aligned (long ones kept at least 12em wide rather than wrapped a word a
     line, short ones unbroken), each float column to three significant digits of its median (:func:`_decimals`),
-    a missing number as "—"; inside a ``<details>`` element titled ``collapsed`` when that is given."""
+    a missing value as "—", booleans as yes/no, a named index as leading columns (:func:`_displayed`); ``decimals`` fixes the places of every float column;
+    ``caption`` above it; inside a ``<details>`` element titled ``collapsed`` when that is given."""
+    frame = _displayed(frame)
     styles = [_CELLS]
     for i, column in enumerate(frame.columns):
         if pd.api.types.is_numeric_dtype(frame[column]):
@@ -278,10 +303,13 @@ def render_frame(frame: pd.DataFrame, collapsed: str = "") -> HtmlFragment:
         props = "text-align: left" + ("; min-width: 12em" if longest > 30 else "; white-space: nowrap" if longest <= 16
                                       else "")
         styles.append({"selector": f"td.col{i}, th.col{i}", "props": props})
-    styler = frame.style.format(escape="html").format_index(escape="html", axis=1).hide(axis="index")
+    styler = frame.style.format(escape="html", na_rep="—").format_index(escape="html", axis=1).hide(axis="index")
     for column in frame.columns:
         if pd.api.types.is_float_dtype(frame[column]):
-            styler = styler.format(precision=_decimals(frame[column]), subset=[column], na_rep="—")
+            places = decimals if decimals is not None else _decimals(frame[column])
+            styler = styler.format(precision=places, subset=[column], na_rep="—")
+    if caption:
+        styler = styler.set_caption(html.escape(caption))
     table = _html_table(styler.set_table_styles(styles[1:], overwrite=False))
     if collapsed:
         table = f"<details><summary>{html.escape(collapsed)}</summary>{table}</details>"
@@ -674,7 +702,6 @@ def plot_effects(spec: TableSpec, records_by_row: RecordsByRow, metric: str = "A
     of the two rows only, or a run that did not learn) carries :data:`LEFT_OUT_MARK`. Absolute levels are not
     drawn: the paper's are COCO's, ours the benchmark's."""
     import matplotlib.pyplot as plt
-    import numpy as np
 
     if metric not in spec.metrics:
         raise ReplicateError(f"{spec.key}: metric {metric!r} is not a column of the table ({list(spec.metrics)})")
