@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from replicate.analysis.loss_stats import reduction_holds, stat_at, stat_table
+from replicate.analysis.loss_stats import learned_seeds, reduction_holds, reduction_text, stat_at, stat_table
 from replicate.errors import ReplicateError
 from replicate.experiments.papers.mod import PAPER_STATS, STAT_ITERATIONS, STAT_TOTAL_ITERATIONS
 
@@ -44,3 +44,19 @@ def test_stat_table_without_runs_is_nan():
     table = stat_table({}, "stat_loss_sum", PAPER_STATS["table4"], STAT_ITERATIONS, STAT_TOTAL_ITERATIONS)
     assert math.isnan(table.loc[("FCOS", "ours")].iloc[0])
     assert reduction_holds(table)["holds"] is None
+
+
+def test_learned_seeds_pairs_the_rows_on_seeds_where_both_learned():
+    run = lambda seed, ap: {"key": f"k{seed}", "seed": seed, "metrics": {"AP": ap}}
+    runs = {"FCOS": [run(0, 0.001), run(1, 0.55), run(2, 0.56)],
+            "FCOS+RFA": [run(0, 0.60), run(1, 0.61), run(2, 0.049), run(3, 0.62)]}
+    kept, notes = learned_seeds(runs)
+    assert [r["seed"] for r in kept["FCOS"]] == [1] and [r["seed"] for r in kept["FCOS+RFA"]] == [1]
+    assert notes == ["FCOS did not learn on seed 0", "FCOS+RFA did not learn on seed 2",
+                     "seed 3 is run for FCOS+RFA only"]
+    claim = {"points": 5, "reduced": 5, "holds": True, "mean_reduction": 77.2968}
+    assert reduction_text("stat_loss_gap", claim, notes[:1], 1) == (
+        "RFA lowers `stat_loss_gap` at 5 of 5 points (the paper: at all 5); our mean reduction is 77.3 % over 1 "
+        "seed, so the claim **holds**. Left out: FCOS did not learn on seed 0.")
+    none = {"points": 5, "reduced": None, "holds": None, "mean_reduction": None}
+    assert reduction_text("stat_loss_sum", none, [], 0).startswith("not checked")

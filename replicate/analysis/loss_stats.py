@@ -8,6 +8,11 @@ and 75k of 90k iterations; :func:`stat_at` reads ours at the same fractions of t
 as the mean of the curve points within ``window`` (a fraction of the schedule) of each point, which
 smooths the per-batch noise as a training logger's running average does. The "Reduction" row is
 ``(FCOS - FCOS+RFA) / FCOS`` in percent, as the paper prints it.
+
+A run that did not learn (AP below :data:`~replicate.experiments.claims.LEARNED_FLOOR`; on the proxy, a
+box regression that never starts) logs a regression cost that never falls, so its statistics say nothing
+about RFA. As the chapters' claims do, :func:`learned_seeds` keeps the two rows on the seeds where both
+learned, and names the seeds it leaves out.
 """
 
 from __future__ import annotations
@@ -18,9 +23,43 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 
 from ..errors import ReplicateError
+from ..experiments.claims import LEARNED_FLOOR
 
 Record = Mapping[str, Any]
 BASE, RFA = "FCOS", "FCOS+RFA"
+
+
+def learned_seeds(records_by_row: Mapping[str, Sequence[Record]]) -> tuple[dict[str, list[Record]], list[str]]:
+    """FCOS's and FCOS+RFA's runs on the seeds both have and where both learned (COCO AP at least
+    :data:`~replicate.experiments.claims.LEARNED_FLOOR` points), and one note per seed left out: which row's run
+    did not learn on it, or that only one row was run on it."""
+    by_seed = {row: {r.get("seed"): r for r in records_by_row.get(row, ())} for row in (BASE, RFA)}
+    kept: list[Any] = []
+    notes = []
+    for seed in sorted(set(by_seed[BASE]) | set(by_seed[RFA]), key=lambda s: (str(type(s)), s)):
+        missing = [row for row in (BASE, RFA) if seed not in by_seed[row]]
+        if missing:
+            notes.append(f"seed {seed} is run for {(set((BASE, RFA)) - set(missing)).pop()} only")
+            continue
+        failed = [row for row in (BASE, RFA) if not 100 * (by_seed[row][seed].get("metrics") or {}).get("AP", 0.0)
+                  >= LEARNED_FLOOR]
+        if failed:
+            notes.append(f"{' and '.join(failed)} did not learn on seed {seed}")
+        else:
+            kept.append(seed)
+    return {row: [by_seed[row][s] for s in kept] for row in (BASE, RFA)}, notes
+
+
+def reduction_text(term: str, claim: Mapping[str, Any], left_out: Sequence[str], seeds: int) -> str:
+    """The claim's verdict as a Markdown sentence: at how many points ours is lower, our mean reduction, on
+    how many seeds, and the seeds left out (:func:`learned_seeds`)."""
+    if claim["holds"] is None:
+        verdict = "not checked: no seed where both FCOS and FCOS+RFA learned"
+    else:
+        verdict = (f"RFA lowers `{term}` at {claim['reduced']} of {claim['points']} points (the paper: at all "
+                   f"{claim['points']}); our mean reduction is {claim['mean_reduction']:.1f} % over {seeds} "
+                   f"seed{'s' if seeds != 1 else ''}, so the claim **{'holds' if claim['holds'] else 'does not hold'}**")
+    return verdict + (f". Left out: {'; '.join(left_out)}." if left_out else ".")
 
 
 def stat_at(record: Record, term: str, fractions: Sequence[float], window: float = 1 / 30) -> list[float]:
@@ -83,7 +122,8 @@ def reduction_holds(table: pd.DataFrame) -> dict[str, Any]:
 
 def plot_stat_curves(records_by_row: Mapping[str, Sequence[Record]], term: str, iterations: Sequence[int],
                      total_iterations: int):
-    """The logged statistic over training for each row (first seed), with the paper's read points marked."""
+    """The logged statistic over training for each row (its first run: pass :func:`learned_seeds`' runs to
+    draw a learned one), with the paper's read points marked."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
