@@ -8,7 +8,6 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from replicate.errors import ReplicateError  # noqa: E402
@@ -307,88 +306,6 @@ def test_a_claim_within_seed_noise_is_neither_marked_nor_counted_as_holding():
                                              "not checked")] == ["✓", "✗", "✗", "—"]
 
 
-def test_provenance_frame():
-    records = RECORDS["base"] + [{"key": "bare", "model": "atss", "profile": "smoke", "seed": 0}]
-    frame = report.provenance_frame(records)
-    assert list(frame["key"]) == ["base-s0", "base-s1", "bare"]
-    first = frame.iloc[0]
-    assert first["commit"] == "01234567" and first["torch"] == "2.14.1" and first["train min"] == 1.5
-    assert first["device"] == "cpu" and not first["dirty"] and first["finished (UTC)"] == "2026-01-01 00:01"
-    assert report._utc_minute("2026-12-02T05:21:23+02:00") == "2026-12-02 03:21" and report._utc_minute("n/a") == "n/a"
-    assert pd.isna(frame.iloc[2]["commit"]) and pd.isna(frame.iloc[2]["AP"]) and pd.isna(frame.iloc[2]["train min"])
-    assert frame.iloc[0]["AP"] == 30.0 and frame.iloc[1]["AP"] == 32.0 and "table rows" not in frame.columns
-    assert frame.iloc[0]["model"] == "fcos"
-    # with the rows each run serves: in the tables' order (a run no table reads last), seed by seed
-    uses = {"bare": [("demo:table1", "atss")], "base-s1": [("demo:table2", "base"), ("demo:table3", "base"),
-                                                           ("other:table1", "base"), ("demo:table4", "base (R50)")]}
-    ordered = report.provenance_frame(records, uses)
-    assert list(ordered["key"]) == ["bare", "base-s1", "base-s0"] and "model" not in ordered.columns
-    assert list(ordered["table rows"]) == [
-        "demo:table1 · atss", "demo:table2, table3 · base; other:table1 · base; demo:table4 · base (R50)", "—"]
-    # shown: the values every run shares are said once, above the table, and left out of it
-    shown = report.render_provenance(report.provenance_frame(RECORDS["base"], {}))
-    assert "2 runs; every one: profile smoke, from a clean checkout, device cpu, torch 2.14.1." in shown
-    assert ">device<" not in shown and ">torch<" not in shown and ">commit<" in shown and ">AP<" in shown
-    mixed = report.render_provenance(frame)  # "bare" records no device, torch or checkout state
-    assert "every one: profile smoke." in mixed and ">device<" in mixed and ">dirty<" in mixed
-    devices = report.devices_frame(records, "results").set_index("device")
-    assert devices.loc["cpu", "records"] == 2 and devices.loc["unrecorded", "records"] == 1
-    assert devices.loc["cpu", "check one"] == "replicate verify results/smoke/base-s0.json"
-    assert devices.loc["cpu", "last finished"] >= devices.loc["cpu", "first finished"]
-    from replicate.provenance import _REPO  # a store inside the repository is shown relative to it
-
-    inside = report.devices_frame(records, _REPO / "results").set_index("device")
-    assert inside.loc["cpu", "check one"] == "replicate verify results/smoke/base-s0.json"
-
-
-def test_bench_and_environment_frames(tmp_path):
-    (tmp_path / "train-step_fcos_cpu.json").write_text(json.dumps({
-        "benchmark": "train-step", "model": "fcos", "batch_size": 2, "size": [512, 512],
-        "ours": {"median_s": 0.5}, "torchvision": {"median_s": 0.4}, "ratio": 1.25, "note": "",
-        "provenance": {"device": "cpu"}}))
-    (tmp_path / "aps_paper_cpu.json").write_text(json.dumps({
-        "benchmark": "aps", "score": "paper", "images": 16, "boxes_per_image": 7, "num_points": 100,
-        "reference": {"median_s": 0.3}, "ours": {"median_s": 0.02}, "identical": True, "threads": 1,
-        "provenance": {"device": "cpu"}}))
-    (tmp_path / "eval_cpu.json").write_text(json.dumps({
-        "benchmark": "eval", "images": 5000, "detections": 500000, "pycocotools_seconds": 90.0,
-        "faster-coco-eval_seconds": 10.0, "max_stat_difference": 2e-16, "provenance": {"device": "cpu"}}))
-    (tmp_path / "norm_cpu.json").write_text(json.dumps({
-        "benchmark": "norm", "threads": 1, "provenance": {"device": "cpu"}, "rows": [
-            {"shape": [8, 64, 26, 26], "dtype": "float32", "ours_ms": 3.0, "channels_last_ms": 7.5, "speedup": 2.5,
-             "max_abs_diff": 2e-6},
-            {"shape": [8, 64, 26, 26], "dtype": "bf16", "ours_ms": 2.0, "channels_last_ms": 12.0, "speedup": 6.0,
-             "max_abs_diff": 1e-2},
-            {"shape": [8, 64, 7, 7], "dtype": "bf16", "ours_ms": 0.2, "channels_last_ms": 0.8, "speedup": 4.0,
-             "max_abs_diff": 0.0}]}))
-    (tmp_path / "train-step_fcos_cuda_bf16_cl.json").write_text(json.dumps({
-        "benchmark": "train-step", "model": "fcos", "batch_size": 8, "size": [800, 1333], "amp": "bf16",
-        "channels_last": True, "ours": {"median_s": 0.08}, "torchvision": {"median_s": 0.09},
-        "provenance": {"device": "NVIDIA H200"}}))
-    (tmp_path / "parity_cuda_cpu.json").write_text(json.dumps({
-        "benchmark": "parity", "model": "fcos", "iters": 20, "initial_iters": 3, "initial_max_rel_diff": 1.04e-7,
-        "trajectory_rel_diff": 7.0e-4, "agree": True, "provenance": {"device": "NVIDIA H200"}}))
-    frame = report.bench_frame(tmp_path).set_index("file")
-    assert frame.loc["train-step_fcos_cuda_bf16_cl.json", "load"] == "batch 8 at 800x1333, bf16, channels_last"
-    parity = frame.loc["parity_cuda_cpu.json"]
-    assert parity["same result"] is True and parity["device"] == "NVIDIA H200" and pd.isna(parity["speed-up"])
-    assert parity["load"] == "20 iterations, float32: first 3 losses within 1e-07, mean loss within 7e-04 (relative)"
-    norm = frame.loc["norm_cpu.json"]  # the headline: bf16 on the largest map
-    assert norm["speed-up"] == pytest.approx(6.0) and norm["ours median s"] == pytest.approx(0.002)
-    assert norm["same result"] is True and norm["load"] == "forward + backward, 8x64x26x26, bf16"
-    step, aps = frame.loc["train-step_fcos_cpu.json"], frame.loc["aps_paper_cpu.json"]
-    coco = frame.loc["eval_cpu.json"]
-    assert coco["speed-up"] == pytest.approx(9.0) and coco["same result"] is True
-    assert coco["baseline"] == "pycocotools (reference)" and coco["load"] == "500,000 detections, 5,000 images"
-    assert step["speed-up"] == pytest.approx(0.8) and step["baseline median s"] == 0.4
-    assert step["baseline"] == "torchvision" and step["load"] == "batch 2 at 512x512"
-    assert aps["speed-up"] == pytest.approx(15.0) and aps["same result"] is True
-    assert aps["what"] == "APS, paper score" and aps["load"] == "16 images x 7 boxes, 100 points"
-    assert report.bench_frame(tmp_path / "none").empty
-    env = report.environment_frame()
-    assert {"commit", "torch", "device"} <= set(env.index)
-
-
 def test_figures_draw():
     fig = report.plot_effects(SPEC, RECORDS, metric="AP")
     fig.canvas.draw()
@@ -398,14 +315,9 @@ def test_figures_draw():
     widths = [p.get_width() for p in ax.patches]
     assert widths[:2] == pytest.approx([0.8, 1.4]) and widths[2] == pytest.approx(3.5) and math.isnan(widths[3])
     assert ax.get_xlabel() == "AP relative to base"
-    fig2 = report.plot_loss_curves(RECORDS["base"], term="loss")
-    fig2.canvas.draw()
-    assert len(fig2.axes[0].lines) == 2
     plt.close("all")
     with pytest.raises(ReplicateError, match="not a column"):
         report.plot_effects(SPEC, RECORDS, metric="APs")
-    with pytest.raises(ReplicateError, match="loss_cls"):
-        report.plot_loss_curves(RECORDS["base"], term="loss_cls")
 
 
 def _spec_ab(*claims):
@@ -550,34 +462,3 @@ def test_claims_by_table_lists_each_table_s_claims_as_its_page_does():
     assert page[page.index("<li>"):page.rindex("</ul>")] in html
     assert html.count("<li>") == 4 and "paper +0.8, ours +3.5 AP" in html
     assert "No table draws claims" in str(report.render_claims_by_table([]))
-
-
-def test_render_frame_is_a_compact_table_with_text_on_the_left():
-    frame = pd.DataFrame({"claim": ["a <b>", "c"], "seeds": [2, 3]})
-    html = str(report.render_frame(frame))
-    assert html.count("<tr>") == 3 and "a &lt;b&gt;" in html and "font-size: 0.85em" in html
-    assert 'class="replicate-table"' in html
-    # the text column's left alignment outranks the table-wide right alignment (a class more in its selector)
-    assert "td.col0 {" in html and "td.col1" not in html and "white-space: nowrap" in html
-    wide = str(report.render_frame(pd.DataFrame({"claim": ["x" * 31], "seeds": [2]})))
-    assert "min-width: 12em" in wide
-    assert ">0<" not in html  # no index column
-    numbers = str(report.render_frame(pd.DataFrame({"AP": [64.25, None], "s": [0.0065, 0.01234], "n": [1234.4, 1e4]})))
-    assert ">64.2<" in numbers and ">—<" in numbers  # three significant digits of the column's median
-    assert ">0.00650<" in numbers and ">0.01234<" in numbers and ">1234<" in numbers and ">10000<" in numbers
-    # an analysis frame: its named index (the row names) shown first, whole numbers bare, yes/no, "—" for gaps
-    analysis = pd.DataFrame({"seeds": [3.0, 5.0], "met": [True, None], "sd": [1.29, 0.431]},
-                            index=pd.Index(["RetinaNet", "Spearman rho"], name="row"))
-    shown = str(report.render_frame(analysis))
-    assert shown.index(">row<") < shown.index(">seeds<") and ">RetinaNet<" in shown and ">Spearman rho<" in shown
-    assert ">3<" in shown and ">3.0<" not in shown and ">yes<" in shown and "None" not in shown
-    assert ">1.29<" in shown and ">0.43<" in shown and shown.count(">—<") == 1  # at most 2 places from 0.1 up
-    assert ">2.00<" in str(report.render_frame(pd.DataFrame({"margin": [2.0]})))  # one value: no whole-number rule
-    captioned = str(report.render_frame(analysis, caption="rho <0.7>"))
-    assert "<caption>rho &lt;0.7&gt;</caption>" in captioned
-    assert ">no<" in str(report.render_frame(pd.DataFrame({"met": [False, True]})))
-    labelled = str(report.render_frame(pd.DataFrame({"AP": [57.1]}, index=["RetinaNet"])))  # unnamed labels
-    assert ">RetinaNet<" in labelled and ">index<" not in labelled
-    assert ">1.290<" in str(report.render_frame(analysis, decimals=3))  # fixed places
-    folded = str(report.render_frame(frame, collapsed="All claims"))
-    assert folded.startswith("<details><summary>All claims</summary>") and folded.endswith("</details>")

@@ -9,10 +9,9 @@ with more than one seed. Rows the paper's table cites without our reproducing th
 
 The notebooks stay thin: a table notebook calls :func:`render_table`, draws :func:`plot_effects`
 and saves :func:`headline` with :func:`save_headline`; the summary page reads them back with
-:func:`load_headlines` and :func:`summary_frame`; the provenance appendix uses :func:`provenance_frame`
-(shown by :func:`render_provenance`), :func:`devices_frame`, :func:`bench_frame` and
-:func:`environment_frame`. A table notebook's body, after its ``parameters``
-cell (``profile``, ``executor``, ``seeds``, ``results_dir``, ``data_root``, ``run_missing``)::
+:func:`load_headlines`, :func:`summary_frame` and :func:`summary_view` (plain frames are shown with
+:func:`~.rendering.render_frame`; the provenance appendix is :mod:`.appendix`). A table notebook's body,
+after its ``parameters`` cell (``profile``, ``executor``, ``seeds``, ``results_dir``, ``data_root``, ``run_missing``)::
 
     spec = REGISTRY["mod"]["table3"]
     runs = ensure_runs(spec, profile, executor, seeds, results_dir=results_dir, data_root=data_root or None,
@@ -25,9 +24,6 @@ from __future__ import annotations
 
 import html
 import math
-import statistics
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -36,21 +32,14 @@ import pandas as pd
 
 from ..errors import ReplicateError
 from ..io import atomic_write_json, read_json
-from ..provenance import repo_relative
-from .claims import (CONFIDENCE, LEARNED_FLOOR, SEEDS_LIMIT, ClaimResult, Record, RecordsByRow, RowStats, _all_stats,
+from .claims import (CONFIDENCE, SEEDS_LIMIT, ClaimResult, RecordsByRow, RowStats, _all_stats,
                      claim_results, effects, main_metric, reference_row, resolvable_margin)
+from .rendering import HtmlFragment, html_table
 from .spec import Row, TableSpec
 
 MISSING = "missing"
 CITED_ONLY = "cited only"
 HEADLINES = "headlines"
-
-
-class HtmlFragment(str):
-    """HTML text that Jupyter (and myst-nb's ``glue``) renders as HTML rather than as a string."""
-
-    def _repr_html_(self) -> str:
-        return str(self)
 
 
 def _status(row: Row, stats: RowStats | None, seeds: int | None) -> str:
@@ -236,7 +225,6 @@ def _agreement_style(frame: pd.DataFrame) -> pd.DataFrame:
     return styles
 
 
-_CELLS = {"selector": "td, th", "props": "padding: 0.15em 0.45em; text-align: right; font-size: 0.85em"}
 # an effect table's cells do not wrap (ours is stacked by _stacked instead); its row labels wrap, at least
 # 8em wide
 _EFFECT_CELLS = [{"selector": "td", "props": "white-space: nowrap"},
@@ -249,71 +237,6 @@ def _stacked(text: str) -> str:
     if not sep:
         return html.escape(str(text))
     return f'{html.escape(mean)}<br><span style="font-size: 0.85em">± {html.escape(rest)}</span>'
-
-
-def _html_table(styler) -> str:
-    """A Styler as a compact table in a wrapper that scrolls sideways rather than overflow the page."""
-    return ('<div class="replicate-table-wrap" style="overflow-x: auto; max-width: 100%">'
-            + styler.set_table_styles([_CELLS], overwrite=False).set_table_attributes('class="replicate-table"').to_html() + "</div>")
-
-
-def _decimals(values: pd.Series) -> int:
-    """Decimals for a float column: three significant digits of its median magnitude, at most two places
-    when that is 0.1 or more (AP 64.2, a spread 1.29 or 0.43, a time 0.00650 s, a count 1234); none for a
-    column of several whole numbers (seeds 3, NaN where none)."""
-    finite = values.abs()[values.notna() & values.abs().lt(math.inf)]
-    if len(finite) > 1 and (finite == finite.round()).all():
-        return 0
-    finite = finite[finite != 0]
-    if finite.empty:
-        return 1
-    median = finite.median()
-    return min(2 if median >= 0.1 else 6, max(0, 2 - math.floor(math.log10(median))))
-
-
-def _displayed(frame: pd.DataFrame) -> pd.DataFrame:
-    """``frame`` as :func:`render_frame` shows it: a named or labelled index (row names, not positions) as
-    leading columns; yes/no for booleans (``None`` beside them: missing)."""
-    if any(name is not None for name in frame.index.names) or not pd.api.types.is_integer_dtype(frame.index.dtype):
-        unnamed = frame.index.nlevels == 1 and frame.index.name is None and "index" not in frame.columns
-        frame = frame.reset_index().rename(columns={"index": ""} if unnamed else {})
-    out = frame.copy()
-    for column in frame.columns:
-        values = frame[column]
-        if pd.api.types.is_bool_dtype(values) or (
-                values.dtype == object and values.notna().any()
-                and all(isinstance(v, (bool, np.bool_)) for v in values if v is not None and v == v)):
-            out[column] = [("yes" if v else "no") if isinstance(v, (bool, np.bool_)) else None for v in values]
-    return out
-
-
-def render_frame(frame: pd.DataFrame, collapsed: str = "", decimals: int | None = None, caption: str = ""
-                 ) -> HtmlFragment:
-    """A plain frame as a compact HTML table that fits the page: small type, no index, cells and headers
-    HTML-escaped, text columns left-aligned (long ones kept at least 12em wide rather than wrapped a word a
-    line, short ones unbroken), each float column to three significant digits of its median (:func:`_decimals`),
-    a missing value as "—", booleans as yes/no, a named index as leading columns (:func:`_displayed`); ``decimals`` fixes the places of every float column;
-    ``caption`` above it; inside a ``<details>`` element titled ``collapsed`` when that is given."""
-    frame = _displayed(frame)
-    styles = [_CELLS]
-    for i, column in enumerate(frame.columns):
-        if pd.api.types.is_numeric_dtype(frame[column]):
-            continue
-        longest = max((len(str(v)) for v in frame[column]), default=0)
-        props = "text-align: left" + ("; min-width: 12em" if longest > 30 else "; white-space: nowrap" if longest <= 16
-                                      else "")
-        styles.append({"selector": f"td.col{i}, th.col{i}", "props": props})
-    styler = frame.style.format(escape="html", na_rep="—").format_index(escape="html", axis=1).hide(axis="index")
-    for column in frame.columns:
-        if pd.api.types.is_float_dtype(frame[column]):
-            places = decimals if decimals is not None else _decimals(frame[column])
-            styler = styler.format(precision=places, subset=[column], na_rep="—")
-    if caption:
-        styler = styler.set_caption(html.escape(caption))
-    table = _html_table(styler.set_table_styles(styles[1:], overwrite=False))
-    if collapsed:
-        table = f"<details><summary>{html.escape(collapsed)}</summary>{table}</details>"
-    return HtmlFragment(table)
 
 
 def row_notes(spec: TableSpec) -> str:
@@ -334,7 +257,7 @@ def render_table(spec: TableSpec, records_by_row: RecordsByRow, seeds: int | Non
     ref = reference_row(spec)
     effect = effects_frame(spec, records_by_row, seeds, main)
     ours = [c for c in effect.columns if c[1] == "ours"]
-    table = _html_table(effect.style.apply(_agreement_style, axis=None)
+    table = html_table(effect.style.apply(_agreement_style, axis=None)
                         .format(escape="html").format(_stacked, subset=ours)
                         .set_caption(html.escape(f"{spec.title} ({spec.source})"))
                         .set_table_styles(_EFFECT_CELLS, overwrite=False))
@@ -343,7 +266,7 @@ def render_table(spec: TableSpec, records_by_row: RecordsByRow, seeds: int | Non
               f"{LEFT_OUT_MARK}: on fewer seeds (a seed run for one of the two rows only, or a run that did not "
               "learn). Green: our effect has the paper's sign; red: the opposite sign. Absolute levels are not "
               "comparable: the paper's are COCO's, ours the benchmark's.</small></p>")
-    absolute = _html_table(styled_table(spec, records_by_row, seeds).set_caption(""))
+    absolute = html_table(styled_table(spec, records_by_row, seeds).set_caption(""))
     details = ("<details><summary>Absolute numbers, every metric (paper: COCO; ours: this benchmark)</summary>"
                + absolute + "</details>")
     note = f"<p><em>{html.escape(spec.note)}</em></p>" if spec.note else ""
@@ -530,171 +453,6 @@ def verdict_statement(headlines: Sequence[Mapping[str, Any]]) -> dict[str, str]:
     return out
 
 
-def _get(mapping: Mapping[str, Any] | None, *path: str) -> Any:
-    for name in path:
-        if not isinstance(mapping, Mapping) or name not in mapping:
-            return None
-        mapping = mapping[name]
-    return mapping
-
-
-def uses_text(pairs: Sequence[tuple[str, str]]) -> str:
-    """The table rows a run serves, short: a row label shared by several tables of one paper is named once
-    after them (``benchmark:noise,ranking · RetinaNet; mod:table6 · RetinaNet``); "—" for none."""
-    groups: dict[tuple[str, str], list[str]] = {}
-    for spec_key, row in pairs:
-        paper, _, table = spec_key.partition(":")
-        groups.setdefault((paper, row), []).append(table)
-    return "; ".join(f"{paper}:{', '.join(tables)} · {row}" for (paper, row), tables in groups.items()) or "—"
-
-
-def provenance_frame(records: Sequence[Record], uses: Mapping[str, Sequence[tuple[str, str]]] | None = None
-                     ) -> pd.DataFrame:
-    """One row per run record: what ran (the model, or, given ``uses`` as :func:`~.sweep.run_uses` makes it,
-    the table rows that read it: :func:`uses_text`), its AP, from which code, where, when, and how many minutes it
-    trained. With ``uses`` the rows follow the tables (the first row a run serves, then the seed); a
-    run no table reads comes last."""
-    what = ["table rows"] if uses is not None else ["model"]
-    columns = ["key", *what, "profile", "seed", "AP", "commit", "dirty", "device", "torch", "finished (UTC)",
-               "train min"]
-    order = {key: i for i, key in enumerate(uses or {})}
-    if uses is not None:
-        records = sorted(records, key=lambda r: (order.get(r.get("key"), len(order)), r.get("seed") or 0))
-    data = []
-    for r in records:
-        commit, ap = _get(r, "provenance", "commit"), _get(r, "metrics", "AP")
-        seconds = _get(r, "timings", "train_seconds")
-        data.append([r.get("key"), uses_text(uses.get(r.get("key"), ())) if uses is not None else r.get("model"),
-                     r.get("profile"), r.get("seed"),
-                     round(100 * ap, 1) if isinstance(ap, (int, float)) else None,
-                     commit[:8] if isinstance(commit, str) else None, _get(r, "provenance", "dirty"),
-                     _get(r, "provenance", "device"), _get(r, "provenance", "versions", "torch"),
-                     _utc_minute(_get(r, "provenance", "finished")),
-                     round(seconds / 60, 1) if isinstance(seconds, (int, float)) else None])
-    return pd.DataFrame(data, columns=columns)
-
-
-def _utc_minute(stamp: Any) -> Any:
-    """An ISO time stamp as ``YYYY-MM-DD HH:MM`` in UTC (a stamp without a zone is taken as UTC); anything
-    else as it is."""
-    if not isinstance(stamp, str):
-        return stamp
-    try:
-        when = datetime.fromisoformat(stamp)
-    except ValueError:
-        return stamp
-    return (when.astimezone(timezone.utc) if when.tzinfo else when).strftime("%Y-%m-%d %H:%M")
-
-
-SHARED_PROVENANCE = ("profile", "dirty", "device", "torch")
-
-
-def render_provenance(frame: pd.DataFrame) -> HtmlFragment:
-    """:func:`provenance_frame` as a table that fits the page: the columns of :data:`SHARED_PROVENANCE` that
-    hold one value for every run are said once above the table (``dirty``: "from a clean checkout") and
-    left out of it; the others stay."""
-    shared = [c for c in SHARED_PROVENANCE if c in frame.columns and len(frame) and frame[c].nunique(dropna=False) == 1]
-    said = []
-    for column in shared:
-        value = frame[column].iloc[0]
-        if column == "dirty":
-            said.append("checkout state unrecorded" if pd.isna(value) else
-                        "from a checkout with uncommitted changes" if value else "from a clean checkout")
-        else:
-            said.append(f"{column} {value}")
-    intro = (f"<p><small>{len(frame)} run{'s' if len(frame) != 1 else ''}; every one: "
-             f"{html.escape(', '.join(said))}.</small></p>" if said else "")
-    return HtmlFragment(intro + render_frame(frame.drop(columns=shared)))
-
-
-def devices_frame(records: Sequence[Record], results_dir: str | Path = "results") -> pd.DataFrame:
-    """Per CPU or GPU model the records were made on: how many, the first and last finished, and the
-    ``replicate verify`` command of one of them (its path relative to the repository when the store is in
-    it). A re-run reproduces a record exactly on the model it names (another maker's CPU runs other float
-    kernels)."""
-    rows: dict[str, dict[str, Any]] = {}
-    for r in records:
-        device = _get(r, "provenance", "device") or "unrecorded"
-        finished = _get(r, "provenance", "finished")
-        row = rows.setdefault(device, {"device": device, "records": 0, "first finished": None,
-                                       "last finished": None, "check one": None})
-        row["records"] += 1
-        if isinstance(finished, str):
-            row["first finished"] = min(filter(None, [row["first finished"], finished]))
-            row["last finished"] = max(filter(None, [row["last finished"], finished]))
-        if row["check one"] is None and r.get("key") and r.get("profile"):
-            row["check one"] = f"replicate verify {repo_relative(results_dir) / r['profile'] / (r['key'] + '.json')}"
-    return pd.DataFrame(list(rows.values()), columns=["device", "records", "first finished", "last finished",
-                                                      "check one"])
-
-
-def bench_frame(bench_dir: str | Path) -> pd.DataFrame:
-    """The ``replicate bench`` results under ``bench_dir`` (``*.json``), one row per file.
-
-    Every benchmark times ours against a baseline on the same input (``train-step``: torchvision's
-    detector; ``aps``: the released code's per-box scikit-learn loop; ``eval``: the optional
-    faster-coco-eval backend against pycocotools, the reference; ``norm``: GroupNorm's NCHW path against
-    PyTorch's channels-last kernel, bf16 on the largest map); ``speed-up`` is baseline time over
-    ours (above 1: ours is faster). ``same result`` is the APS parity check, for ``eval`` whether every
-    stat agrees to 1e-12, for ``norm`` whether the float32 outputs agree to 1e-4, for ``parity`` (the
-    same training run on CUDA and on CPU, no timing) :func:`replicate.bench.parity.judge`'s verdict
-    (``None`` where none is made).
-    """
-    columns = ["file", "benchmark", "what", "load", "ours median s", "baseline", "baseline median s", "speed-up",
-               "same result", "device", "threads"]
-    data = []
-    for path in sorted(Path(bench_dir).glob("*.json")):
-        b = read_json(path, what="benchmark result")
-        if b.get("benchmark") not in ("aps", "train-step", "eval", "norm", "parity"):
-            continue  # the cost benchmarks (data, threads) have no baseline: the calibration page shows them
-        if b.get("benchmark") == "norm":  # the headline: bf16 on the largest map, as the proxy trains
-            rows = b.get("rows") or []
-            head = max((r for r in rows if r.get("dtype") == "bf16"), key=lambda r: math.prod(r["shape"]), default=None)
-            if head is None:
-                continue
-            same = all(r["max_abs_diff"] < 1e-4 for r in rows if r.get("dtype") == "float32")
-            data.append([path.name, "norm", "GroupNorm on channels-last input, NCHW path (gn_nchw)",
-                         f"forward + backward, {'x'.join(map(str, head['shape']))}, bf16", head["ours_ms"] / 1e3,
-                         "PyTorch's channels-last kernel", head["channels_last_ms"] / 1e3, head["speedup"], same,
-                         _get(b, "provenance", "device"), b.get("threads")])
-            continue
-        if b.get("benchmark") == "parity":
-            load = (f"{b.get('iters')} iterations, float32: first {b.get('initial_iters')} losses within "
-                    f"{b.get('initial_max_rel_diff', float('nan')):.0e}, mean loss within "
-                    f"{b.get('trajectory_rel_diff', float('nan')):.0e} (relative)")
-            data.append([path.name, "parity", f"{b.get('model')} training, CUDA against CPU", load, None, "CPU", None,
-                         None, b.get("agree"), _get(b, "provenance", "device"), b.get("threads")])
-            continue
-        if b.get("benchmark") == "eval":
-            load = f"{b.get('detections'):,} detections, {b.get('images'):,} images"
-            ours, base = b.get("faster-coco-eval_seconds"), b.get("pycocotools_seconds")
-            data.append([path.name, "eval", "COCO evaluation, faster-coco-eval backend", load, ours,
-                         "pycocotools (reference)", base, base / ours if ours and base else None,
-                         b.get("max_stat_difference", 1.0) < 1e-12, _get(b, "provenance", "device"), b.get("threads")])
-            continue
-        if b.get("benchmark") == "aps":
-            what, baseline, base_key = f"APS, {b.get('score')} score", "per-GT scikit-learn (released code)", "reference"
-            load = f"{b.get('images')} images x {b.get('boxes_per_image')} boxes, {b.get('num_points')} points"
-        else:
-            what, baseline, base_key = b.get("model"), "torchvision", "torchvision"
-            size = b.get("size") or []
-            load = (f"batch {b.get('batch_size')} at {'x'.join(map(str, size))}" + (f", {b['amp']}" if b.get("amp") else "")
-                    + (", channels_last" if b.get("channels_last") else ""))
-        ours, base = _get(b, "ours", "median_s"), _get(b, base_key, "median_s")
-        data.append([path.name, b.get("benchmark"), what, load, ours, baseline, base,
-                     base / ours if ours and base else None, b.get("identical"),
-                     _get(b, "provenance", "device"), b.get("threads")])
-    return pd.DataFrame(data, columns=columns)
-
-
-def environment_frame() -> pd.DataFrame:
-    """The environment building the book: code version, library versions and device, one per row."""
-    from ..provenance import code_version, device_name, versions
-
-    info = {**code_version(), **versions(), "device": device_name()}
-    return pd.DataFrame({"value": [str(v) for v in info.values()]}, index=pd.Index(list(info), name="item"))
-
-
 def plot_effects(spec: TableSpec, records_by_row: RecordsByRow, metric: str = "AP"):
     """Each reproduced row's effect on ``metric`` relative to the reference row (:func:`~.claims.effects`,
     what the table's main view shows), as horizontal bars: the paper's beside ours, with ours' standard
@@ -747,29 +505,5 @@ def plot_series(spec: TableSpec, records_by_row: RecordsByRow, series: Mapping[s
     ax.set_ylabel(metric)
     ax.set_title(f"{spec.source}: {metric}")
     ax.legend(frameon=False, fontsize="small")
-    fig.tight_layout()
-    return fig
-
-
-def _run_label(record: Record) -> str:
-    return str(record.get("key") or f"{record.get('model')} seed {record.get('seed')}")
-
-
-def plot_loss_curves(records: Sequence[Record], term: str = "loss"):
-    """One training curve of loss term ``term`` per record (``loss_summary[term]["curve"]``)."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    for record in records:
-        curve = _get(record, "loss_summary", term, "curve")
-        if not curve:
-            raise ReplicateError(f"run {record.get('key', '?')!r} has no {term!r} curve in its loss summary")
-        iters, values = zip(*curve)
-        ax.plot(iters, values, label=_run_label(record))
-    ax.set_xlabel("iteration")
-    ax.set_ylabel(term)
-    ax.set_title(f"training {term}")
-    if records:
-        ax.legend(frameon=False, fontsize="small")
     fig.tight_layout()
     return fig

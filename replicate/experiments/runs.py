@@ -21,7 +21,6 @@ import os
 import socket
 import sys
 import time
-import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone

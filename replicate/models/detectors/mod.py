@@ -50,10 +50,9 @@ from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from ...errors import ReplicateError
-from .._utils import conv_tower, flatten_levels, init_normal
+from .._utils import conv_tower, init_normal
 from ..aps import APSConfig, aps_assign
 from ..assigners import IGNORED, Assignment, _nonempty_gt, _with_labels, ignore_points_in_crowds, pad_targets
 from ..detector import DetectorConfig
