@@ -40,9 +40,16 @@ def test_summary_table_renders_and_screenshots(html, tmp_path):
     page = html / "executed" / "summary.html"
     dom = chromium(page, "--dump-dom", tmp_path=tmp_path)
     table = dom[dom.index("<table"):dom.index("</table>")]
-    assert "claims holding" in table and "retinanet_conf:table1" in table
+    assert "within noise" in table and "do not hold" in table and "retinanet_conf:table1" in table
     assert "Traceback" not in dom
     shot = tmp_path / "page.png"
     chromium(page, f"--screenshot={shot}", "--window-size=1280,2000", tmp_path=tmp_path)
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+
+
+def test_provenance_page_names_the_rows_each_run_serves(html, tmp_path):
+    dom = chromium(html / "executed" / "appendix" / "provenance.html", "--dump-dom", tmp_path=tmp_path)
+    runs = dom[dom.index("<table"):dom.index("</table>")]
+    assert "table rows" in runs and "retinanet_conf:" in runs and "Traceback" not in dom
+    assert "bd-sidebar-secondary" not in dom  # the page gives its tables the Contents sidebar's width
