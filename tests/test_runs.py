@@ -388,6 +388,18 @@ def test_plan_counts_missing_runs_and_estimates_time(demo, tmp_path):
     assert synthetic.minutes_per_run == 275.0 and " h of training (5 h per run, " in synthetic.describe("synthetic")
 
 
+def test_progress_per_paper_after_a_sweep(swept):
+    _, results, _, _ = swept
+    frame = sweep_module.progress("smoke", 2, results_dir=results).set_index("paper")
+    # the demo paper's 2 runs per seed; the sweep ran seed 0 only
+    assert frame.loc["demo", ["runs", "finished", "missing"]].tolist() == [4, 2, 2]
+    minutes = sweep_module.plan("smoke", 2, results_dir=results).minutes_per_run
+    assert frame.loc["demo", "hours of training left"] == pytest.approx(2 * minutes / 60)
+    assert (frame["finished"] + frame["missing"] == frame["runs"]).all()
+    only = sweep_module.progress("smoke", 2, results_dir=results, papers=["demo"])
+    assert only["paper"].tolist() == ["demo"] and only["finished"].tolist() == [2]
+
+
 def test_plan_after_a_sweep_has_nothing_missing_and_measures(swept):
     from replicate.experiments.sweep import plan
 

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from .. import profiles
 from ..errors import ReplicateError
 from .launch import run_requests
@@ -307,3 +309,22 @@ def plan(profile: str, seeds: int = 1, *, results_dir: str | Path = "results", d
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return RunPlan(len(runs), missing, profiles.get(profile).minutes.get(device, 60.0), False, device)
+
+
+def progress(profile: str, seeds: int, *, results_dir: str | Path = "results",
+             papers: Sequence[str] | None = None) -> pd.DataFrame:
+    """Per registered paper (or those of ``papers``): the distinct runs its tables ask for on ``profile`` at
+    seeds ``0 .. seeds - 1``, how many the results store holds, how many are missing and the hours of
+    training those need at the profile's median run (:func:`plan`). A run several papers share counts in
+    each."""
+    load_papers()
+    store = ResultsStore(results_dir)
+    minutes = plan(profile, seeds, results_dir=results_dir).minutes_per_run
+    rows = []
+    for paper in sorted(papers if papers is not None else REGISTRY):
+        runs = merge_requests([r for spec in REGISTRY.get(paper, {}).values()
+                               for r in requests_for(spec, profile, seeds, results_dir=results_dir)])
+        finished = sum(is_complete(store, r) for r in runs)
+        rows.append({"paper": paper, "runs": len(runs), "finished": finished, "missing": len(runs) - finished,
+                     "hours of training left": (len(runs) - finished) * minutes / 60})
+    return pd.DataFrame(rows, columns=["paper", "runs", "finished", "missing", "hours of training left"])
