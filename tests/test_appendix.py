@@ -86,16 +86,17 @@ def test_bench_and_environment_frames(tmp_path):
     assert parity["same result"] is True and parity["device"] == "NVIDIA H200" and pd.isna(parity["speed-up"])
     assert parity["load"] == "20 iterations, float32: first 3 losses within 1e-07, mean loss within 7e-04 (relative)"
     norm = frame.loc["norm_cpu.json"]  # the headline: bf16 on the largest map
-    assert norm["speed-up"] == pytest.approx(6.0) and norm["ours median s"] == pytest.approx(0.002)
+    assert norm["speed-up"] == pytest.approx(6.0) and norm["ours ms"] == pytest.approx(2.0)
     assert norm["same result"] is True and norm["load"] == "forward + backward, 8x64x26x26, bf16"
     step, aps = frame.loc["train-step_fcos_cpu.json"], frame.loc["aps_paper_cpu.json"]
     coco = frame.loc["eval_cpu.json"]
     assert coco["speed-up"] == pytest.approx(9.0) and coco["same result"] is True
     assert coco["baseline"] == "pycocotools (reference)" and coco["load"] == "500,000 detections, 5,000 images"
-    assert step["speed-up"] == pytest.approx(0.8) and step["baseline median s"] == 0.4
+    assert step["speed-up"] == pytest.approx(0.8) and step["baseline ms"] == pytest.approx(400.0)
     assert step["baseline"] == "torchvision" and step["load"] == "batch 2 at 512x512"
     assert aps["speed-up"] == pytest.approx(15.0) and aps["same result"] is True
     assert aps["what"] == "APS, paper score" and aps["load"] == "16 images x 7 boxes, 100 points"
+    assert aps["device"] == "cpu, 1 thread" and step["device"] == "cpu"  # threads where the result records them
     assert appendix.bench_frame(tmp_path / "none").empty
     env = appendix.environment_frame()
     assert {"commit", "torch", "device"} <= set(env.index)

@@ -13,7 +13,7 @@ def test_render_frame_is_a_compact_table_with_text_on_the_left():
     # the text column's left alignment outranks the table-wide right alignment (a class more in its selector)
     assert "td.col0 {" in html and "td.col1" not in html and "white-space: nowrap" in html
     wide = str(rendering.render_frame(pd.DataFrame({"claim": ["x" * 31], "seeds": [2]})))
-    assert "min-width: 12em" in wide
+    assert "min-width: 10em" in wide
     assert ">0<" not in html  # no index column
     numbers = str(rendering.render_frame(pd.DataFrame({"AP": [64.25, None], "s": [0.0065, 0.01234], "n": [1234.4, 1e4]})))
     assert ">64.2<" in numbers and ">—<" in numbers  # three significant digits of the column's median
@@ -34,3 +34,11 @@ def test_render_frame_is_a_compact_table_with_text_on_the_left():
     assert ">1.290<" in str(rendering.render_frame(analysis, decimals=3))  # fixed places
     folded = str(rendering.render_frame(frame, collapsed="All claims"))
     assert folded.startswith("<details><summary>All claims</summary>") and folded.endswith("</details>")
+
+
+def test_significant_columns_keep_three_digits_per_value():
+    frame = pd.DataFrame({"ours ms": [0.0266, 6.5, 10365.2, float("nan")], "speed-up": [1.0, 2.0, 3.0, 4.0]})
+    shown = str(rendering.render_frame(frame, significant=("ours ms",)))
+    for text in (">0.0266<", ">6.50<", ">10,365<", ">—<"):
+        assert text in shown, text
+    assert rendering._significant(100.4) == "100" and rendering._significant(12.0) == "12.0"

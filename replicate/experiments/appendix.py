@@ -109,7 +109,7 @@ def devices_frame(records: Sequence[Record], results_dir: str | Path = "results"
     rows: dict[str, dict[str, Any]] = {}
     for r in records:
         device = nested(r, "provenance", "device") or "unrecorded"
-        finished = nested(r, "provenance", "finished")
+        finished = _utc_minute(nested(r, "provenance", "finished"))
         row = rows.setdefault(device, {"device": device, "records": 0, "first finished": None,
                                        "last finished": None, "check one": None})
         row["records"] += 1
@@ -122,20 +122,32 @@ def devices_frame(records: Sequence[Record], results_dir: str | Path = "results"
                                                       "check one"])
 
 
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else 1e3 * seconds
+
+
+def _where(bench: Mapping[str, Any]) -> str | None:
+    """The device a benchmark ran on, with its thread count where it records one."""
+    device, threads = nested(bench, "provenance", "device"), bench.get("threads")
+    if device is None or threads is None:
+        return device
+    return f"{device}, {threads} thread{'s' if threads != 1 else ''}"
+
+
 def bench_frame(bench_dir: str | Path) -> pd.DataFrame:
     """The ``replicate bench`` results under ``bench_dir`` (``*.json``), one row per file.
 
     Every benchmark times ours against a baseline on the same input (``train-step``: torchvision's
     detector; ``aps``: the released code's per-box scikit-learn loop; ``eval``: the optional
     faster-coco-eval backend against pycocotools, the reference; ``norm``: GroupNorm's NCHW path against
-    PyTorch's channels-last kernel, bf16 on the largest map); ``speed-up`` is baseline time over
-    ours (above 1: ours is faster). ``same result`` is the APS parity check, for ``eval`` whether every
+    PyTorch's channels-last kernel, bf16 on the largest map), in milliseconds (median); ``speed-up`` is
+    baseline time over ours (above 1: ours is faster); ``device`` says the threads where the result records them. ``same result`` is the APS parity check, for ``eval`` whether every
     stat agrees to 1e-12, for ``norm`` whether the float32 outputs agree to 1e-4, for ``parity`` (the
     same training run on CUDA and on CPU, no timing) :func:`replicate.bench.parity.judge`'s verdict
     (``None`` where none is made).
     """
-    columns = ["file", "benchmark", "what", "load", "ours median s", "baseline", "baseline median s", "speed-up",
-               "same result", "device", "threads"]
+    columns = ["file", "benchmark", "what", "load", "ours ms", "baseline", "baseline ms", "speed-up", "same result",
+               "device"]
     data = []
     for path in sorted(Path(bench_dir).glob("*.json")):
         b = read_json(path, what="benchmark result")
@@ -148,23 +160,22 @@ def bench_frame(bench_dir: str | Path) -> pd.DataFrame:
                 continue
             same = all(r["max_abs_diff"] < 1e-4 for r in rows if r.get("dtype") == "float32")
             data.append([path.name, "norm", "GroupNorm on channels-last input, NCHW path (gn_nchw)",
-                         f"forward + backward, {'x'.join(map(str, head['shape']))}, bf16", head["ours_ms"] / 1e3,
-                         "PyTorch's channels-last kernel", head["channels_last_ms"] / 1e3, head["speedup"], same,
-                         nested(b, "provenance", "device"), b.get("threads")])
+                         f"forward + backward, {'x'.join(map(str, head['shape']))}, bf16", head["ours_ms"],
+                         "PyTorch's channels-last kernel", head["channels_last_ms"], head["speedup"], same, _where(b)])
             continue
         if b.get("benchmark") == "parity":
             load = (f"{b.get('iters')} iterations, float32: first {b.get('initial_iters')} losses within "
                     f"{b.get('initial_max_rel_diff', float('nan')):.0e}, mean loss within "
                     f"{b.get('trajectory_rel_diff', float('nan')):.0e} (relative)")
             data.append([path.name, "parity", f"{b.get('model')} training, CUDA against CPU", load, None, "CPU", None,
-                         None, b.get("agree"), nested(b, "provenance", "device"), b.get("threads")])
+                         None, b.get("agree"), _where(b)])
             continue
         if b.get("benchmark") == "eval":
             load = f"{b.get('detections'):,} detections, {b.get('images'):,} images"
             ours, base = b.get("faster-coco-eval_seconds"), b.get("pycocotools_seconds")
-            data.append([path.name, "eval", "COCO evaluation, faster-coco-eval backend", load, ours,
-                         "pycocotools (reference)", base, base / ours if ours and base else None,
-                         b.get("max_stat_difference", 1.0) < 1e-12, nested(b, "provenance", "device"), b.get("threads")])
+            data.append([path.name, "eval", "COCO evaluation, faster-coco-eval backend", load, _ms(ours),
+                         "pycocotools (reference)", _ms(base), base / ours if ours and base else None,
+                         b.get("max_stat_difference", 1.0) < 1e-12, _where(b)])
             continue
         if b.get("benchmark") == "aps":
             what, baseline, base_key = f"APS, {b.get('score')} score", "per-GT scikit-learn (released code)", "reference"
@@ -175,9 +186,8 @@ def bench_frame(bench_dir: str | Path) -> pd.DataFrame:
             load = (f"batch {b.get('batch_size')} at {'x'.join(map(str, size))}" + (f", {b['amp']}" if b.get("amp") else "")
                     + (", channels_last" if b.get("channels_last") else ""))
         ours, base = nested(b, "ours", "median_s"), nested(b, base_key, "median_s")
-        data.append([path.name, b.get("benchmark"), what, load, ours, baseline, base,
-                     base / ours if ours and base else None, b.get("identical"),
-                     nested(b, "provenance", "device"), b.get("threads")])
+        data.append([path.name, b.get("benchmark"), what, load, _ms(ours), baseline, _ms(base),
+                     base / ours if ours and base else None, b.get("identical"), _where(b)])
     return pd.DataFrame(data, columns=columns)
 
 

@@ -60,25 +60,35 @@ def _displayed(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def render_frame(frame: pd.DataFrame, collapsed: str = "", decimals: int | None = None, caption: str = ""
-                 ) -> HtmlFragment:
+def _significant(value: float) -> str:
+    """Three significant digits, whole numbers from 100 up (with thousands separators): 0.0266, 6.50, 10,365."""
+    if value != value:
+        return "—"
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:#.3g}".rstrip(".")
+
+
+def render_frame(frame: pd.DataFrame, collapsed: str = "", decimals: int | None = None, caption: str = "",
+                 significant: tuple[str, ...] = ()) -> HtmlFragment:
     """A plain frame as a compact HTML table that fits the page: small type, no index, cells and headers
-    HTML-escaped, text columns left-aligned (long ones kept at least 12em wide rather than wrapped a word a
+    HTML-escaped, text columns left-aligned (long ones kept at least 10em wide rather than wrapped a word a
     line, short ones unbroken), each float column to three significant digits of its median (:func:`_decimals`),
     a missing value as "—", booleans as yes/no, a named index as leading columns (:func:`_displayed`); ``decimals`` fixes the places of every float column;
-    ``caption`` above it; inside a ``<details>`` element titled ``collapsed`` when that is given."""
+    ``caption`` above it; the columns named in ``significant`` (times over orders of magnitude) to three
+    significant digits per value (:func:`_significant`); inside a ``<details>`` element titled ``collapsed`` when that is given."""
     frame = _displayed(frame)
     styles = [CELLS]
     for i, column in enumerate(frame.columns):
         if pd.api.types.is_numeric_dtype(frame[column]):
             continue
         longest = max((len(str(v)) for v in frame[column]), default=0)
-        props = "text-align: left" + ("; min-width: 12em" if longest > 30 else "; white-space: nowrap" if longest <= 16
+        props = "text-align: left" + ("; min-width: 10em" if longest > 30 else "; white-space: nowrap" if longest <= 16
                                       else "")
         styles.append({"selector": f"td.col{i}, th.col{i}", "props": props})
     styler = frame.style.format(escape="html", na_rep="—").format_index(escape="html", axis=1).hide(axis="index")
     for column in frame.columns:
-        if pd.api.types.is_float_dtype(frame[column]):
+        if column in significant:
+            styler = styler.format(_significant, subset=[column], na_rep="—")
+        elif pd.api.types.is_float_dtype(frame[column]):
             places = decimals if decimals is not None else _decimals(frame[column])
             styler = styler.format(precision=places, subset=[column], na_rep="—")
     if caption:
