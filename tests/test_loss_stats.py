@@ -6,7 +6,7 @@ import pytest
 
 from replicate.analysis.loss_stats import learned_seeds, reduction_holds, reduction_text, stat_at, stat_table
 from replicate.errors import ReplicateError
-from replicate.experiments.papers.mod import PAPER_STATS, STAT_ITERATIONS, STAT_TOTAL_ITERATIONS
+from replicate.experiments.papers.mod import PAPER_STATS, STAT_ITERATIONS, STAT_TOTAL_ITERATIONS, TABLE3
 
 
 def _record(values_at, iters=600, term="stat_loss_gap"):
@@ -50,12 +50,14 @@ def test_learned_seeds_pairs_the_rows_on_seeds_where_both_learned():
     run = lambda seed, ap: {"key": f"k{seed}", "seed": seed, "metrics": {"AP": ap}}
     runs = {"FCOS": [run(0, 0.001), run(1, 0.55), run(2, 0.56)],
             "FCOS+RFA": [run(0, 0.60), run(1, 0.61), run(2, 0.049), run(3, 0.62)]}
-    kept, notes = learned_seeds(runs)
+    kept, notes = learned_seeds(TABLE3, runs)
     assert [r["seed"] for r in kept["FCOS"]] == [1] and [r["seed"] for r in kept["FCOS+RFA"]] == [1]
-    assert notes == ["FCOS did not learn on seed 0", "FCOS+RFA did not learn on seed 2",
-                     "seed 3 is run for FCOS+RFA only"]
+    assert notes == ["seed 3 is run for FCOS+RFA only", "FCOS did not learn on seed 0",
+                     "FCOS+RFA did not learn on seed 2"]
+    assert learned_seeds(TABLE3, {"FCOS": [run(0, 0.001)], "FCOS+RFA": [run(0, 0.6)]}) == (
+        {"FCOS": [], "FCOS+RFA": []}, ["FCOS did not learn on seed 0"])  # no seed left: no runs
     claim = {"points": 5, "reduced": 5, "holds": True, "mean_reduction": 77.2968}
-    assert reduction_text("stat_loss_gap", claim, notes[:1], 1) == (
+    assert reduction_text("stat_loss_gap", claim, notes[1:2], 1) == (
         "RFA lowers `stat_loss_gap` at 5 of 5 points (the paper: at all 5); our mean reduction is 77.3 % over 1 "
         "seed, so the claim **holds**. Left out: FCOS did not learn on seed 0.")
     none = {"points": 5, "reduced": None, "holds": None, "mean_reduction": None}

@@ -23,31 +23,19 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 
 from ..errors import ReplicateError
-from ..experiments.claims import LEARNED_FLOOR
+from ..experiments.claims import compared_runs
+from ..experiments.spec import TableSpec
 
 Record = Mapping[str, Any]
 BASE, RFA = "FCOS", "FCOS+RFA"
 
 
-def learned_seeds(records_by_row: Mapping[str, Sequence[Record]]) -> tuple[dict[str, list[Record]], list[str]]:
-    """FCOS's and FCOS+RFA's runs on the seeds both have and where both learned (COCO AP at least
-    :data:`~replicate.experiments.claims.LEARNED_FLOOR` points), and one note per seed left out: which row's run
-    did not learn on it, or that only one row was run on it."""
-    by_seed = {row: {r.get("seed"): r for r in records_by_row.get(row, ())} for row in (BASE, RFA)}
-    kept: list[Any] = []
-    notes = []
-    for seed in sorted(set(by_seed[BASE]) | set(by_seed[RFA]), key=lambda s: (str(type(s)), s)):
-        missing = [row for row in (BASE, RFA) if seed not in by_seed[row]]
-        if missing:
-            notes.append(f"seed {seed} is run for {(set((BASE, RFA)) - set(missing)).pop()} only")
-            continue
-        failed = [row for row in (BASE, RFA) if not 100 * (by_seed[row][seed].get("metrics") or {}).get("AP", 0.0)
-                  >= LEARNED_FLOOR]
-        if failed:
-            notes.append(f"{' and '.join(failed)} did not learn on seed {seed}")
-        else:
-            kept.append(seed)
-    return {row: [by_seed[row][s] for s in kept] for row in (BASE, RFA)}, notes
+def learned_seeds(spec: TableSpec, records_by_row: Mapping[str, Sequence[Record]]
+                  ) -> tuple[dict[str, list[Record]], list[str]]:
+    """FCOS's and FCOS+RFA's runs on the seeds both have and where both learned, and one note per seed left
+    out: the runs the claims of ``spec`` (MOD Table 3 or 4) would read (:func:`~.claims.compared_runs`)."""
+    base, rfa, notes = compared_runs(spec, BASE, RFA, records_by_row)
+    return {BASE: base, RFA: rfa}, list(notes)
 
 
 def reduction_text(term: str, claim: Mapping[str, Any], left_out: Sequence[str], seeds: int) -> str:

@@ -267,6 +267,16 @@ def _compared(spec: TableSpec, a: str, b: str, records_by_row: RecordsByRow, sta
     return ka, kb, row_stats(spec, spec.row(a), ka), row_stats(spec, spec.row(b), kb), notes + more, True
 
 
+def compared_runs(spec: TableSpec, a: str, b: str, records_by_row: RecordsByRow
+                  ) -> tuple[list[Record], list[Record], tuple[str, ...]]:
+    """The runs of rows ``a`` and ``b`` that a comparison of the two reads, as the claims read them: on the
+    seeds both were run on and where both learned, with one note per seed left out; no runs when no such
+    seed is left. For analyses beside the claims (MOD Tables 3-4's loss statistics) that must read the same
+    runs."""
+    ra, rb, _, _, notes, learned = _compared(spec, a, b, records_by_row, _all_stats(spec, records_by_row))
+    return (list(ra), list(rb), notes) if learned else ([], [], notes)
+
+
 def claim_results(spec: TableSpec, records_by_row: RecordsByRow) -> list[ClaimResult]:
     """Each of the table's claims on our runs: it holds when our mean of ``better`` exceeds ``worse``'s,
     on the seeds where both rows' runs learned (see the module docstring).

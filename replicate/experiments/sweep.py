@@ -300,15 +300,20 @@ def plan(profile: str, seeds: int = 1, *, results_dir: str | Path = "results", d
     runs = merge_requests([r for papers in REGISTRY.values() for spec in papers.values()
                            for r in requests_for(spec, profile, seeds, results_dir=results_dir)])
     missing = sum(not is_complete(store, r) for r in runs)
-    seconds = [rec["timings"].get("train_seconds") for rec in store.records(profile)]
-    seconds = sorted(s for s in seconds if s)
-    if seconds:
-        return RunPlan(len(runs), missing, seconds[len(seconds) // 2] / 60, True)
+    measured = _measured_minutes(store, profile)
+    if measured is not None:
+        return RunPlan(len(runs), missing, measured, True)
     if device is None:
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return RunPlan(len(runs), missing, profiles.get(profile).minutes.get(device, 60.0), False, device)
+
+
+def _measured_minutes(store: ResultsStore, profile: str) -> float | None:
+    """The median training minutes of the profile's finished runs, or ``None`` without any."""
+    seconds = sorted(s for s in (rec["timings"].get("train_seconds") for rec in store.records(profile)) if s)
+    return seconds[len(seconds) // 2] / 60 if seconds else None
 
 
 def progress(profile: str, seeds: int, *, results_dir: str | Path = "results",
@@ -319,7 +324,9 @@ def progress(profile: str, seeds: int, *, results_dir: str | Path = "results",
     each."""
     load_papers()
     store = ResultsStore(results_dir)
-    minutes = plan(profile, seeds, results_dir=results_dir).minutes_per_run
+    minutes = _measured_minutes(store, profile)
+    if minutes is None:
+        minutes = plan(profile, seeds, results_dir=results_dir).minutes_per_run  # the profile's guess
     rows = []
     for paper in sorted(papers if papers is not None else REGISTRY):
         runs = merge_requests([r for spec in REGISTRY.get(paper, {}).values()
