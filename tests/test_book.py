@@ -128,7 +128,7 @@ def test_book_builds_on_smoke(smoke_book):
     assert "positives per object" in calibration  # the assignment statistic runs on any profile
     provenance = (html / "executed" / "appendix" / "provenance.html").read_text()
     assert "table rows" in provenance and "train min" in provenance  # the runs, and the rows each serves
-    assert "baseline median s" in provenance and "speed-up" in provenance
+    assert "baseline ms" in provenance and "speed-up" in provenance
     assert "Traceback" not in provenance
     assert "Checking a number" in provenance and "replicate verify " in provenance
     for paper in ("mod", "aligndet", "retinanet_conf", "salt", "tsd"):
