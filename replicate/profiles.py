@@ -68,7 +68,7 @@ SYNTHETIC_DATA = SynthProfile(
 # Objects of sqrt(area) 20 to 200 px (log-uniform, shrunk to fit) in 160-208 px images. Measured on 400
 # sampled layouts: COCO's small / medium / large buckets hold 28 / 53 / 19 % of the objects, and 94 % of
 # them have a RetinaNet anchor of IoU >= 0.5 at the proxy scale (16-150 px gave 39 / 50 / 11 %, too few
-# large objects; see the calibration page, analysis.benchmark.anchor_coverage).
+# large objects; see the calibration page, analysis.benchmark.dataset.anchor_coverage).
 PROXY_DATA = SynthProfile(
     name="proxy", n_train=3000, n_val=400, image_side=(160, 208), objects_per_image=(2, 6), sqrt_area=(20.0, 200.0),
     crowded_objects=(10, 16),
