@@ -513,7 +513,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", choices=["local", "slurm", "debug"], default="local",
                    help="local: subprocesses on this machine (default); slurm: a SLURM job array; "
                         "debug: in this process, one run after the other")
-    p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per row (default 1)")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="seeds 0..N-1 per row (default 1); a one-seed check table (benchmark:precision) caps it")
     p.add_argument("--cluster", default=None,
                    help="with --executor slurm: a cluster profile, a name from slurm/clusters/ or a YAML file "
                         "(partition, account, GPUs, time limit, ...)")

@@ -5,10 +5,10 @@ import pytest
 from replicate.experiments.spec import Claim, Row, SpecError, TableSpec, run_config, validate
 
 
-def _spec(rows=None, claims=(), metrics=("AP", "AP50")):
+def _spec(rows=None, claims=(), metrics=("AP", "AP50"), seeds=None):
     rows = rows if rows is not None else (Row("FCOS*", "fcos", paper={"AP": 38.6, "AP50": 57.4}),
                     Row("+GIoU quality", "fcos_giou", {"head.center_radius": 2.0}, {"iters": 7}, paper={"AP": 39.2}))
-    return TableSpec("demo", "table1", "Demo", "Demo paper, Table 1", metrics, tuple(rows), tuple(claims))
+    return TableSpec("demo", "table1", "Demo", "Demo paper, Table 1", metrics, tuple(rows), tuple(claims), seeds=seeds)
 
 
 def test_valid_spec_and_run_config():
@@ -25,6 +25,7 @@ def test_valid_spec_and_run_config():
     (_spec(metrics=("AP", "mAP")), "unknown metrics \\['mAP'\\]"),
     (_spec(rows=(Row("a", "fcos"), Row("a", "atss"))), "duplicate row labels \\['a'\\]"),
     (_spec(rows=(Row("a", "yolo"),)), "row 'a': unknown model 'yolo'"),
+    (_spec(seeds=0), "seeds must be at least 1 \\(got 0\\)"),
     (_spec(rows=(Row("a", "fcos", paper={"APs": 20.0}),)), "metrics \\['APs'\\] not in the table"),
     (_spec(rows=(Row("a", "fcos", paper={"AP": "38.6"}),)), "must be numbers"),
     (_spec(claims=(Claim("x", "FCOS*", "nope"),)), "unknown row 'nope'"),

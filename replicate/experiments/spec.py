@@ -77,10 +77,15 @@ class TableSpec:
     reference: str | None = None  # the row effects are measured from (default: the first reproduced row)
     profile_train_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # profile -> TrainConfig
     # changes for every row on that profile: the paper's recipe where it differs, e.g. {"coco": {"scale": "1000x600"}}
+    seeds: int | None = None  # at most this many seeds whatever a profile asks (a one-seed check); None: no cap
 
     @property
     def key(self) -> str:
         return f"{self.paper}:{self.table}"
+
+    def seeds_for(self, seeds: int) -> int:
+        """The seeds this table runs and reads when ``seeds`` are asked for: ``seeds``, capped by :attr:`seeds`."""
+        return min(seeds, self.seeds) if self.seeds is not None else seeds
 
     def row(self, label: str) -> Row:
         for r in self.rows:
@@ -117,6 +122,8 @@ def validate(spec: TableSpec) -> None:
     dupes = sorted({lab for lab in labels if labels.count(lab) > 1})
     if dupes:
         raise SpecError(f"{where}: duplicate row labels {dupes}")
+    if spec.seeds is not None and spec.seeds < 1:
+        raise SpecError(f"{where}: seeds must be at least 1 (got {spec.seeds}), or None for no cap")
     from ..profiles import NAMES as profiles
 
     for owner, overrides in [(where, spec.profile_train_overrides),
