@@ -53,6 +53,24 @@ def test_provenance_frame():
     assert inside.loc["cpu", "check one"] == "replicate verify results/smoke/base-s0.json"
 
 
+def test_a_resumed_run_names_the_commits_of_its_earlier_attempts():
+    def attempt(commit, dirty=False):
+        return {"started": "2026-01-01T00:00:00", "commit": commit, "dirty": dirty, "hostname": "h"}
+
+    one = _record(0, 0.3)
+    one["provenance"]["attempts"] = [attempt("0123456789abcdef")]
+    resumed = _record(1, 0.3)
+    resumed["provenance"]["attempts"] = [attempt("fedcba9876543210", dirty=True), attempt("0123456789abcdef")]
+    legacy = _record(2, 0.3)
+    legacy["provenance"].update(attempts=[attempt("0123456789abcdef")], attempts_unrecorded=2)
+    frame = appendix.provenance_frame([one, resumed, legacy, _record(3, 0.3)])
+    assert list(frame["commit"]) == ["01234567", "01234567 (earlier attempts at fedcba98)",
+                                     "01234567 (resumed; 2 earlier attempts unrecorded)", "01234567"]
+    # the checkout state is any attempt's: the first attempt of the resumed run trained uncommitted code
+    assert list(frame["dirty"]) == [False, True, False, False]
+    assert appendix.dirty_state({"key": "bare"}) is None
+
+
 def test_bench_and_environment_frames(tmp_path):
     (tmp_path / "train-step_fcos_cpu.json").write_text(json.dumps({
         "benchmark": "train-step", "model": "fcos", "batch_size": 2, "size": [512, 512],

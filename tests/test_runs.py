@@ -244,7 +244,27 @@ def test_interrupted_run_is_not_recorded_and_resumes(swept, tmp_path, monkeypatc
     assert record["metrics"] == finished["metrics"]
     for term, summary in finished["loss_summary"].items():
         assert record["loss_summary"][term] == summary, term  # the resumed log equals the uninterrupted one
-    assert json.loads((request.run_dir / "run.json").read_text())["attempts"] == 2
+    info = json.loads((request.run_dir / "run.json").read_text())
+    assert info["attempts"] == 2 and len(info["history"]) == 2
+    # each attempt's code version is in the record: a resumed run trained under both attempts' commits
+    attempts = record["provenance"]["attempts"]
+    assert attempts == info["history"] and "attempts_unrecorded" not in record["provenance"]
+    assert [a["commit"] for a in attempts] == [record["provenance"]["commit"]] * 2
+    assert all(set(a) == {"started", "commit", "dirty", "hostname"} for a in attempts)
+
+
+def test_a_run_resumed_from_an_older_work_folder_counts_the_attempts_it_did_not_describe(tmp_path):
+    request = demo_request_for(tmp_path)
+    request.run_dir.mkdir(parents=True)
+    # run.json as code before the attempt history wrote it: one attempt, no history
+    (request.run_dir / "run.json").write_text(json.dumps({"started": "2026-01-01T00:00:00+00:00", "attempts": 1}))
+    info = runs._start_attempt(request, request.run_dir)
+    assert info["attempts"] == 2 and len(info["history"]) == 1 and info["started"] == "2026-01-01T00:00:00+00:00"
+    (request.run_dir / "log.jsonl").write_text(json.dumps({"iter": 1, "loss": 1.0}) + "\n")
+    result = {"provenance": {"commit": "abc", "dirty": False}, "metrics": None, "timings": {}}
+    provenance = runs.build_record(request, result, info)["provenance"]
+    assert provenance["attempts"] == info["history"] and provenance["attempts_unrecorded"] == 1
+    assert provenance["started"] == "2026-01-01T00:00:00+00:00"
 
 
 def test_ensure_runs(swept, tmp_path):

@@ -56,16 +56,39 @@ def provenance_frame(records: Sequence[Record], uses: Mapping[str, Sequence[tupl
         records = sorted(records, key=lambda r: (order.get(r.get("key"), len(order)), r.get("seed") or 0))
     data = []
     for r in records:
-        commit, ap = nested(r, "provenance", "commit"), nested(r, "metrics", "AP")
+        ap = nested(r, "metrics", "AP")
         seconds = nested(r, "timings", "train_seconds")
         data.append([r.get("key"), uses_text(uses.get(r.get("key"), ())) if uses is not None else r.get("model"),
                      r.get("profile"), r.get("seed"),
                      round(100 * ap, 1) if isinstance(ap, (int, float)) else None,
-                     commit[:8] if isinstance(commit, str) else None, nested(r, "provenance", "dirty"),
+                     commit_text(r), dirty_state(r),
                      nested(r, "provenance", "device"), nested(r, "provenance", "versions", "torch"),
                      _utc_minute(nested(r, "provenance", "finished")),
                      round(seconds / 60, 1) if isinstance(seconds, (int, float)) else None])
     return pd.DataFrame(data, columns=columns)
+
+
+def commit_text(record: Record) -> str | None:
+    """The record's commit, short; for a run resumed from a checkpoint also the commits its earlier attempts
+    trained under (``5d9473ed (earlier attempts at 5a42ab7d)``), or how many earlier attempts went unrecorded."""
+    commit = nested(record, "provenance", "commit")
+    if not isinstance(commit, str):
+        return None
+    earlier = [a.get("commit") for a in (nested(record, "provenance", "attempts") or [])[:-1]]
+    earlier = [c[:8] for c in dict.fromkeys(earlier) if isinstance(c, str) and c != commit]
+    text = commit[:8] + (f" (earlier attempts at {', '.join(earlier)})" if earlier else "")
+    unrecorded = nested(record, "provenance", "attempts_unrecorded")
+    if unrecorded:
+        text += f" (resumed; {unrecorded} earlier attempt{'s' if unrecorded != 1 else ''} unrecorded)"
+    return text
+
+
+def dirty_state(record: Record) -> bool | None:
+    """Whether any attempt of the run trained from a checkout with uncommitted changes (``None``: unrecorded)."""
+    states = [a.get("dirty") for a in nested(record, "provenance", "attempts") or []]
+    states.append(nested(record, "provenance", "dirty"))
+    known = [s for s in states if isinstance(s, bool)]
+    return any(known) if known else None
 
 
 def _utc_minute(stamp: Any) -> Any:

@@ -37,7 +37,7 @@ from ..errors import ReplicateError
 from ..io import atomic_write_json, read_json
 from ..models.detector import DetectorConfig
 from ..models.postprocess import TestConfig
-from ..provenance import jsonable
+from ..provenance import code_version, jsonable
 from .spec import TableSpec, run_config
 from .store import Record, ResultsStore, run_key, test_key
 
@@ -238,7 +238,7 @@ def _execute_locked(request: RunRequest, main: bool) -> Record | None:
             raise RunInterrupted(f"run {request.describe()} interrupted at iteration {result['iteration']}/"
                                  f"{request.train.iters}; running it again resumes from {result['checkpoint']}")
         if main:
-            record = build_record(request, result, info["started"])
+            record = build_record(request, result, info)
             path = store.put(record)
             print(f"run {request.describe()}: finished, recorded in {path}", flush=True)
     if not main:
@@ -259,28 +259,38 @@ def _execute_locked(request: RunRequest, main: bool) -> Record | None:
 
 
 def _start_attempt(request: RunRequest, out: Path) -> dict[str, Any]:
-    """Update ``run.json`` in the work folder (first start kept, attempts counted) and return it."""
+    """Update ``run.json`` in the work folder (first start kept, attempts counted, each attempt's start,
+    code version and host appended to ``history``) and return it."""
     path = out / RUN_INFO
     previous = read_json(path, what="run info") if path.is_file() else {}
+    now = utc_now()
+    attempt = {"started": now, **code_version(), "hostname": socket.gethostname()}
     info = {"key": request.key, "spec_key": request.spec_key, "row": request.row_label,
             "profile": request.profile, "seed": request.seed, "model": request.model.name,
-            "iters": request.train.iters, "started": previous.get("started", utc_now()),
-            "attempts": previous.get("attempts", 0) + 1, "last_attempt": utc_now(),
+            "iters": request.train.iters, "started": previous.get("started", now),
+            "attempts": previous.get("attempts", 0) + 1, "last_attempt": now,
+            "history": [*previous.get("history", []), attempt],
             "hostname": socket.gethostname(), "job_id": job_id()}
     atomic_write_json(path, info, indent=1)
     return info
 
 
-def build_record(request: RunRequest, result: dict[str, Any], started: str) -> Record:
+def build_record(request: RunRequest, result: dict[str, Any], info: dict[str, Any]) -> Record:
     """The store's record of a finished ``train()`` result (see :mod:`.store` for the fields).
 
     The provenance is that of ``metrics.json`` without its copies of the configuration (the record
-    has it under ``config``), plus where and when the run ran and the command that asked for it.
+    has it under ``config``), plus where and when the run ran, the command that asked for it and, from
+    ``info`` (:func:`_start_attempt`'s), its attempts: a run resumed from a checkpoint trained under each
+    attempt's commit (``attempts``: start, commit, dirty, host per attempt; ``attempts_unrecorded``: the
+    earlier ones a work folder of older code did not describe). Its ``commit`` is the last attempt's.
     """
     out = request.run_dir
     provenance = {k: v for k, v in result["provenance"].items() if k not in ("config", "train_config")}
-    provenance.update(hostname=socket.gethostname(), started=started, finished=utc_now(),
-                      command=list(request.command or sys.argv), job_id=job_id())
+    history = info.get("history", [])
+    provenance.update(hostname=socket.gethostname(), started=info["started"], finished=utc_now(),
+                      command=list(request.command or sys.argv), job_id=job_id(), attempts=history)
+    if info.get("attempts", len(history)) > len(history):
+        provenance["attempts_unrecorded"] = info["attempts"] - len(history)
     return {
         "key": request.key,
         "profile": request.profile,

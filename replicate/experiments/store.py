@@ -3,7 +3,8 @@
 A run is a (model config, training config, data profile, seed); :func:`run_key` names it by the hash of
 exactly what determines its result, so that the same run asked for by two tables is trained once and a
 changed configuration is a new run. Records live at ``ROOT/<profile>/<key>.json`` (``results/`` by
-default: ``results/synthetic/`` is committed with the repository, ``results/smoke/`` is not). A record
+default: the book's ``results/proxy/`` and its dial profiles are committed with the repository,
+``results/smoke/`` is not). A record
 holds the run's metrics, a summary of its loss curves, timings and provenance; checkpoints, logs and
 detections stay in the run's work folder (``work/runs/<profile>/<key>/``), which the record names.
 
@@ -12,7 +13,9 @@ Record fields: ``key``, ``profile``, ``seed``, ``model`` (preset name), ``config
 trained with), ``evaluations`` (test-config key -> ``test`` and ``metrics``: every test-time variant the
 trained model was evaluated under, see :mod:`replicate.engine.evaluate`), ``loss_summary`` (per loss term:
 ``first``, ``last``, ``min``, ``curve``), ``timings``, ``provenance`` (that of ``metrics.json`` plus
-``hostname``, ``started``, ``finished``, ``command``, ``job_id``) and ``work_dir``.
+``hostname``, ``started``, ``finished``, ``command``, ``job_id`` and ``attempts``: per attempt its start,
+commit, checkout state and host, since a run resumed from a checkpoint trained under each attempt's code)
+and ``work_dir``.
 """
 
 from __future__ import annotations
