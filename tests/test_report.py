@@ -117,6 +117,23 @@ def test_a_collapsed_seed_is_left_out_of_the_claim_and_counted_in_the_status():
                                              "status": "2 runs, 1 did not learn"}]
 
 
+def test_seedwise_text_gives_each_seed_s_difference_on_the_seeds_a_comparison_reads():
+    runs = {"base": [record("base", s, ap, 0.5) for s, ap in ((0, 0.300), (1, 0.320), (2, 0.004))],
+            "+RFA": [record("+RFA", s, ap, 0.5) for s, ap in ((0, 0.335), (1, 0.340), (2, 0.350))],
+            "+APS": [record("+APS", s, ap, 0.5) for s, ap in ((1, 0.310), (0, 0.310))]}
+    # seed 2 is left out (base did not learn); the rest in seed order, paper units
+    assert report.seedwise_text(SPEC, runs, "+RFA", "base") == (
+        "+RFA is above base at each of the 2 seeds run (AP difference seed 0: +3.5, seed 1: +2.0).")
+    assert report.seedwise_text(SPEC, runs, "base", "+RFA") == (
+        "base is below +RFA at each of the 2 seeds run (AP difference seed 0: -3.5, seed 1: -2.0).")
+    assert report.seedwise_text(SPEC, runs, "+APS", "base") == (
+        "+APS is above base at seed 0 and not above it at seed 1 (AP difference seed 0: +1.0, seed 1: -1.0).")
+    one = {"base": runs["base"][:1], "+RFA": runs["+RFA"][:1]}
+    assert report.seedwise_text(SPEC, one, "+RFA", "base").startswith("+RFA is above base at the one seed run")
+    assert report.seedwise_text(SPEC, {"base": runs["base"][2:], "+RFA": runs["+RFA"][2:]}, "+RFA", "base") == (
+        "+RFA and base: no seed yet at which both were run and learned.")
+
+
 def test_claim_on_the_learned_seeds_keeps_its_paired_spread():
     # base collapses on seed 1 of three; seeds 0 and 2 give differences 3.0 and 3.2 AP: mean 3.1, standard
     # error sd([3.0, 3.2]) / sqrt(2) = 0.1 on 1 degree of freedom: 95 % interval 12.71 * 0.1 = 1.27 < 3.1: holds

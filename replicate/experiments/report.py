@@ -33,7 +33,7 @@ import pandas as pd
 from ..errors import ReplicateError
 from ..io import atomic_write_json, read_json
 from .claims import (CONFIDENCE, SEEDS_LIMIT, ClaimResult, RecordsByRow, RowStats, _all_stats,
-                     claim_results, effects, main_metric, reference_row, resolvable_margin)
+                     claim_results, compared_runs, effects, main_metric, reference_row, resolvable_margin)
 from .rendering import HtmlFragment, html_table
 from .spec import Row, TableSpec
 
@@ -272,6 +272,35 @@ def render_table(spec: TableSpec, records_by_row: RecordsByRow, seeds: int | Non
     note = f"<p><em>{html.escape(spec.note)}</em></p>" if spec.note else ""
     return HtmlFragment(table + legend + row_notes(spec) + details + note + "<p><strong>Claims</strong></p>"
                         + render_claims(spec, records_by_row))
+
+
+def seedwise_text(spec: TableSpec, records_by_row: RecordsByRow, row: str, reference: str, metric: str = "AP") -> str:
+    """Where ``row`` stands against ``reference`` seed by seed, on the seeds a comparison of the two reads
+    (:func:`~.claims.compared_runs`: both run, both learned), as one sentence with each seed's difference
+    in ``metric`` (paper units). For a page whose argument turns on the sign at every seed, not on the mean."""
+    ra, rb, _ = compared_runs(spec, row, reference, records_by_row)
+    by_seed = {r["seed"]: r for r in rb}
+    diffs = sorted((r["seed"], spec.paper_scale * ((r["metrics"] or {}).get(metric, math.nan)
+                                                   - (by_seed[r["seed"]]["metrics"] or {}).get(metric, math.nan)))
+                   for r in ra if r["seed"] in by_seed)
+    diffs = [(s, d) for s, d in diffs if not math.isnan(d)]
+    if not diffs:
+        return f"{row} and {reference}: no seed yet at which both were run and learned."
+    each = ", ".join(f"seed {s}: {d:+.1f}" for s, d in diffs)
+    above, below = [s for s, d in diffs if d > 0], [s for s, d in diffs if d < 0]
+    every = "at the one seed run" if len(diffs) == 1 else f"at each of the {len(diffs)} seeds run"
+    if len(above) == len(diffs):
+        where = f"above {reference} {every}"
+    elif len(below) == len(diffs):
+        where = f"below {reference} {every}"
+    else:
+        where = (f"above {reference} at seed{'s' if len(above) != 1 else ''} {_seeds(above)} and not above it at "
+                 f"seed{'s' if len(diffs) - len(above) != 1 else ''} {_seeds([s for s, _ in diffs if s not in above])}")
+    return f"{row} is {where} ({metric} difference {each})."
+
+
+def _seeds(seeds: Sequence[int]) -> str:
+    return ", ".join(map(str, seeds)) or "none"
 
 
 def _json_number(value: float | None) -> float | None:
