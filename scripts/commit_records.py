@@ -44,8 +44,9 @@ def _short(commit: object) -> str:
 
 
 def describe(record: Record, uses: dict[str, list[tuple[str, str]]]) -> str:
-    """``mod:table2 'FCOS' seed 2 (AP 59.3)``: the first table row the run serves (and how many more)."""
-    rows = uses.get(record["key"], [])
+    """``mod:table2 'FCOS' seed 2 (AP 59.3)``: the first table row the run serves, a paper's numbered table
+    before its other pages (code variants, figures), and how many more rows it serves."""
+    rows = sorted(uses.get(record["key"], []), key=lambda pair: not pair[0].partition(":")[2].startswith("table"))
     what = f"{rows[0][0]} '{rows[0][1]}'" if rows else f"{record['model']} (no table reads it)"
     more = f" (+{len(rows) - 1} more rows)" if len(rows) > 1 else ""
     ap = (record.get("metrics") or {}).get("AP")

@@ -39,3 +39,5 @@ def test_a_resumed_run_and_a_second_provenance_are_said():
     uses = {resumed["key"]: [("mod:table1", "Reg-loss"), ("mod:table3", "FCOS"), ("mod:table4", "FCOS")]}
     assert commit_records.describe(resumed, uses).startswith("mod:table1 'Reg-loss' (+2 more rows) seed 2 (AP ")
     assert commit_records.describe(resumed, {}).startswith("mod (no table reads it) seed 2 (AP ")
+    variants_first = {resumed["key"]: [("mod:code_variants", "MOD (paper)"), ("mod:table2", "MOD")]}
+    assert commit_records.describe(resumed, variants_first).startswith("mod:table2 'MOD' (+1 more rows) seed 2")
