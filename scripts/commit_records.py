@@ -93,11 +93,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     text = message(records, args.seeds)
-    print(text)
-    if not args.dry_run:
+    if not args.dry_run:  # committed before anything is printed, so that a closed output cannot stop it
         subprocess.run(["git", "add", "--", *map(str, paths)], cwd=ROOT, check=True)
         subprocess.run(["git", "commit", "-q", "-F", "-", "--", *map(str, paths)], cwd=ROOT, input=text,
                        text=True, check=True)
+    print(text)
     return 0
 
 
