@@ -7,7 +7,7 @@
 #   UNTIL=02:10 setsid nohup scripts/sweep_evidence.sh > ../sweep.log 2>&1 < /dev/null &
 #
 # Records land in RESULTS (default: this checkout's results/); commit them as they land:
-#   git add results/proxy*/*.json && git commit -m "Proxy records: ..."
+#   python scripts/commit_records.py   (the message names each record's row, seed, AP, device and commit)
 # Stop early: replicate stop --work WORK (runs checkpoint and stop; no step starts after it). Killing
 # the process group instead would have submitit requeue the runs (preemption), which go on training.
 set -uo pipefail
@@ -79,4 +79,7 @@ DEFAULT_EVIDENCE=$DEFAULT_EVIDENCE,retinanet_conf:code_variants,mod:code_variant
 EVIDENCE="${EVIDENCE:-$DEFAULT_EVIDENCE}"
 sweep "$EVIDENCE" 2
 sweep "$EVIDENCE" 3
+# 3. the schedule table's longer rows at 3 seeds (its 1200- and 9600-iteration rows hold seed 0 only: 6 runs,
+#    about 8.5 run-equivalents); the one-seed checks (precision, dial, backbone) cap their own seeds
+sweep benchmark:schedule 3
 echo "== $(date +%H:%M) sweep_evidence done"
