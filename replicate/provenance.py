@@ -87,18 +87,35 @@ def versions() -> dict[str, str]:
 
 
 def device_name(device: torch.device | str | None = None) -> str:
-    """The CUDA device's name, or the CPU model (from /proc/cpuinfo where there is one)."""
+    """The CUDA device's name, or the CPU's: its model with the instruction set of PyTorch's CPU kernels, whether
+    it computes bf16 natively, and its family and model numbers, e.g. ``AMD EPYC (AVX512, BF16; family 25,
+    model 17)``. A virtual machine's model name alone ("AMD EPYC") covers CPUs from AVX2-only to AVX-512 BF16,
+    on which the same run gives other float results; the rest tells them apart."""
     device = torch.device(device) if device is not None else None
     if device is not None and device.type == "cuda" and torch.cuda.is_available():
         return torch.cuda.get_device_name(device)
+    info = _cpuinfo()
+    name = info.get("model name") or platform.processor() or platform.machine()
+    isa = [torch.backends.cpu.get_cpu_capability()]
+    if {"avx512_bf16", "amx_bf16"} & set(info.get("flags", "").split()):
+        isa.append("BF16")
+    where = f"; family {info['cpu family']}, model {info['model']}" if {"cpu family", "model"} <= set(info) else ""
+    return f"{name} ({', '.join(isa)}{where})"
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo ({} where there is none)."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
             for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    break
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return fields
 
 
 def provenance(config: Any, *, device: torch.device | str | None = None, world_size: int = 1) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 benchmark's per-GT reference selects the same points as the batched aps_select."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,6 +33,19 @@ def test_bench_train_step_names_the_gpu_it_ran_on(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
     out = write_result({"benchmark": "train-step", "model": "fcos", "device": "cuda"}, tmp_path / "r.json")
     assert json.loads(out.read_text())["provenance"]["device"] == "NVIDIA H200"
+
+
+def test_bench_train_step_default_file_name_is_plain(tmp_path, monkeypatch):
+    """The default file name carries the device with its instruction set, in plain characters only."""
+    from replicate import provenance
+    from replicate.bench.train_step import write_result
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(provenance, "device_name", lambda device=None: "AMD EPYC (AVX512, BF16; family 25, model 17)")
+    out = write_result({"benchmark": "train-step", "model": "fcos", "device": "cpu", "amp": "bf16",
+                        "channels_last": True})
+    assert out == Path("results/bench/train-step_fcos_AMD-EPYC-AVX512-BF16-family-25-model-17_bf16_cl.json")
+    assert json.loads(out.read_text())["provenance"]["device"] == "AMD EPYC (AVX512, BF16; family 25, model 17)"
 
 
 def test_bench_rejects_bad_size(capsys):

@@ -14,6 +14,7 @@ book's performance appendix.
 
 from __future__ import annotations
 
+import re
 import statistics
 import time
 from dataclasses import replace
@@ -143,7 +144,7 @@ def write_result(result: dict, out: Path | None = None) -> Path:
                                                   ("benchmark", "model", "batch_size", "size", "amp",
                                                    "channels_last")}, device=result.get("device"))}
     if out is None:
-        device = record["provenance"]["device"].replace(" ", "-").replace("/", "-")
+        device = re.sub(r"[^A-Za-z0-9.]+", "-", record["provenance"]["device"]).strip("-")  # AMD-EPYC-AVX2-family-23-...
         tags = "".join(f"_{t}" for t in (result.get("amp"), "cl" if result.get("channels_last") else None) if t)
         out = Path("results/bench") / f"{result['benchmark']}_{result['model']}_{device}{tags}.json"
     atomic_write_json(out, record)

@@ -12,9 +12,10 @@ learning rate, horizontal flips and a small random shift of each crop per epoch.
 state dict in torchvision's names (``<name>-<sha256[:8]>.pt``: the content names the file, so a run's
 config, which names the file, changes with the weights) and, beside it, the ``.json``: what it was trained
 on (the data manifest), the settings, the held-out accuracy (a slice of the training split's objects)
-and provenance. The same settings on the same CPU model give the same weights; another maker's CPU gives
-other weights. Only the ``.json`` is committed; :func:`ensure_pretrained` re-makes a missing weights
-file from it (checking its SHA-256) on the CPU model the record names.
+and provenance. The same settings on the same CPU model give the same weights; another CPU (another maker's,
+or the same maker's with another instruction set: AVX2 against AVX-512 BF16) gives other weights. Only the
+``.json`` is committed; :func:`ensure_pretrained` re-makes a missing weights file from it (checking its
+SHA-256) on a CPU like the one the record names.
 
 ``zero_init_residual`` starts each residual block's last BatchNorm scale at 0, so that every block begins
 as the identity (Goyal et al. 2017, "Accurate, large minibatch SGD", Sec. 5.1; torchvision's ResNet
@@ -205,8 +206,9 @@ def ensure_pretrained(weights: str | None, *, profile: str | None = None, data_r
                       progress: bool = True) -> None:
     """Re-make a profile's pretrained backbone from its committed record when the weights file is absent.
 
-    Pretraining is deterministic on one CPU model (one thread), not across CPU makers (MKL and oneDNN run
-    other kernels): on another maker's CPU the file must be copied from a machine of the record's model.
+    Pretraining is deterministic on one CPU model (one thread), not across CPU models or instruction sets (MKL
+    and oneDNN run other kernels on AVX2 than on AVX-512, and bf16 natively or not): on another CPU the file
+    must be copied from a machine like the record's (its provenance ``device``).
     An absent file is re-made from the record's settings (``profile``'s ``data_root`` is
     used when the record was trained on that profile) and must hash to the recorded SHA-256, else it is
     deleted and an error names the record's CPU and this one. Weights without such a record are left to
@@ -230,8 +232,12 @@ def ensure_pretrained(weights: str | None, *, profile: str | None = None, data_r
         (path.parent / made["weights"]).unlink(missing_ok=True)
         recorded = (doc.get("provenance") or {}).get("device") or "an unrecorded CPU"
         here = device_name("cpu")
-        why = (f"it was pretrained on {recorded!r} and this machine is {here!r}: another CPU runs other float "
-               "kernels" if recorded != here else "same CPU model: library versions or thread count differ?")
+        if recorded == here:
+            why = f"on the record's CPU, {here!r}: library versions or thread count differ?"
+        else:
+            why = f"it was pretrained on {recorded!r} and this machine is {here!r}: another CPU runs other float kernels"
+            if "(" not in recorded:
+                why += " (the record names the CPU model only, as records did before 2026-12-05: not its instruction set)"
         raise ReplicateError(f"{sidecar}: re-made weights hash to {made['sha256'][:12]}, not the recorded "
                              f"{doc['sha256'][:12]}; pretraining did not reproduce here ({why}), so runs on these "
                              f"weights cannot be made here. Copy the recorded file to {path} from a machine that "

@@ -5,10 +5,10 @@ profile and the seed). Verification finds the registered table row whose run has
 the row's configuration today is the record's (``config``), trains it from scratch in a scratch folder
 (never the results store) and compares every COCO metric and the loss curves' first, last and lowest
 values of the new run with the stored ones: equal to the last bit, as the same config on CPU with the
-same thread count gives the same numbers. That promise holds on the CPU model the record names
-(``provenance.device``): another maker's CPU runs other float kernels (MKL and oneDNN dispatch by vendor
-and instruction set), so a re-run there differs in the last bits and soon in the metrics; the report says
-so when the two machines differ.
+same thread count gives the same numbers. That promise holds on a CPU like the one the record names
+(``provenance.device``: the model, and since 2026-12-05 its instruction set and family): another CPU runs
+other float kernels (MKL and oneDNN dispatch by vendor and instruction set), so a re-run there differs in
+the last bits and soon in the metrics; the report says so when the two machines differ.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class Verification:
         lines = [f"  {k}: stored {a!r}, re-trained {b!r}" for k, (a, b) in sorted(self.differences.items())]
         if not self.same_machine:
             lines.append(f"  recorded on {self.recorded_on!r}, re-trained on {self.here!r}: exact reproduction is "
-                         "promised on the record's CPU model only (other float kernels run on another CPU)")
+                         "promised on a CPU like the record's only (other float kernels run on another CPU)")
         return "\n".join([f"{head}: NOT reproduced ({len(self.differences)} metric(s) differ)", *lines])
 
 
