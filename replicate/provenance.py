@@ -96,11 +96,15 @@ def device_name(device: torch.device | str | None = None) -> str:
         return torch.cuda.get_device_name(device)
     info = _cpuinfo()
     name = info.get("model name") or platform.processor() or platform.machine()
-    isa = [torch.backends.cpu.get_cpu_capability()]
-    if {"avx512_bf16", "amx_bf16"} & set(info.get("flags", "").split()):
-        isa.append("BF16")
+    isa = [torch.backends.cpu.get_cpu_capability()] + (["BF16"] if cpu_has_native_bf16() else [])
     where = f"; family {info['cpu family']}, model {info['model']}" if {"cpu family", "model"} <= set(info) else ""
     return f"{name} ({', '.join(isa)}{where})"
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether the CPU computes bf16 in hardware (AVX-512 BF16 or AMX); elsewhere PyTorch emulates bf16
+    autocast, many times slower than float32 (see the calibration page's precision section)."""
+    return bool({"avx512_bf16", "amx_bf16"} & set(_cpuinfo().get("flags", "").split()))
 
 
 def _cpuinfo() -> dict[str, str]:

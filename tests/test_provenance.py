@@ -38,3 +38,24 @@ def test_cpu_device_without_cpuinfo(monkeypatch):
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
     monkeypatch.setattr(provenance.platform, "processor", lambda: "arm")
     assert provenance.device_name("cpu") == "arm (DEFAULT)"
+
+
+def test_bf16_autocast_warns_once_where_the_cpu_emulates_it(monkeypatch):
+    import warnings
+
+    from replicate.engine import inference
+
+    cpu = torch.device("cpu")
+    for native, expected in ((True, 0), (False, 1)):
+        monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: native)
+        inference._warn_if_bf16_is_emulated.cache_clear()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(3):  # one warning per process, not per training step
+                with inference.autocast(cpu, "bf16"):
+                    assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+            with inference.autocast(cpu, None):  # float32 never warns
+                pass
+        emulated = [w for w in caught if "without native bf16" in str(w.message)]
+        assert len(emulated) == expected
+    inference._warn_if_bf16_is_emulated.cache_clear()

@@ -8,7 +8,9 @@ are mapped back by dividing x by ``sx`` and y by ``sy`` (one tensor operation pe
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,10 +21,21 @@ from tqdm import tqdm
 from ..data.batching import Collate
 from ..evaluation import to_coco_results
 from ..models.postprocess import TestConfig
+from ..provenance import cpu_has_native_bf16, device_name
 from .checkpoint import unwrap
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 EVAL_BATCH_SIZE = 2  # images per process at test time (mmdetection's samples_per_gpu for test)
+
+
+@functools.cache
+def _warn_if_bf16_is_emulated() -> None:
+    """Once per process: bf16 autocast on a CPU without native bf16 is emulated."""
+    if not cpu_has_native_bf16():
+        warnings.warn(f"bf16 autocast on a CPU without native bf16 ({device_name('cpu')}): PyTorch emulates it, "
+                      "several times slower than float32 (`replicate bench train-step --amp bf16`), and its results "
+                      "differ from a native-bf16 CPU's; the proxy profile's records were made on AVX-512 BF16 CPUs",
+                      stacklevel=3)
 
 
 def autocast(device: torch.device, amp: str | None):
@@ -31,6 +44,8 @@ def autocast(device: torch.device, amp: str | None):
     autocast only lowers the convolutions and matmuls it lists."""
     if amp is None or (device.type != "cuda" and amp != "bf16"):
         return contextlib.nullcontext()
+    if device.type == "cpu":
+        _warn_if_bf16_is_emulated()
     return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
 
 
