@@ -389,6 +389,33 @@ def test_cost_verdict_hand_computed(tmp_path):
     assert out["data generation, minutes"] == pytest.approx(0.5)
 
 
+def test_bf16_speed_by_cpu_pairs_float32_and_bf16_steps(tmp_path):
+    bench = tmp_path / "bench"
+    bench.mkdir()
+
+    def step(name, cpu, amp, cl, seconds, device="cpu", size=(192, 192)):
+        (bench / f"train-step_{name}.json").write_text(json.dumps({
+            "benchmark": "train-step", "model": "retinanet", "device": device, "batch_size": 8, "size": list(size),
+            "amp": amp, "channels_last": cl, "threads": 1, "ours": {"median_s": seconds},
+            "provenance": {"device": cpu}}))
+
+    step("a", "CPU A (AVX2; family 23, model 49)", None, False, 2.0)
+    step("a_bf16", "CPU A (AVX2; family 23, model 49)", "bf16", True, 40.0)
+    step("b", "CPU B (AVX512, BF16; family 25, model 17)", None, False, 1.0)
+    step("b_bf16", "CPU B (AVX512, BF16; family 25, model 17)", "bf16", False, 0.5)
+    step("b_big", "CPU B (AVX512, BF16; family 25, model 17)", None, False, 4.0, size=(512, 512))  # no bf16 pair
+    step("cuda_bf16", "NVIDIA H200", "bf16", True, 0.01, device="cuda")  # not a CPU
+    out = bm.bf16_speed_by_cpu(tmp_path).set_index(["CPU", "load"])
+    assert len(out) == 3
+    a = out.loc[("CPU A (AVX2; family 23, model 49)", "batch 8 at 192x192, 1 thread(s)")]
+    assert a["float32 ms"] == 2000 and a["bf16 ms"] == 40000 and a["bf16 / float32"] == 20
+    assert a["bf16 levers"] == "bf16 + channels_last"
+    b = out.loc[("CPU B (AVX512, BF16; family 25, model 17)", "batch 8 at 192x192, 1 thread(s)")]
+    assert b["bf16 / float32"] == 0.5 and b["bf16 levers"] == "bf16"
+    alone = out.loc[("CPU B (AVX512, BF16; family 25, model 17)", "batch 8 at 512x512, 1 thread(s)")]
+    assert alone["bf16 levers"] == "—" and math.isnan(alone["bf16 / float32"])
+
+
 def test_only_the_plumbing_profile_trains_missing_runs_by_default():
     assert profiles.trains_missing_by_default("smoke")
     assert not any(profiles.trains_missing_by_default(p) for p in ("proxy", "proxy-offset0", "synthetic", "coco"))

@@ -17,8 +17,8 @@ The page reads them as ``from replicate.analysis import benchmark as bm``; the n
 """
 
 from .backbones import BACKBONE_DRAW_SUFFIX, STANDS_IN_FOR, backbone_draw, pretraining_table
-from .cost import (EVIDENCE_HOURS_TARGET, MINUTES_TARGET, cost_table, cost_verdict, evidence_load, idle_rates,
-                   median_minutes_by_model, precision_table, run_costs)
+from .cost import (EVIDENCE_HOURS_TARGET, MINUTES_TARGET, bf16_speed_by_cpu, cost_table, cost_verdict, evidence_load,
+                   idle_rates, median_minutes_by_model, precision_table, run_costs)
 from .dataset import SIZE_SHARE_TARGET, anchor_coverage, size_shares, size_table
 from .dial import dial_frame, plot_dial
 from .noise import (NOISE_TARGET, noise_table, paired_noise, plot_noise, plot_val_splits, seed_noise, val_split_frame,
@@ -31,7 +31,7 @@ from .targets import CalibrationPlan, calibration_plan, targets_at_a_glance
 __all__ = [
     "BACKBONE_DRAW_SUFFIX", "COCO_2X_GAIN", "CONVERGENCE_TARGET", "EVIDENCE_HOURS_TARGET", "MINUTES_TARGET",
     "NOISE_TARGET", "RHO_TARGET", "SIZE_SHARE_TARGET", "STANDS_IN_FOR", "CalibrationPlan", "anchor_coverage",
-    "backbone_draw", "calibration_plan", "convergence", "cost_table", "cost_verdict", "dial_frame", "distortion",
+    "backbone_draw", "bf16_speed_by_cpu", "calibration_plan", "convergence", "cost_table", "cost_verdict", "dial_frame", "distortion",
     "evidence_load", "idle_rates", "margin_table", "median_minutes_by_model", "metric_means", "noise_table",
     "paired_noise", "plot_dial", "plot_noise", "plot_ranking", "plot_schedule", "plot_val_splits",
     "precision_table", "pretraining_table", "ranking", "rho_text", "run_costs", "schedule_leads",

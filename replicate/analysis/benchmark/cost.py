@@ -3,7 +3,8 @@
 :func:`run_costs` reads wall time per run from the records (target: at most 5 machine minutes per run),
 :func:`idle_rates` the idle machine's rates of ``replicate bench threads``, and :func:`cost_verdict` sets
 both against the targets, with the RetinaNet-Conf + MOD evidence at 3 seeds (target: at most 8 hours).
-:func:`precision_table` checks that the speed levers (bf16, channels-last GroupNorm) leave AP sound.
+:func:`precision_table` checks that the speed levers (bf16, channels-last GroupNorm) leave AP sound, and
+:func:`bf16_speed_by_cpu` what bf16 autocast costs per CPU (``replicate bench train-step`` records).
 """
 
 from __future__ import annotations
@@ -144,3 +145,26 @@ def precision_table(spec: TableSpec, records_by_row: Mapping[str, Sequence[Recor
         out.loc["difference (NCHW - channels-last GroupNorm)", "AP"] = out["AP"].iloc[0] - out["AP"].iloc[2]
     out.loc["ATSS seed sd (noise table)", "AP"] = sd
     return out.round(2)
+
+
+def bf16_speed_by_cpu(results_dir: str | Path = "results") -> pd.DataFrame:
+    """Per CPU and load of the ``replicate bench train-step`` records in ``results_dir/bench``: our training
+    step's median ms in float32 and with bf16 autocast (with channels_last where it was used), and their
+    ratio. bf16 pays only on a CPU that computes it natively; elsewhere PyTorch emulates it."""
+    steps: dict[tuple, dict[str, float]] = {}
+    for path in sorted((Path(results_dir) / "bench").glob("train-step_*.json")):
+        r = read_json(path, what="train-step benchmark")
+        if r.get("device") != "cpu":
+            continue
+        key = ((r.get("provenance") or {}).get("device", "unrecorded"), r["model"],
+               f"batch {r['batch_size']} at {r['size'][0]}x{r['size'][1]}, {r.get('threads', '?')} thread(s)")
+        lever = "bf16" + (" + channels_last" if r.get("channels_last") else "") if r.get("amp") == "bf16" else "float32"
+        steps.setdefault(key, {})[lever] = 1000 * r["ours"]["median_s"]
+    rows = []
+    for (cpu, model, load), ms in steps.items():
+        bf16 = next(((k, v) for k, v in ms.items() if k != "float32"), (None, math.nan))
+        fp32 = ms.get("float32", math.nan)
+        rows.append({"CPU": cpu, "model": model, "load": load, "float32 ms": fp32, "bf16 ms": bf16[1],
+                     "bf16 levers": bf16[0] or "—", "bf16 / float32": bf16[1] / fp32})
+    return pd.DataFrame(rows, columns=["CPU", "model", "load", "float32 ms", "bf16 ms", "bf16 levers",
+                                       "bf16 / float32"]).round(2)
