@@ -13,9 +13,10 @@ state dict in torchvision's names (``<name>-<sha256[:8]>.pt``: the content names
 config, which names the file, changes with the weights) and, beside it, the ``.json``: what it was trained
 on (the data manifest), the settings, the held-out accuracy (a slice of the training split's objects)
 and provenance. The same settings on the same CPU model give the same weights; another CPU (another maker's,
-or the same maker's with another instruction set: AVX2 against AVX-512 BF16) gives other weights. Only the
-``.json`` is committed; :func:`ensure_pretrained` re-makes a missing weights file from it (checking its
-SHA-256) on a CPU like the one the record names.
+or the same maker's with another instruction set: AVX2 against AVX-512 BF16) gives other weights. The ``.json``
+is committed, and the weights file too once a machine like the record's has re-made it
+(``scripts/commit_records.py``); :func:`ensure_pretrained` re-makes a missing weights file from the record
+(checking its SHA-256) on a CPU like the one the record names.
 
 ``zero_init_residual`` starts each residual block's last BatchNorm scale at 0, so that every block begins
 as the identity (Goyal et al. 2017, "Accurate, large minibatch SGD", Sec. 5.1; torchvision's ResNet
