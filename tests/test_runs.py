@@ -507,7 +507,7 @@ def test_cli_deadline_parses_until_and_max_minutes(monkeypatch):
         cli._deadline("25:99", None)
 
 
-def test_verify_reproduces_a_record_exactly_and_names_what_differs(swept, smoke_root, tmp_path):
+def test_verify_reproduces_a_record_exactly_and_names_what_differs(swept, smoke_root, tmp_path, monkeypatch):
     from replicate.experiments.verify import find_request, verify
 
     path = ResultsStore(swept[1]).path("smoke", demo_request(swept).key)
@@ -537,4 +537,12 @@ def test_verify_reproduces_a_record_exactly_and_names_what_differs(swept, smoke_
     tampered["key"] = "0" * 12
     bad.write_text(json.dumps(tampered))
     with pytest.raises(ReplicateError, match="no registered table row has run 000000000000"):
+        verify(bad, data_root=smoke_root, progress=False)
+    # a bf16 run (the proxy's) on a CPU that would emulate bf16: refused before any training
+    from replicate.experiments import verify as verify_module
+
+    monkeypatch.setattr(verify_module, "cpu_has_native_bf16", lambda: False)
+    tampered["config"]["train"]["amp"] = "bf16"
+    bad.write_text(json.dumps(tampered))
+    with pytest.raises(ReplicateError, match="trained with bf16 autocast on 'Another CPU'.*has no native bf16"):
         verify(bad, data_root=smoke_root, progress=False)

@@ -8,7 +8,8 @@ values of the new run with the stored ones: equal to the last bit, as the same c
 same thread count gives the same numbers. That promise holds on a CPU like the one the record names
 (``provenance.device``: the model, and since 2026-12-05 its instruction set and family): another CPU runs
 other float kernels (MKL and oneDNN dispatch by vendor and instruction set), so a re-run there differs in
-the last bits and soon in the metrics; the report says so when the two machines differ.
+the last bits and soon in the metrics; the report says so when the two machines differ. A bf16 run (the
+proxy profile's) is refused at once on a CPU without native bf16, which would emulate it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from ..engine.train import train
 from ..errors import ReplicateError
 from ..io import read_json
 from ..models.detector import without_later_fields
-from ..provenance import device_name, jsonable
+from ..provenance import cpu_has_native_bf16, device_name, jsonable
 from .runs import RunRequest, loss_summary, requests_for
 from .spec import REGISTRY
 
@@ -101,6 +102,12 @@ def verify(record_path: str | Path, *, data_root: str | Path | None = None, work
         raise ReplicateError(f"{path}: not a run record (needs key, profile, seed, config and metrics)")
     if not record["metrics"]:
         raise ReplicateError(f"{path}: the record holds no metrics to compare")
+    if (record["config"].get("train") or {}).get("amp") == "bf16" and not cpu_has_native_bf16():
+        recorded = (record.get("provenance") or {}).get("device") or "an unrecorded CPU"
+        raise ReplicateError(f"{path}: run {record['key']} trained with bf16 autocast on {recorded!r}, and this CPU "
+                             f"({device_name('cpu')}) has no native bf16: PyTorch would emulate it, many times "
+                             "slower and with other float results, so it cannot reproduce the record; verify it on "
+                             "a CPU with native bf16 (AVX-512 BF16 or AMX) like the record's")
     request = find_request(record, path)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
