@@ -208,7 +208,13 @@ def _cmd_bench_eval(args: argparse.Namespace) -> int:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from .experiments.runs import stop_file
     from .experiments.sweep import sweep
+    from .profiles import schedule_for
+    from .provenance import cpu_has_native_bf16, device_name
 
+    if args.executor != "slurm" and schedule_for(args.profile).amp == "bf16" and not cpu_has_native_bf16():
+        print(f"warning: profile {args.profile} trains with bf16 autocast, which this CPU ({device_name('cpu')}) "
+              "emulates: each run many times slower than on a CPU with native bf16 (AVX-512 BF16 or AMX), and "
+              "its numbers not those of the committed records' machines", file=sys.stderr)
     stop = stop_file(args.work)
     if stop.exists() and not args.dry_run:
         stop.unlink()  # a new sweep is asked for: an earlier stop request no longer holds

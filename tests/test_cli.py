@@ -72,3 +72,15 @@ def test_parser_lists_every_command():
     text = build_parser().format_help()
     for name in ("data", "eval", "book"):
         assert name in text
+
+
+def test_sweep_warns_where_the_cpu_would_emulate_the_profiles_bf16(monkeypatch, capsys, tmp_path):
+    from replicate import provenance
+
+    dry = ["--seeds", "1", "--dry-run", "--results", str(tmp_path), "--work", str(tmp_path / "work")]
+    for native in (True, False):
+        monkeypatch.setattr(provenance, "cpu_has_native_bf16", lambda: native)
+        assert main(["sweep", "mod:table5", "--profile", "proxy", *dry]) == 0
+        assert ("trains with bf16 autocast, which this CPU" in capsys.readouterr().err) is not native
+    assert main(["sweep", "mod:table5", "--profile", "smoke", *dry]) == 0  # float32: nothing to say
+    assert "bf16" not in capsys.readouterr().err
