@@ -21,7 +21,7 @@ COMMIT="$(git -C "$HERE" rev-parse --short HEAD)"
 TREE="${TREE:-$(dirname "$HERE")/sweep-$COMMIT}"
 R="${REPLICATE:-$HERE/.venv/bin/replicate}"
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
-# the proxy trains in bf16: a CPU that emulates it runs ~20x slower and cannot re-make the backbones (README)
+# the proxy trains in bf16: a CPU that emulates it runs ~18x slower and cannot re-make the backbones (README)
 "$(dirname "$R")/python" -c "from replicate.provenance import cpu_has_native_bf16 as n; raise SystemExit(not n())" || {
   echo "== this CPU has no native bf16 ($("$(dirname "$R")/python" -c 'from replicate.provenance import device_name as d; print(d("cpu"))')):" \
        "the proxy evidence is made on AVX-512 BF16 CPUs; nothing was run"; exit 1; }

@@ -33,7 +33,7 @@ def _warn_if_bf16_is_emulated() -> None:
     """Once per process: bf16 autocast on a CPU without native bf16 is emulated."""
     if not cpu_has_native_bf16():
         warnings.warn(f"bf16 autocast on a CPU without native bf16 ({device_name('cpu')}): PyTorch emulates it, "
-                      "many times slower than float32 (20x for a RetinaNet step with channels_last on an AVX2 EPYC: "
+                      "many times slower than float32 (18x for a RetinaNet step with channels_last on an AVX2 EPYC: "
                       "`replicate bench train-step --amp bf16 --channels-last`), and its results "
                       "differ from a native-bf16 CPU's; the proxy profile's records were made on AVX-512 BF16 CPUs",
                       stacklevel=3)
