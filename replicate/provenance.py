@@ -96,7 +96,7 @@ def device_name(device: torch.device | str | None = None) -> str:
         return torch.cuda.get_device_name(device)
     info = _cpuinfo()
     name = info.get("model name") or platform.processor() or platform.machine()
-    isa = [torch.backends.cpu.get_cpu_capability()] + (["BF16"] if cpu_has_native_bf16() else [])
+    isa = [torch.backends.cpu.get_cpu_capability()] + (["BF16"] if _native_bf16(info) else [])
     where = f"; family {info['cpu family']}, model {info['model']}" if {"cpu family", "model"} <= set(info) else ""
     return f"{name} ({', '.join(isa)}{where})"
 
@@ -104,7 +104,11 @@ def device_name(device: torch.device | str | None = None) -> str:
 def cpu_has_native_bf16() -> bool:
     """Whether the CPU computes bf16 in hardware (AVX-512 BF16 or AMX); elsewhere PyTorch emulates bf16
     autocast, many times slower than float32 (see the calibration page's precision section)."""
-    return bool({"avx512_bf16", "amx_bf16"} & set(_cpuinfo().get("flags", "").split()))
+    return _native_bf16(_cpuinfo())
+
+
+def _native_bf16(cpuinfo: dict[str, str]) -> bool:
+    return bool({"avx512_bf16", "amx_bf16"} & set(cpuinfo.get("flags", "").split()))
 
 
 def _cpuinfo() -> dict[str, str]:

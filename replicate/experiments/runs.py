@@ -122,7 +122,8 @@ def run_dir(work_dir: str | Path, profile: str, key: str) -> Path:
 def requests_for(spec: TableSpec, profile: str, seeds: int = 1, *, data_root: str | Path | None = None,
                  results_dir: str | Path = "results", work_dir: str | Path = "work",
                  device: str | None = None) -> list[RunRequest]:
-    """The runs of every reproduced row of ``spec`` (``Row.reproduce``) with seeds ``0 .. seeds - 1``."""
+    """The runs of every reproduced row of ``spec`` (``Row.reproduce``) with seeds ``0 .. seeds - 1``, ``seeds``
+    capped by the table's own (:meth:`TableSpec.seeds_for`: a one-seed check runs and reads one)."""
     if seeds < 1:
         raise ReplicateError(f"seeds must be >= 1 (got {seeds})")
     num_classes = profile_num_classes(profile)
@@ -131,7 +132,7 @@ def requests_for(spec: TableSpec, profile: str, seeds: int = 1, *, data_root: st
         if not row.reproduce:
             continue
         model, train_cfg = run_config(spec, row, profile, num_classes)
-        for seed in range(seeds):
+        for seed in range(spec.seeds_for(seeds)):
             requests.append(RunRequest(
                 spec.key, row.label, profile, seed, model, dataclasses.replace(train_cfg, seed=seed),
                 data_root=str(Path(data_root).resolve()) if data_root is not None else None,

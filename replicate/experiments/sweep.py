@@ -117,7 +117,7 @@ def resolve_requests(specs: Sequence[TableSpec], profile: str, seeds: int, *, re
     """One request per (table row, seed) of ``specs`` on ``profile`` (rows shared by tables repeat); a table
     that caps its seeds (:meth:`TableSpec.seeds_for`, a one-seed check) gets at most its own."""
     return [r for spec in specs
-            for r in requests_for(spec, profile, spec.seeds_for(seeds), data_root=data_root, results_dir=results_dir,
+            for r in requests_for(spec, profile, seeds, data_root=data_root, results_dir=results_dir,
                                   work_dir=work_dir)]
 
 
@@ -242,7 +242,7 @@ def table_status(spec: TableSpec, profile: str, seeds: int = 1, *,
     capped by the table's own, :meth:`TableSpec.seeds_for`)."""
     store = ResultsStore(results_dir)
     by_row: dict[str, list[bool]] = {}
-    for r in requests_for(spec, profile, spec.seeds_for(seeds), results_dir=results_dir):
+    for r in requests_for(spec, profile, seeds, results_dir=results_dir):
         by_row.setdefault(r.row_label, []).append(is_complete(store, r))
     out = []
     for row in spec.rows:
@@ -263,8 +263,7 @@ def run_uses(profile: str, seeds: int, *, results_dir: str | Path = "results") -
     uses: dict[str, list[tuple[str, str]]] = {}
     for paper in sorted(REGISTRY):
         for table in sorted(REGISTRY[paper]):
-            spec = REGISTRY[paper][table]
-            for r in requests_for(spec, profile, spec.seeds_for(seeds), results_dir=results_dir):
+            for r in requests_for(REGISTRY[paper][table], profile, seeds, results_dir=results_dir):
                 pairs = uses.setdefault(r.key, [])
                 if (r.spec_key, r.row_label) not in pairs:
                     pairs.append((r.spec_key, r.row_label))
@@ -301,7 +300,7 @@ def plan(profile: str, seeds: int = 1, *, results_dir: str | Path = "results", d
     load_papers()
     store = ResultsStore(results_dir)
     runs = merge_requests([r for papers in REGISTRY.values() for spec in papers.values()
-                           for r in requests_for(spec, profile, spec.seeds_for(seeds), results_dir=results_dir)])
+                           for r in requests_for(spec, profile, seeds, results_dir=results_dir)])
     missing = sum(not is_complete(store, r) for r in runs)
     measured = _measured_minutes(store, profile)
     if measured is not None:
@@ -333,7 +332,7 @@ def progress(profile: str, seeds: int, *, results_dir: str | Path = "results",
     rows = []
     for paper in sorted(papers if papers is not None else REGISTRY):
         runs = merge_requests([r for spec in REGISTRY.get(paper, {}).values()
-                               for r in requests_for(spec, profile, spec.seeds_for(seeds), results_dir=results_dir)])
+                               for r in requests_for(spec, profile, seeds, results_dir=results_dir)])
         finished = sum(is_complete(store, r) for r in runs)
         rows.append({"paper": paper, "runs": len(runs), "finished": finished, "missing": len(runs) - finished,
                      "hours of training left": (len(runs) - finished) * minutes / 60})

@@ -71,7 +71,7 @@ def evidence_load(profile: str, papers: Sequence[str] = ("retinanet_conf", "mod"
 
     tables = load_papers()
     requests = merge_requests([r for paper in papers for spec in tables.get(paper, {}).values()
-                               for r in requests_for(spec, profile, spec.seeds_for(seeds))])
+                               for r in requests_for(spec, profile, seeds)])
     base = profiles.schedule_for(profile).iters
     return len(requests), sum(r.train.iters / base for r in requests)
 
