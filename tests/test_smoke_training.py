@@ -20,6 +20,11 @@ from replicate.models.zoo import MODELS
 N_IMAGES = 8
 SCHEDULE = SCHEDULES["smoke"]
 SEEDS = (0, 1)
+# A cascade learns later: AlignDet's ADM trains on refined anchors at IoU >= 0.7, so it has few positives
+# until its DPM regresses well. Its 3x3 ablation head (two 3x3 convs on the smoke width) had no detection
+# above the 0.05 threshold after 100 iterations on either seed (losses 4.0 -> 2.7 and 4.1 -> 2.3), and AP
+# 15.8 after 300 (seed 0).
+ITERS = {"aligndet_3x3": 300}
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +54,12 @@ def test_detector_learns_on_smoke_images(name, tiny_root, tmp_path):
     failures = []
     for seed in SEEDS:
         out = tmp_path / f"seed{seed}"
-        result = train(name, "smoke", out, replace(SCHEDULE, seed=seed), data_root=tiny_root, progress=False)
+        iters = ITERS.get(name, SCHEDULE.iters)
+        schedule = replace(SCHEDULE, seed=seed, iters=iters, steps=(iters - 10,))
+        result = train(name, "smoke", out, schedule, data_root=tiny_root, progress=False)
         assert result["status"] == "finished"
         losses = [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()]
-        assert len(losses) == SCHEDULE.iters
+        assert len(losses) == iters
         metrics = read_json(out / "metrics.json")
         assert metrics["timings"]["train_imgs_per_s"] > 0 and metrics["timings"]["inference_fps"] > 0
         assert metrics["provenance"]["config"]["model"]["name"] == name

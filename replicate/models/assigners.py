@@ -4,7 +4,7 @@ Three assigners from the detectors this project replicates, all vectorised over 
 batch. Ground truth arrives padded (see :func:`pad_targets`): ``gt_boxes`` (B, M, 4)
 xyxy, ``gt_labels`` (B, M), ``gt_valid`` (B, M) with ``False`` marking padding;
 crowd regions arrive as ``ignore_boxes`` (B, K, 4) with ``ignore_valid`` (B, K).
-Priors are shared by every image of the batch.
+Priors are shared by every image of the batch (:func:`max_iou_assign` also takes one set per image).
 
 * :func:`max_iou_assign` -- the max-IoU rule of Faster R-CNN (Ren et al. 2015) and
   RetinaNet (Lin et al. 2017), including the "low-quality" rescue of ground truths
@@ -147,25 +147,33 @@ def _nonempty_gt(gt_boxes: Tensor, gt_labels: Tensor, gt_valid: Tensor) -> tuple
 
 
 def _batched_iou(priors: Tensor, gt_boxes: Tensor) -> Tensor:
-    """IoU between shared priors (A, 4) and per-image boxes (B, M, 4) -> (B, A, M)."""
+    """IoU between priors, shared (A, 4) or per image (B, A, 4), and per-image boxes (B, M, 4) -> (B, A, M)."""
     B, M, _ = gt_boxes.shape
-    iou = box_iou(priors, gt_boxes.reshape(B * M, 4))  # (A, B*M)
-    return iou.reshape(priors.shape[0], B, M).permute(1, 0, 2)
+    if priors.dim() == 2:
+        iou = box_iou(priors, gt_boxes.reshape(B * M, 4))  # (A, B*M)
+        return iou.reshape(priors.shape[0], B, M).permute(1, 0, 2)
+    p, g = priors[:, :, None, :], gt_boxes[:, None, :, :]
+    wh = (torch.minimum(p[..., 2:], g[..., 2:]) - torch.maximum(p[..., :2], g[..., :2])).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    area_p = (p[..., 2] - p[..., 0]) * (p[..., 3] - p[..., 1])
+    area_g = (g[..., 2] - g[..., 0]) * (g[..., 3] - g[..., 1])
+    return inter / (area_p + area_g - inter)
 
 
 def _crowd_iof(priors: Tensor, ignore_boxes: Tensor, ignore_valid: Tensor) -> Tensor:
-    """Max over valid crowd boxes of intersection / prior area -> (B, A); 0 without crowds."""
+    """Max over valid crowd boxes of intersection / prior area -> (B, A); 0 without crowds. Priors are
+    shared (A, 4) or per image (B, A, 4)."""
     B, K, _ = ignore_boxes.shape
     if K == 0:
-        return priors.new_zeros(B, priors.shape[0])
-    p = priors[None, :, None, :]  # (1, A, 1, 4)
+        return priors.new_zeros(B, priors.shape[-2])
+    p = priors[..., :, None, :] if priors.dim() == 3 else priors[None, :, None, :]  # (B or 1, A, 1, 4)
     g = ignore_boxes[:, None, :, :]  # (B, 1, K, 4)
     lt = torch.maximum(p[..., :2], g[..., :2])
     rb = torch.minimum(p[..., 2:], g[..., 2:])
     wh = (rb - lt).clamp(min=0)
     inter = wh[..., 0] * wh[..., 1]  # (B, A, K)
-    area = ((priors[:, 2] - priors[:, 0]) * (priors[:, 3] - priors[:, 1])).clamp(min=1e-12)
-    iof = inter / area[None, :, None]
+    area = ((p[..., 2] - p[..., 0]) * (p[..., 3] - p[..., 1])).clamp(min=1e-12)  # (B or 1, A, 1)
+    iof = inter / area
     iof = iof.masked_fill(~ignore_valid[:, None, :], 0.0)
     return iof.max(dim=2).values
 
@@ -241,7 +249,8 @@ def max_iou_assign(
        area with a valid crowd box is ``>= ignore_iof`` become ignored.
 
     Args:
-        anchors: (A, 4) xyxy, shared by the batch.
+        anchors: (A, 4) xyxy, shared by the batch, or (B, A, 4), one set per image (a cascade's refined
+            anchors: AlignDet's aligned detection module).
         gt_boxes, gt_labels, gt_valid: padded ground truth, (B, M, 4), (B, M), (B, M).
         ignore_boxes, ignore_valid: optional crowd regions (B, K, 4), (B, K).
 

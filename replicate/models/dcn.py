@@ -28,25 +28,37 @@ def sampled_deform_conv2d(x: torch.Tensor, offset: torch.Tensor, weight: torch.T
     """``torchvision.ops.deform_conv2d`` (one group, one deformable group) as ``grid_sample`` + a contraction.
 
     Offsets use torchvision's layout: channels ``(2k, 2k + 1)`` are ``(dy, dx)`` of kernel position k
-    (row-major over the kernel); samples outside the input read zeros, corner by corner, as there.
+    (row-major over the kernel); samples outside the input read zeros, corner by corner, as there. The
+    sampling coordinates are computed in the wider of the offsets' and the input's dtype.
     """
     batch, channels, height, width = x.shape
     out_channels, _, kh, kw = weight.shape
     k = kh * kw
     out_h, out_w = offset.shape[-2:]
-    ky, kx = torch.meshgrid(torch.arange(kh, dtype=x.dtype, device=x.device),
-                            torch.arange(kw, dtype=x.dtype, device=x.device), indexing="ij")
-    rows = torch.arange(out_h, dtype=x.dtype, device=x.device).view(1, 1, out_h, 1) * stride - padding
-    cols = torch.arange(out_w, dtype=x.dtype, device=x.device).view(1, 1, 1, out_w) * stride - padding
+    dt = torch.promote_types(offset.dtype, x.dtype)  # float32 offsets keep their fractions under bf16 features
+    ky, kx = torch.meshgrid(torch.arange(kh, dtype=dt, device=x.device),
+                            torch.arange(kw, dtype=dt, device=x.device), indexing="ij")
+    rows = torch.arange(out_h, dtype=dt, device=x.device).view(1, 1, out_h, 1) * stride - padding
+    cols = torch.arange(out_w, dtype=dt, device=x.device).view(1, 1, 1, out_w) * stride - padding
     ys = rows + (ky * dilation).reshape(1, k, 1, 1) + offset[:, 0::2]
     xs = cols + (kx * dilation).reshape(1, k, 1, 1) + offset[:, 1::2]
     grid = torch.stack((2 * (xs + 0.5) / width - 1, 2 * (ys + 0.5) / height - 1), dim=-1)
-    samples = F.grid_sample(x, grid.reshape(batch, k * out_h, out_w, 2), mode="bilinear", padding_mode="zeros",
+    samples = F.grid_sample(x.to(dt), grid.reshape(batch, k * out_h, out_w, 2), mode="bilinear", padding_mode="zeros",
                             align_corners=False).view(batch, channels, k, out_h, out_w)
     if mask is not None:
         samples = samples * mask.unsqueeze(1)
     out = torch.einsum("bckhw,ock->bohw", samples, weight.reshape(out_channels, channels, k))
     return out if bias is None else out + bias.view(1, -1, 1, 1)
+
+
+def deform_conv(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                stride: int = 1, padding: int = 1, dilation: int = 1,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+    """A deformable convolution with given offsets (and optional modulation): the sampled form on CPU for one
+    group and one deformable group, the compiled ``torchvision.ops.deform_conv2d`` otherwise."""
+    if x.device.type == "cpu" and weight.shape[1] == x.shape[1] and offset.shape[1] == 2 * weight[0, 0].numel():
+        return sampled_deform_conv2d(x, offset, weight, bias, stride, padding, dilation, mask)
+    return deform_conv2d(x, offset, weight, bias, stride=stride, padding=padding, dilation=dilation, mask=mask)
 
 
 class ModulatedDeformConv2d(nn.Module):
@@ -74,8 +86,4 @@ class ModulatedDeformConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         offset, mask = self.offsets_and_mask(x)
-        if x.device.type == "cpu" and self.weight.shape[1] == x.shape[1] and offset.shape[1] == 2 * self.weight[0, 0].numel():
-            return sampled_deform_conv2d(x, offset, self.weight, self.bias, self.stride, self.padding, self.dilation,
-                                         mask)
-        return deform_conv2d(x, offset, self.weight, self.bias, stride=self.stride, padding=self.padding,
-                             dilation=self.dilation, mask=mask)
+        return deform_conv(x, offset, self.weight, self.bias, self.stride, self.padding, self.dilation, mask)

@@ -17,6 +17,7 @@ from .. import profiles
 from ..errors import ReplicateError
 from .backbone import BackboneConfig
 from .detector import DetectorConfig
+from .detectors.aligndet import aligndet, aligndet_3x3, aligndet_wo_adm
 from .detectors.atss import atss
 from .detectors.fcos import fcos, fcos_giou, fcos_vanilla
 from .detectors.foveabox import foveabox
@@ -43,6 +44,9 @@ MODELS: dict[str, Callable[[], DetectorConfig]] = {
     "mod_code": mod_code,
     "retinanet_mod": retinanet_mod,
     "foveabox_mod": foveabox_mod,
+    "aligndet": aligndet,
+    "aligndet_wo_adm": aligndet_wo_adm,
+    "aligndet_3x3": aligndet_3x3,
 }
 
 DEEP_BACKBONES = ("resnet101", "resnext101_32x8d", "resnext101_64x4d")  # -> narrow_deep on small profiles
