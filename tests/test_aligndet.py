@@ -206,3 +206,69 @@ def test_the_anchor_and_the_narrowing():
     assert (ablation.align_channels, ablation.adm_channels, ablation.adm_convs) == (64, 64, 2)
     dagger = build_detector(model_config("aligndet", "smoke", 10, {"head.p3_kernel": 3}))
     assert dagger.head.align_p3.kernel == 3 and dagger.head.align.kernel == 7
+
+
+# ------------------------------------------------------------------------------------------- Figure 4
+def test_widening_by_half_a_bin_turns_sample_points_back_into_their_box():
+    from replicate.analysis.alignment_rois import widen_by_half_a_bin
+
+    boxes = torch.tensor([[[[10.0, 4.0, 31.0, 46.0]]]])
+    points = circumscribed_rois(roiconv_offsets(boxes, 4, 3), 3, 4)
+    torch.testing.assert_close(widen_by_half_a_bin(points, 3), boxes)
+    grid = circumscribed_rois(torch.zeros(1, 18, 3, 4), 3, 8)  # the regular grid: Eq. 3's RoI
+    torch.testing.assert_close(widen_by_half_a_bin(grid, 3)[0], conv_implicit_rois(3, 4, 8, 3))
+
+
+def test_paired_ious_by_hand():
+    from replicate.analysis.alignment_rois import paired_ious
+
+    a = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 1.0, 1.0]])
+    b = torch.tensor([[5.0, 0.0, 15.0, 10.0], [0.0, 0.0, 10.0, 10.0], [2.0, 2.0, 3.0, 3.0]])
+    torch.testing.assert_close(paired_ious(a, b), torch.tensor([50 / 150, 1.0, 0.0]))
+
+
+def test_roi_anchor_ious_read_each_alignment_by_its_rule():
+    """RoIConv's bins give IoU 1 with their anchors under the bins reading, and ((k-1)/k)^2 under the paper's
+    circumscribed rectangle (square refined anchors, 3x3 kernel: 4/9); the regular grid's is Eq. 3's RoI under
+    both readings."""
+    from replicate.analysis.alignment_rois import describe, roi_anchor_ious, verdict
+
+    torch.manual_seed(0)
+    images = torch.randn(1, 3, 128, 128)
+    targets = [{"boxes": torch.tensor([[20.0, 20.0, 60.0, 60.0], [64.0, 40.0, 120.0, 100.0]])}]
+    nets = {}
+    for alignment in ("roiconv", "conv", "deform"):
+        net = build_detector(model_config("aligndet_3x3", "smoke", 3, {"head.alignment": alignment})).eval()
+        with torch.no_grad():  # refined anchors = the square anchors, so some overlap the boxes
+            net.head.dpm.reg_out.weight.zero_()
+            net.head.dpm.reg_out.bias.zero_()
+        nets[alignment] = roi_anchor_ious(net, images, targets, min_gt_iou=0.3)
+    roi = nets["roiconv"]
+    assert len(roi["bins"]) > 0
+    torch.testing.assert_close(roi["bins"], torch.ones_like(roi["bins"]))
+    torch.testing.assert_close(roi["paper"], torch.full_like(roi["paper"], 4 / 9))
+    torch.testing.assert_close(nets["conv"]["paper"], nets["conv"]["bins"])
+    assert len(nets["conv"]["paper"]) == len(roi["paper"]) == len(nets["deform"]["paper"])
+    summaries = {name: {r: describe(v[r].numpy()) for r in ("paper", "bins")} for name, v in nets.items()}
+    assert sum(summaries["conv"]["paper"]["counts"]) == summaries["conv"]["paper"]["n"] == len(roi["paper"])
+    text = verdict(summaries, "conv", "deform")
+    assert text.startswith("paper reading: deform") and "bins reading" in text
+    with pytest.raises(ReplicateError, match="AlignDet head"):
+        roi_anchor_ious(build_detector(model_config("retinanet", "smoke", 3)), images, targets)
+
+
+def test_dense_predictions_of_a_cascade_decode_against_each_images_refined_anchors(smoke_root):
+    from replicate.analysis.cache import dense_predictions
+    from replicate.data.batching import Collate
+    from replicate.data.profiles import build_dataset, data_config
+
+    val = build_dataset(data_config("smoke", smoke_root), "val", train=False)
+    net = _head_net()
+    preds = dense_predictions(net, val, [0, 1])
+    with torch.no_grad():
+        outs = net(Collate()([val[0], val[1]]).images)
+    for i, p in enumerate(preds):
+        refined = torch.cat(outs["refined"], dim=1)[i]
+        torch.testing.assert_close(p.priors, refined)
+        deltas = torch.cat([r.permute(0, 2, 3, 1).reshape(2, -1, 4) for r in outs["reg"]], dim=1)[i]
+        torch.testing.assert_close(p.boxes, net.head.coder.decode(refined, deltas))

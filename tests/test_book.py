@@ -147,6 +147,10 @@ def test_book_builds_on_smoke(smoke_book):
         text = (html / "executed" / "mod" / f"{page}.html").read_text()
         assert "<img" in text and "Traceback" not in text, page  # figures draw only from a trained run
         assert "<table" in text or page in ("figure1", "figure4"), page
+    for page in ("table3", "table4", "table5", "table6", "figure4"):
+        text = (html / "executed" / "aligndet" / f"{page}.html").read_text()
+        assert "<img" in text and "<table" in text and "Traceback" not in text, page
+    assert "aligndet:table6" in summary
     table3 = (html / "executed" / "mod" / "table3.html").read_text()
     # smoke runs do not learn: Table 3's statistics read no seed, and the verdict says why
     assert "mod:table2" in summary and "not checked: no seed where both FCOS and FCOS+RFA learned" in table3

@@ -47,7 +47,8 @@ ANALYSIS = "analysis"
 @torch.no_grad()
 def dense_predictions(model: torch.nn.Module, dataset, indices: Sequence[int],
                       device: str | torch.device = "cpu") -> list[ImagePredictions]:
-    """Per image of ``dataset[indices]``: anchors, class probabilities and decoded boxes of every anchor."""
+    """Per image of ``dataset[indices]``: anchors, class probabilities and decoded boxes of every anchor (a
+    cascade's anchors are its refined ones, one set per image: AlignDet's ADM)."""
     head = model.head
     if head.prior_kind != "anchor" or not isinstance(getattr(head, "coder", None), DeltaXYWHCoder):
         raise ReplicateError(f"dense predictions need an anchor-based head with box deltas (RetinaNet family), "
@@ -55,11 +56,13 @@ def dense_predictions(model: torch.nn.Module, dataset, indices: Sequence[int],
     model = model.eval().to(device)
     batch = Collate()([dataset[i] for i in indices])
     outs = model(batch.images.to(device))
-    anchors = head.priors(outs).boxes
+    shared = head.priors(outs).boxes
+    refined = torch.cat(outs["refined"], dim=1) if "refined" in outs else None
     probs = flatten_levels(outs["cls"], head.num_classes).sigmoid()
     reg = flatten_levels(outs["reg"], 4)
     preds = []
     for i, target in enumerate(batch.targets):
+        anchors = shared if refined is None else refined[i]
         boxes = head.coder.decode(anchors, reg[i])
         preds.append(ImagePredictions(anchors.cpu(), probs[i].cpu(), boxes.cpu(), target["boxes"].float().cpu(),
                                       target["labels"].cpu(), image_id=int(target["image_id"])))

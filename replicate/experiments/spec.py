@@ -21,7 +21,7 @@ from typing import Any
 
 from ..errors import ReplicateError
 
-METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl", "FPS")
+METRICS = ("AP", "AP50", "AP75", "AP90", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl", "FPS")
 # Columns read from a run's timings instead of its COCO metrics, and shown unscaled (images per second of
 # the final evaluation on the run's own device: compare rows of one table, not with the paper's GPU).
 TIMING_METRICS = {"FPS": "inference_fps"}

@@ -1,0 +1,175 @@
+"""AlignDet (Chen, Han, Wang, Zhang, "Revisiting Feature Alignment for One-stage Object Detection", 2019):
+Tables 3-6 and Figure 4.
+
+Numbers are transcribed from ``shared/papers/001_0d57113d45c77bab.txt`` (COCO minival, percent, as
+printed). Table 4's AP50 cell of row (a) reads "54.7 55.0"; we take 54.7 (``shared/notes/paper-readings.md``).
+Table 6 prints speed in milliseconds on an NVIDIA 2080; the ``FPS`` column holds ``1000 / ms`` (our FPS is
+the final evaluation's images per second on the run's own device: compare rows, not devices).
+
+Recipe (Sec. 5): ResNet-50-FPN (ResNet-101 where the row says so), 1x, RetinaNet's focal and smooth-L1
+losses. The rows differ in exactly what each table varies, over the presets of
+:mod:`replicate.models.detectors.aligndet`:
+
+* Table 3: RetinaNet (9 anchors), the DPM alone ("AlignDet w/o ADM", one anchor) and AlignDet (7x7 RoIConv,
+  1024c, one 1x1 conv), each at R50 and R101. On the small profiles ResNet-101 stands for the deeper narrow
+  backbone, as in MOD's Table 7.
+* Table 4: the ablation ADM (a 256c 3x3 alignment conv, then four 256c 3x3 convs) with the four alignments:
+  regular grid, learned offsets, offsets from the anchor shape, RoIConv. "Four" convs become the profile's
+  tower depth on the small profiles, like every head tower.
+* Table 5: the DPM's and the ADM's IoU thresholds (fg / bg) on the same ablation ADM with RoIConv.
+* Table 6: RoIConv's kernel, output width and head; ``7x7 dagger`` uses a 3x3 RoIConv on P3.
+
+* Figure 4: the IoU between the implicit RoIs of Table 4's alignment convolutions and the refined anchors
+  (:mod:`replicate.analysis.alignment_rois`), read from Table 4's runs.
+
+Not reproduced yet: Tables 1-2 (the pilot study: Faster R-CNN and single-level RetinaNet on P4, with and
+without one 3x3 RoIConv) need a two-stage detector and a single-level neck; Table 7 (test-dev, 1.5x with
+scale jitter, against other detectors).
+"""
+
+from __future__ import annotations
+
+from ..spec import Claim, Row, TableSpec, register
+
+METRICS3 = ("AP", "AP50", "APs", "APm", "APl")
+FULL = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+WITH_AP90 = ("AP", "AP50", "AP75", "AP90", "APs", "APm", "APl")
+R101 = {"backbone.name": "resnet101"}
+
+
+def printed(values: str, metrics: tuple[str, ...]) -> dict[str, float]:
+    """A row as printed (numbers separated by spaces) -> metric -> value."""
+    cells = values.split()
+    if len(cells) != len(metrics):
+        raise ValueError(f"{len(cells)} cells for {len(metrics)} metrics: {values!r}")
+    return {m: float(c) for m, c in zip(metrics, cells)}
+
+
+def thresholds(dpm: tuple[float, float], adm: tuple[float, float]) -> dict[str, float]:
+    """Table 5: the DPM's and the ADM's fg / bg IoU thresholds."""
+    return {"head.dpm_pos_iou": dpm[0], "head.dpm_neg_iou": dpm[1], "head.adm_pos_iou": adm[0],
+            "head.adm_neg_iou": adm[1]}
+
+
+def design(kernel: int, p3_kernel: int | None = None) -> dict[str, object]:
+    """Table 6: a ``kernel`` x ``kernel`` RoIConv of 1024 channels and one 1024c 1x1 conv (the preset's head)."""
+    return {"head.kernel": kernel, **({"head.p3_kernel": p3_kernel} if p3_kernel else {})}
+
+
+def speed(ms: float, values: str) -> dict[str, float]:
+    """Table 6's row: its speed in ms as FPS, then the AP columns."""
+    return {"FPS": round(1000.0 / ms, 1), **printed(values, FULL)}
+
+
+# ------------------------------------------------------------------------------------------------ Table 3
+TABLE3 = register(TableSpec(
+    paper="aligndet", table="table3",
+    title="AlignDet against RetinaNet and against its DPM alone",
+    source="AlignDet, Table 3 (Sec. 5.3)", metrics=METRICS3,
+    rows=(
+        Row("RetinaNet (R50)", "retinanet", paper=printed("35.7 55.0 18.9 38.9 46.3", METRICS3)),
+        Row("RetinaNet (R101)", "retinanet", R101, paper=printed("37.8 57.5 20.2 41.1 49.2", METRICS3)),
+        Row("AlignDet w/o ADM (R50)", "aligndet_wo_adm", paper=printed("32.4 52.9 17.5 35.9 43.0", METRICS3)),
+        Row("AlignDet w/o ADM (R101)", "aligndet_wo_adm", R101, paper=printed("34.5 55.7 18.1 38.4 45.6", METRICS3)),
+        Row("AlignDet (R50)", "aligndet", paper=printed("37.9 57.7 21.5 41.1 50.8", METRICS3)),
+        Row("AlignDet (R101)", "aligndet", R101, paper=printed("39.8 60.0 22.6 43.4 52.8", METRICS3)),
+    ),
+    claims=(
+        Claim("The ADM adds 5.5 AP to its DPM (R50)", "AlignDet (R50)", "AlignDet w/o ADM (R50)", margin=5.5),
+        Claim("The ADM adds 5.3 AP to its DPM (R101)", "AlignDet (R101)", "AlignDet w/o ADM (R101)", margin=5.3),
+        Claim("AlignDet beats RetinaNet with one anchor instead of nine (R50)", "AlignDet (R50)", "RetinaNet (R50)",
+              margin=2.2),
+        Claim("AlignDet beats RetinaNet with one anchor instead of nine (R101)", "AlignDet (R101)",
+              "RetinaNet (R101)", margin=2.1),
+    ),
+))
+
+# ------------------------------------------------------------------------------------------------ Table 4
+TABLE4 = register(TableSpec(
+    paper="aligndet", table="table4",
+    title="Feature alignment variants (3x3, 256 channels, ablation ADM)",
+    source="AlignDet, Table 4 (Sec. 5.4)", metrics=FULL,
+    rows=(
+        Row("(a) Conv", "aligndet_3x3", {"head.alignment": "conv"}, paper=printed("35.2 54.7 37.9 19.4 38.4 47.7", FULL)),
+        Row("(b) Deform Conv", "aligndet_3x3", {"head.alignment": "deform"},
+            paper=printed("35.3 55.0 38.0 19.0 38.7 47.1", FULL)),
+        Row("(c) Anchor Guided Deform Conv", "aligndet_3x3", {"head.alignment": "anchor_deform"},
+            paper=printed("35.2 54.8 37.9 18.5 38.7 47.3", FULL)),
+        Row("(d) RoI Conv", "aligndet_3x3", paper=printed("36.2 56.1 39.2 19.2 39.7 48.5", FULL)),
+    ),
+    claims=(
+        Claim("RoIConv beats the regular grid", "(d) RoI Conv", "(a) Conv", margin=1.0),
+        Claim("RoIConv beats learned offsets", "(d) RoI Conv", "(b) Deform Conv", margin=0.9),
+        Claim("RoIConv beats offsets from the anchor shape", "(d) RoI Conv", "(c) Anchor Guided Deform Conv",
+              margin=1.0),
+    ),
+    note="Row (a)'s AP50 reads \"54.7 55.0\" in the extracted text; 54.7 is taken.",
+))
+
+# ------------------------------------------------------------------------------------------------ Table 5
+TABLE5 = register(TableSpec(
+    paper="aligndet", table="table5",
+    title="Label assignment thresholds of the DPM and the ADM",
+    source="AlignDet, Table 5 (Sec. 5.4)", metrics=WITH_AP90,
+    rows=(
+        Row("DPM 0.5/0.4, ADM 0.5/0.4", "aligndet_3x3", thresholds((0.5, 0.4), (0.5, 0.4)),
+            paper=printed("34.2 55.8 36.3 7.5 18.5 37.4 45.7", WITH_AP90)),
+        Row("DPM 0.5/0.4, ADM 0.6/0.6", "aligndet_3x3", thresholds((0.5, 0.4), (0.6, 0.6)),
+            paper=printed("35.6 55.9 38.3 9.7 19.5 38.5 47.2", WITH_AP90)),
+        Row("DPM 0.5/0.4, ADM 0.7/0.7", "aligndet_3x3", thresholds((0.5, 0.4), (0.7, 0.7)),
+            paper=printed("35.5 55.1 38.6 10.4 19.1 38.6 47.3", WITH_AP90)),
+        Row("DPM 0.4/0.3, ADM 0.6/0.6", "aligndet_3x3", thresholds((0.4, 0.3), (0.6, 0.6)),
+            paper=printed("36.0 56.6 38.5 10.2 19.5 39.2 48.2", WITH_AP90)),
+        Row("DPM 0.4/0.3, ADM 0.7/0.7", "aligndet_3x3", paper=printed("36.2 56.1 39.2 11.3 19.2 39.7 48.5", WITH_AP90)),
+    ),
+    claims=(
+        Claim("A stricter ADM threshold helps (DPM 0.5/0.4)", "DPM 0.5/0.4, ADM 0.6/0.6", "DPM 0.5/0.4, ADM 0.5/0.4",
+              margin=1.4),
+        Claim("A looser DPM threshold helps (ADM 0.7/0.7)", "DPM 0.4/0.3, ADM 0.7/0.7", "DPM 0.5/0.4, ADM 0.7/0.7",
+              margin=0.7),
+        Claim("A stricter ADM threshold favours precise boxes (AP90)", "DPM 0.5/0.4, ADM 0.7/0.7",
+              "DPM 0.5/0.4, ADM 0.5/0.4", metric="AP90", margin=2.9),
+        Claim("The chosen thresholds beat RetinaNet's for both modules", "DPM 0.4/0.3, ADM 0.7/0.7",
+              "DPM 0.5/0.4, ADM 0.5/0.4", margin=2.0),
+    ),
+))
+
+# ------------------------------------------------------------------------------------------------ Table 6
+TABLE6 = register(TableSpec(
+    paper="aligndet", table="table6",
+    title="RoIConv designs: kernel size, output channels, head",
+    source="AlignDet, Table 6 (Sec. 5.4)", metrics=("FPS",) + FULL, reference="RetinaNet",
+    rows=(
+        Row("3x3, 256c, 4 conv 256c", "aligndet_3x3", paper=speed(47, "36.2 56.1 39.2 19.2 39.7 48.5")),
+        Row("3x3, 1024c, 1 conv 1024c", "aligndet", design(3), paper=speed(49, "36.7 56.9 40.4 20.1 40.4 49.2")),
+        Row("5x5, 1024c, 1 conv 1024c", "aligndet", design(5), paper=speed(63, "37.2 57.1 40.7 20.6 40.3 49.9")),
+        Row("7x7, 1024c, 1 conv 1024c", "aligndet", paper=speed(86, "37.9 57.7 41.7 21.5 41.1 50.8")),
+        Row("7x7 dagger (3x3 on P3)", "aligndet", design(7, p3_kernel=3),
+            paper=speed(56, "37.6 57.3 41.6 20.7 41.0 50.4")),
+        Row("RetinaNet", "retinanet", paper=speed(58, "35.7 55.0 38.5 18.9 38.9 46.3")),
+    ),
+    claims=(
+        Claim("A 5x5 RoIConv beats a 3x3 one", "5x5, 1024c, 1 conv 1024c", "3x3, 1024c, 1 conv 1024c", margin=0.5),
+        Claim("A 7x7 RoIConv beats a 5x5 one", "7x7, 1024c, 1 conv 1024c", "5x5, 1024c, 1 conv 1024c", margin=0.7),
+        Claim("1024 channels and a 1x1 head beat 256 channels and four 3x3 convs", "3x3, 1024c, 1 conv 1024c",
+              "3x3, 256c, 4 conv 256c", margin=0.5),
+        Claim("The 3x3 variant beats RetinaNet", "3x3, 256c, 4 conv 256c", "RetinaNet", margin=0.5),
+        Claim("The 7x7 dagger variant beats RetinaNet", "7x7 dagger (3x3 on P3)", "RetinaNet", margin=1.9),
+        Claim("A 3x3 RoIConv on P3 makes the 7x7 variant faster", "7x7 dagger (3x3 on P3)", "7x7, 1024c, 1 conv 1024c",
+              metric="FPS", margin=round(1000 / 56 - 1000 / 86, 1)),
+    ),
+    note="The paper's speed (ms per image on an NVIDIA 2080) is shown as FPS = 1000 / ms.",
+))
+
+# ----------------------------------------------------------------------------------------------- Figure 4
+FIGURE4 = register(TableSpec(
+    paper="aligndet", table="figure4", title="IoU between the implicit RoIs of convolutions and the refined anchors",
+    source="AlignDet, Figure 4 (Sec. 5.4)", metrics=("AP",),
+    rows=(
+        Row("(a) Conv", "aligndet_3x3", {"head.alignment": "conv"}),
+        Row("(b) Deform Conv", "aligndet_3x3", {"head.alignment": "deform"}),
+        Row("(c) Anchor Guided Deform Conv", "aligndet_3x3", {"head.alignment": "anchor_deform"}),
+    ),
+    note="A figure: its rows are Table 4's trained runs whose alignment convolutions are read "
+         "(replicate.analysis.alignment_rois).",
+))
