@@ -103,15 +103,15 @@ def figure_summary(record: dict[str, Any], model_cfg, profile: str, *, results_d
     """``{"paper": {...}, "bins": {...}, "key": run key, "settings": ...}`` of a trained AlignDet run over its
     first ``images`` val images (:func:`describe` of each reading); cached per run key and settings."""
     from ..data.batching import Collate
-    from .cache import cached_summary, summary_path, trained_run
+    from .cache import cached_or_trained
 
     settings = {"images": images, "min_gt_iou": min_gt_iou, "scale": scale}
-    path = summary_path(results_dir, profile, "align-rois", record["key"])
-    cached = cached_summary(path, settings, "AlignDet RoI summary")
+    path, cached, trained = cached_or_trained(record, model_cfg, profile, "align-rois", settings,
+                                              "AlignDet RoI summary", results_dir=results_dir, data_root=data_root,
+                                              scale=scale)
     if cached is not None:
         return cached
-    net, val_set = trained_run(record, model_cfg, profile, cache=path, what="AlignDet RoI summary",
-                               data_root=data_root, scale=scale)
+    net, val_set = trained
     net = net.eval()
     device = next(net.parameters()).device
     collate = Collate()

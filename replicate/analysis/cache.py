@@ -97,6 +97,20 @@ def trained_run(record: dict[str, Any], model_cfg: DetectorConfig, profile: str,
     return load_trained(run_dir, model_cfg), build_dataset(data, "val", train=False)
 
 
+def cached_or_trained(record: dict[str, Any], model_cfg: DetectorConfig, profile: str, kind: str,
+                      settings: dict[str, Any], what: str, *, results_dir: str | Path = "results",
+                      data_root: str | Path | None = None, scale: str | None = None):
+    """``(path, cached, trained)`` of a run's ``kind`` summary: the cache's path; the cached summary when it was
+    computed with ``settings`` (``trained`` is then ``None``); else ``None`` and ``(model, val_set)`` from the
+    run's final checkpoint (:func:`trained_run`) to compute it."""
+    path = summary_path(results_dir, profile, kind, record["key"])
+    cached = cached_summary(path, settings, what)
+    if cached is not None:
+        return path, cached, None
+    return path, None, trained_run(record, model_cfg, profile, cache=path, what=what, data_root=data_root,
+                                   scale=scale)
+
+
 def misalignment_summary(record: dict[str, Any], model_cfg: DetectorConfig, profile: str, *,
                          results_dir: str | Path = "results", data_root: str | Path | None = None,
                          scale: str | None = None, images: int = 10, scatter_images: int = 3,
@@ -106,12 +120,12 @@ def misalignment_summary(record: dict[str, Any], model_cfg: DetectorConfig, prof
     Cached per run key (see the module docstring); the cache is recomputed when its settings differ.
     """
     settings = {"images": images, "scatter_images": scatter_images, "score_thr": score_thr, "nms_iou": nms_iou}
-    path = summary_path(results_dir, profile, "misalignment", record["key"])
-    cached = cached_summary(path, settings, "misalignment summary")
+    path, cached, trained = cached_or_trained(record, model_cfg, profile, "misalignment", settings,
+                                              "misalignment summary", results_dir=results_dir,
+                                              data_root=data_root, scale=scale)
     if cached is not None:
         return _from_json(cached)
-    net, val_set = trained_run(record, model_cfg, profile, cache=path, what="misalignment summary",
-                               data_root=data_root, scale=scale)
+    net, val_set = trained
     n = min(images, len(val_set))
     preds = [p for start in range(0, n, 2)
              for p in dense_predictions(net, val_set, range(start, min(start + 2, n)))]
@@ -136,12 +150,11 @@ def gap_summary(record: dict[str, Any], model_cfg: DetectorConfig, profile: str,
     """``{"key", "objects", "mean_gap", "share_gap_over_0.1", "mean_best_iou"}`` of a run's first ``images``
     validation images (:func:`~.misalignment.object_gaps`); cached per run key like the misalignment summary."""
     settings = {"images": images, "pos_iou": pos_iou}
-    path = summary_path(results_dir, profile, "gaps", record["key"])
-    cached = cached_summary(path, settings, "localization-gap summary")
+    path, cached, trained = cached_or_trained(record, model_cfg, profile, "gaps", settings, "localization-gap summary",
+                                              results_dir=results_dir, data_root=data_root, scale=scale)
     if cached is not None:
         return cached
-    net, val_set = trained_run(record, model_cfg, profile, cache=path, what="localization-gap summary",
-                               data_root=data_root, scale=scale)
+    net, val_set = trained
     n = min(images, len(val_set))
     frames = [object_gaps(p, pos_iou) for start in range(0, n, 2)
               for p in dense_predictions(net, val_set, range(start, min(start + 2, n)))]

@@ -349,15 +349,14 @@ def figure_summary(record: dict[str, Any], model_cfg, profile: str, *, results_d
     is recomputed when its settings differ.
     """
     from ..data.batching import Collate
-    from .cache import cached_summary, summary_path, trained_run
+    from .cache import cached_or_trained
 
     settings = {"images": images, "scale": scale}
-    path = summary_path(results_dir, profile, "mod-maps", record["key"])
-    cached = cached_summary(path, settings, "MOD loss-map summary")
+    path, cached, trained = cached_or_trained(record, model_cfg, profile, "mod-maps", settings, "MOD loss-map summary",
+                                              results_dir=results_dir, data_root=data_root, scale=scale)
     if cached is not None:
         return _summary_from_json(cached, path)
-    net, val_set = trained_run(record, model_cfg, profile, cache=path, what="MOD loss-map summary",
-                               data_root=data_root, scale=scale)
+    net, val_set = trained
     net = net.eval()
     collate = Collate()
     maps, assignment = [], None
