@@ -12,7 +12,7 @@ from torchvision.ops import roi_align
 from replicate.errors import ReplicateError
 from replicate.models.assigners import max_iou_assign
 from replicate.models.detector import build_detector
-from replicate.models.detectors.aligndet import ALIGNDET_ANCHOR, AlignDetHeadConfig
+from replicate.models.detectors.aligndet import ALIGNDET_ANCHOR, CODE_ANCHOR_SCALE, AlignDetHeadConfig
 from replicate.models.roiconv import (ALIGNMENTS, AlignConv, circumscribed_rois, conv_implicit_rois,
                                       roiconv_offsets, sample_points)
 from replicate.models.zoo import model_config
@@ -195,8 +195,11 @@ def test_loss_has_both_modules_and_no_gradient_reaches_the_dpm_through_the_boxes
 
 
 def test_the_anchor_and_the_narrowing():
-    assert ALIGNDET_ANCHOR.num_anchors == 1
-    assert ALIGNDET_ANCHOR.octave_base_scale == pytest.approx(4 * 2 ** (1 / 3))
+    assert ALIGNDET_ANCHOR.num_anchors == 1 and ALIGNDET_ANCHOR.octave_base_scale == 4.0  # Sec. 3.1: 32^2 on P3
+    code = model_config("aligndet", overrides={"head.anchors.octave_base_scale": CODE_ANCHOR_SCALE}).head
+    assert code.anchors.octave_base_scale == pytest.approx(4 * 2 ** (1 / 3))
+    wo_adm = model_config("aligndet_wo_adm").head  # Table 1's one-anchor RetinaNet: RetinaNet's assignment
+    assert (wo_adm.anchors, wo_adm.pos_iou, wo_adm.neg_iou) == (ALIGNDET_ANCHOR, 0.5, 0.4)
     full = model_config("aligndet").head
     assert (full.kernel, full.align_channels, full.adm_convs, full.adm_kernel) == (7, 1024, 1, 1)
     small = model_config("aligndet", "smoke", 10).head

@@ -10,9 +10,9 @@ Recipe (Sec. 5): ResNet-50-FPN (ResNet-101 where the row says so), 1x, RetinaNet
 losses. The rows differ in exactly what each table varies, over the presets of
 :mod:`replicate.models.detectors.aligndet`:
 
-* Table 3: RetinaNet (9 anchors), the DPM alone ("AlignDet w/o ADM", one anchor) and AlignDet (7x7 RoIConv,
-  1024c, one 1x1 conv), each at R50 and R101. On the small profiles ResNet-101 stands for the deeper narrow
-  backbone, as in MOD's Table 7.
+* Table 3: RetinaNet (9 anchors), "AlignDet w/o ADM" (RetinaNet with AlignDet's one anchor: its row is Table
+  1's one-anchor RetinaNet, cell for cell) and AlignDet (7x7 RoIConv, 1024c, one 1x1 conv), each at R50 and
+  R101. On the small profiles ResNet-101 stands for the deeper narrow backbone, as in MOD's Table 7.
 * Table 4: the ablation ADM (a 256c 3x3 alignment conv, then four 256c 3x3 convs) with the four alignments:
   regular grid, learned offsets, offsets from the anchor shape, RoIConv. "Four" convs become the profile's
   tower depth on the small profiles, like every head tower.

@@ -3,8 +3,11 @@ a dense proposal module (DPM) whose boxes become the learned anchors of an align
 that reads features through RoIConv (:mod:`replicate.models.roiconv`).
 
 * Sec. 4.3, Fig. 2: the DPM is a RetinaNet head (:mod:`.retinanet`, composed here, not copied) with one anchor
-  per location; "AlignDet w/o ADM is essentially a RetinaNet with a single anchor" (Sec. 5.3,
-  :func:`aligndet_wo_adm`). Its regression applied to its anchors gives the *refined anchors*.
+  per location, square, of scale factor 4 (Sec. 3.1: 32^2 .. 512^2 on P3-P7). Its regression applied to its
+  anchors gives the *refined anchors*.
+* "AlignDet w/o ADM is essentially a RetinaNet with a single anchor" (Sec. 5.3, :func:`aligndet_wo_adm`): its
+  Table 3 row (32.4 / 52.9 / 17.5 / 35.9 / 43.0) is Table 1's P3-P7 RetinaNet with that one anchor cell for
+  cell, so it is that pilot detector: RetinaNet's own assignment (fg/bg 0.5/0.4), not the DPM's 0.4/0.3.
 * The ADM: a ``k x k`` alignment convolution over the FPN feature, sampling the bins of each location's
   refined anchor (Eq. 4), then a head and two predictors, all shared across levels. Table 3/6's design
   (Sec. 5.3): "a 1024c 7x7 RoIConv followed by a 1024c 1x1 convolution" (``adm_kernel = 1``); Tables 4-5
@@ -21,10 +24,13 @@ that reads features through RoIConv (:mod:`replicate.models.roiconv`).
 * Inference: only the ADM scores and its boxes decoded against the refined anchors (the released code
   fuses nothing either); RetinaNet's thresholds and NMS.
 
-Choices where the paper is silent, from the released code (``shared/notes/official-code.md``): the anchor
-scale ``4 * 2^(1/3)`` x stride, no norm in either module, N(0, 0.01) initialisation, and no gradient from
-the ADM into the DPM's boxes (``AlignConv.detach_boxes``). Not adopted: the code's P7-only score threshold
-of 0 at test time, and its clipping of the refined anchors to the image (the sampling reads zeros outside).
+Choices where the paper is silent, from the released code (``shared/notes/official-code.md``): no norm in
+either module, N(0, 0.01) initialisation, and no gradient from the ADM into the DPM's boxes
+(``AlignConv.detach_boxes``). Where the code departs from the paper, the paper is followed and the code's
+behaviour is an option: its anchor of ``4 * 2^(1/3)`` x stride (:data:`CODE_ANCHOR_SCALE`, override
+``head.anchors.octave_base_scale``) against the paper's 4, and its "+1" bins (``head.bin_plus_one``). Not
+adopted: the code's P7-only score threshold of 0 at test time, and its clipping of the refined anchors to
+the image (the sampling reads zeros outside).
 """
 
 from __future__ import annotations
@@ -44,8 +50,10 @@ from ..priors import AnchorConfig
 from ..roiconv import AlignConv
 from .retinanet import RetinaNetHead, RetinaNetHeadConfig
 
-#: One square anchor per location, ``4 * 2^(1/3)`` x stride (the released code's; the paper gives none).
-ALIGNDET_ANCHOR = AnchorConfig(octave_base_scale=4.0 * 2.0 ** (1.0 / 3.0), scales_per_octave=1, ratios=(1.0,))
+#: One square anchor per location of 4 x stride (Sec. 3.1: "an anchor box of a scale factor of 4").
+ALIGNDET_ANCHOR = AnchorConfig(octave_base_scale=4.0, scales_per_octave=1, ratios=(1.0,))
+#: The released code's anchor scale, ``4 * 2^(1/3)`` (an option: ``head.anchors.octave_base_scale``).
+CODE_ANCHOR_SCALE = 4.0 * 2.0 ** (1.0 / 3.0)
 
 
 @dataclass(frozen=True)
@@ -204,8 +212,8 @@ def aligndet() -> DetectorConfig:
 
 
 def aligndet_wo_adm() -> DetectorConfig:
-    """AlignDet without its ADM: the DPM alone, a one-anchor RetinaNet (fg/bg 0.4/0.3; Table 3)."""
-    return DetectorConfig("aligndet_wo_adm", AlignDetHeadConfig().dpm_config())
+    """AlignDet without its ADM: RetinaNet with AlignDet's one anchor (Tables 1 and 3)."""
+    return DetectorConfig("aligndet_wo_adm", RetinaNetHeadConfig(anchors=ALIGNDET_ANCHOR))
 
 
 def aligndet_3x3() -> DetectorConfig:

@@ -12,8 +12,8 @@
   (beta 0.11 in Detectron; mmdetection v2 uses L1: ``box_loss="l1"``).
 * Inference (Sec. 4.2): threshold 0.05, top 1000 per level, NMS 0.5, 100 per image.
 
-The 1-anchor variant (``anchors=ONE_ANCHOR``, one square anchor of 8 * stride, as in the
-AlignDet/ATSS comparisons) is the same head with A = 1.
+The 1-anchor variant (``anchors=ONE_ANCHOR``, one square anchor of 8 * stride, as in ATSS's
+comparisons) is the same head with A = 1; AlignDet's one anchor is 4 * stride (:mod:`.aligndet`).
 """
 
 from __future__ import annotations
