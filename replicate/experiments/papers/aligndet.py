@@ -22,9 +22,10 @@ losses. The rows differ in exactly what each table varies, over the presets of
 * Figure 4: the IoU between the implicit RoIs of Table 4's alignment convolutions and the refined anchors
   (:mod:`replicate.analysis.alignment_rois`), read from Table 4's runs.
 
-Not reproduced yet: Tables 1-2 (the pilot study: Faster R-CNN and single-level RetinaNet on P4, with and
-without one 3x3 RoIConv) need a two-stage detector and a single-level neck; Table 7 (test-dev, 1.5x with
-scale jitter, against other detectors).
+Not reproduced yet: Tables 1-2 (the pilot study, Sec. 3.1 and 5.2: RetinaNet on P4 alone with anchors of scale
+factors 2, 4, 8, 16, 32, with and without one 3x3 RoIConv over them, and Faster R-CNN with and without FPN)
+need a single-level neck, a several-octave anchor set, RoIConv over several anchors per location and a
+two-stage detector; Table 7 (test-dev, 1.5x with scale jitter, against other detectors).
 """
 
 from __future__ import annotations
