@@ -5,7 +5,8 @@ Each summary lives at :func:`summary_path` (``<kind>-<run key>.json``) with the 
 with; :func:`cached_summary` returns it when the settings match, and :func:`trained_run` loads the run's
 final checkpoint (with a clear error when it is gone) to compute it otherwise. Kinds: ``misalignment``
 (below), ``gaps`` (:func:`gap_summary`, the calibration dial), ``val-splits`` (:func:`val_splits_summary`,
-where the seed noise comes from) and ``mod-maps`` (:mod:`replicate.analysis.mod_maps`).
+where the seed noise comes from), ``mod-maps`` (:mod:`replicate.analysis.mod_maps`) and ``align-rois``
+(:mod:`replicate.analysis.alignment_rois`); :func:`cached_or_trained` is the step they share.
 
 :func:`dense_predictions` sends val images through an anchor-based detector (RetinaNet and its
 variants: a head with ``anchors`` and a box ``coder``) and returns the dense per-anchor predictions in
