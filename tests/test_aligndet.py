@@ -223,7 +223,7 @@ def test_widening_by_half_a_bin_turns_sample_points_back_into_their_box():
 
 
 def test_paired_ious_by_hand():
-    from replicate.analysis.alignment_rois import paired_ious
+    from replicate.models.losses import aligned_box_iou as paired_ious
 
     a = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 1.0, 1.0]])
     b = torch.tensor([[5.0, 0.0, 15.0, 10.0], [0.0, 0.0, 10.0, 10.0], [2.0, 2.0, 3.0, 3.0]])

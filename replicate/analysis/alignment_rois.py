@@ -28,6 +28,7 @@ from torchvision.ops import box_iou
 
 from ..errors import ReplicateError
 from ..io import atomic_write_json
+from ..models.losses import aligned_box_iou
 from ..models.roiconv import circumscribed_rois, conv_implicit_rois
 
 BINS = np.linspace(0.0, 1.0, 21)  # histogram edges, 0.05 wide
@@ -40,17 +41,6 @@ def widen_by_half_a_bin(rois: Tensor, kernel: int) -> Tensor:
         return rois
     half = (rois[..., 2:] - rois[..., :2]) / (kernel - 1) / 2
     return torch.cat((rois[..., :2] - half, rois[..., 2:] + half), dim=-1)
-
-
-def _area(boxes: Tensor) -> Tensor:
-    return (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
-
-
-def paired_ious(a: Tensor, b: Tensor) -> Tensor:
-    """IoU of each pair of rows of two (N, 4) xyxy tensors."""
-    wh = (torch.minimum(a[:, 2:], b[:, 2:]) - torch.maximum(a[:, :2], b[:, :2])).clamp(min=0)
-    inter = wh[:, 0] * wh[:, 1]
-    return inter / (_area(a) + _area(b) - inter).clamp(min=1e-12)
 
 
 @torch.no_grad()
@@ -66,7 +56,7 @@ def roi_anchor_ious(net: torch.nn.Module, images: Tensor, targets: Sequence[dict
     outs = head(feats)
     found: dict[str, list[Tensor]] = {r: [] for r in READINGS}
     for level, (x, refined) in enumerate(zip(feats, outs["refined"])):
-        align = head.align_p3 if level == 0 and head.align_p3 is not None else head.align
+        align = head.aligner(level)
         B, _, H, W = x.shape
         stride = head.strides[level]
         boxes = refined.view(B, H, W, 4).float()
@@ -85,7 +75,7 @@ def roi_anchor_ious(net: torch.nn.Module, images: Tensor, targets: Sequence[dict
             anchors = boxes[b].reshape(-1, 4)
             keep = box_iou(anchors, gt).amax(dim=1) >= min_gt_iou
             for name, rois in readings.items():
-                found[name].append(paired_ious(rois[b].reshape(-1, 4)[keep], anchors[keep]))
+                found[name].append(aligned_box_iou(rois[b].reshape(-1, 4)[keep], anchors[keep]))
     return {name: torch.cat(v) if v else torch.zeros(0) for name, v in found.items()}
 
 

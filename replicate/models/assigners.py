@@ -28,6 +28,8 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_iou
 
+from .losses import aligned_box_iou
+
 NEGATIVE = -1
 IGNORED = -2
 
@@ -152,12 +154,7 @@ def _batched_iou(priors: Tensor, gt_boxes: Tensor) -> Tensor:
     if priors.dim() == 2:
         iou = box_iou(priors, gt_boxes.reshape(B * M, 4))  # (A, B*M)
         return iou.reshape(priors.shape[0], B, M).permute(1, 0, 2)
-    p, g = priors[:, :, None, :], gt_boxes[:, None, :, :]
-    wh = (torch.minimum(p[..., 2:], g[..., 2:]) - torch.maximum(p[..., :2], g[..., :2])).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    area_p = (p[..., 2] - p[..., 0]) * (p[..., 3] - p[..., 1])
-    area_g = (g[..., 2] - g[..., 0]) * (g[..., 3] - g[..., 1])
-    return inter / (area_p + area_g - inter)
+    return aligned_box_iou(priors[:, :, None, :], gt_boxes[:, None, :, :])
 
 
 def _crowd_iof(priors: Tensor, ignore_boxes: Tensor, ignore_valid: Tensor) -> Tensor:

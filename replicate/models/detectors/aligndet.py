@@ -44,7 +44,6 @@ from .._utils import flatten_levels, init_normal, mean_over_ranks, prior_prob_bi
 from ..assigners import Assignment, max_iou_assign, pad_targets
 from ..detector import DetectorConfig
 from ..head import DenseHead, Priors
-from ..losses import sigmoid_focal_loss_labels, smooth_l1_loss
 from ..postprocess import TestConfig, postprocess
 from ..priors import AnchorConfig
 from ..roiconv import AlignConv
@@ -135,6 +134,10 @@ class AlignDetHead(DenseHead):
         nn.init.constant_(self.cls_out.bias, prior_prob_bias(cfg.prior_prob))
 
     # ----------------------------------------------------------------------------- forward
+    def aligner(self, level: int) -> AlignConv:
+        """The ADM's alignment convolution of pyramid level ``level`` (its own on P3 in Table 6's dagger row)."""
+        return self.align_p3 if level == 0 and self.align_p3 is not None else self.align
+
     def forward(self, feats: list[Tensor]) -> dict[str, list[Tensor]]:
         dpm = self.dpm(feats)
         anchors = self.dpm.anchors(dpm["cls"])
@@ -144,8 +147,7 @@ class AlignDetHead(DenseHead):
             with torch.autocast(x.device.type, enabled=False):
                 boxes = self.coder.decode(a, flatten_levels([r.float()], 4))  # (B, H*W, 4)
             refined.append(boxes)
-            align = self.align_p3 if level == 0 and self.align_p3 is not None else self.align
-            y = torch.relu(align(x, boxes.view(B, H, W, 4), self.strides[level]))
+            y = torch.relu(self.aligner(level)(x, boxes.view(B, H, W, 4), self.strides[level]))
             y = self.adm_tower(y)
             cls.append(self.cls_out(y))
             reg.append(self.reg_out(y))
@@ -168,18 +170,15 @@ class AlignDetHead(DenseHead):
         return a, a.matched_boxes(gt_boxes)
 
     def adm_losses(self, outs: dict[str, list[Tensor]], targets: list[dict]) -> dict[str, Tensor]:
+        """RetinaNet's focal and smooth-L1 losses (the DPM's own, same settings) on the ADM's assignment, the
+        deltas relative to each image's refined anchors."""
         refined = torch.cat(outs["refined"], dim=1).detach()
         a, matched = self.adm_assign(refined, targets)
         cls = flatten_levels(outs["cls"], self.num_classes)
         reg = flatten_levels(outs["reg"], 4)
         num_pos = mean_over_ranks(a.num_pos).clamp(min=1.0)
-        c, pos = self.cfg, a.pos_mask
-        target = self.coder.encode(refined[pos], matched[pos])
-        return {
-            "loss_cls": sigmoid_focal_loss_labels(cls, a.labels, ~a.ignore_mask, c.focal_alpha, c.focal_gamma,
-                                                  avg_factor=num_pos),
-            "loss_bbox": smooth_l1_loss(reg[pos], target, c.smooth_l1_beta, reduction="mean", avg_factor=num_pos),
-        }
+        return {"loss_cls": self.dpm.classification_loss(cls, a, num_pos),
+                "loss_bbox": self.dpm.box_loss(reg, refined, matched, a, num_pos)}
 
     def losses(self, outs: dict[str, list[Tensor]], a: Assignment, matched: Tensor) -> dict[str, Tensor]:
         """The DPM's RetinaNet losses on assignment ``a``; :meth:`loss` adds the ADM's (they need the targets)."""

@@ -116,8 +116,9 @@ class RetinaNetHead(DenseHead):
                                          avg_factor=num_pos)
 
     def box_loss(self, reg: Tensor, anchors: Tensor, matched: Tensor, a: Assignment, num_pos: Tensor) -> Tensor:
+        """The box loss of the positives' deltas; ``anchors`` (N, 4) shared by the batch or (B, N, 4) per image."""
         pos = a.pos_mask
-        anchors_pos = anchors[None].expand(pos.shape[0], -1, -1)[pos]
+        anchors_pos = anchors.expand(pos.shape[0], -1, -1)[pos]
         target = self.coder.encode(anchors_pos, matched[pos])
         if self.cfg.box_loss == "l1":
             loss = l1_loss(reg[pos], target, reduction="mean", avg_factor=num_pos)
