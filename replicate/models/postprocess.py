@@ -27,6 +27,7 @@ from torchvision.ops import batched_nms
 from ..errors import ReplicateError
 
 FUSIONS = ("none", "multiply", "sqrt", "power")
+BOX_STAGES = ("final", "coarse")
 
 
 @dataclass(frozen=True)
@@ -42,10 +43,13 @@ class TestConfig:
     threshold_on: str = "cls"  # "cls": score_thr on the class probability; "fused": on the fused score
     quality_thr: float | None = None  # keep only candidates whose quality exceeds it (RetinaNet-Conf "obj>0.5")
     fusion_min_priors: int = 0  # fuse only on levels with more priors than this; quality = 1 on the others
+    boxes: str = "final"  # a two-stage dense head's boxes: "final", or "coarse" (its first stage's, SALT-Net)
 
     def __post_init__(self) -> None:
         if self.fusion not in FUSIONS:
             raise ReplicateError(f"unknown score fusion {self.fusion!r}; choose from {FUSIONS}")
+        if self.boxes not in BOX_STAGES:
+            raise ReplicateError(f"test boxes must be one of {BOX_STAGES}, got {self.boxes!r}")
         if self.threshold_on not in ("cls", "fused"):
             raise ReplicateError(f"threshold_on must be 'cls' or 'fused', got {self.threshold_on!r}")
 

@@ -27,6 +27,7 @@ from .detectors.iou_aware_retinanet import iou_aware_retinanet
 from .detectors.mod import foveabox_mod, mod, mod_code, retinanet_mod
 from .detectors.retinanet import retinanet, retinanet_1anchor
 from .detectors.retinanet_conf import retinanet_conf
+from .detectors.salt_net import salt_net, salt_s1
 
 MODELS: dict[str, Callable[[], DetectorConfig]] = {
     "retinanet": retinanet,
@@ -47,6 +48,8 @@ MODELS: dict[str, Callable[[], DetectorConfig]] = {
     "aligndet": aligndet,
     "aligndet_wo_adm": aligndet_wo_adm,
     "aligndet_3x3": aligndet_3x3,
+    "salt_net": salt_net,
+    "salt_s1": salt_s1,
 }
 
 DEEP_BACKBONES = ("resnet101", "resnext101_32x8d", "resnext101_64x4d")  # -> narrow_deep on small profiles

@@ -34,6 +34,7 @@ total is clamped at 1; crowd handling as in :mod:`.atss`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -74,6 +75,17 @@ class GFLHeadConfig:
         return GFLHead(self, in_channels, num_classes)
 
 
+class Positives(NamedTuple):
+    """A batch's positives as the GFL losses read them (boxes in units of each positive's stride)."""
+
+    b_idx: Tensor  # (P,) image of each positive
+    p_idx: Tensor  # (P,) its prior, levels concatenated
+    centres: Tensor  # (P, 2) its anchor centre / stride
+    gt: Tensor  # (P, 4) its GT box / stride
+    scores: Tensor  # (B, N, C) every prior's scores in the space the QFL sees (level_scores)
+    num_pos: Tensor  # positives averaged over processes, at least 1
+
+
 class GFLHead(OneAnchorHead):
     def __init__(self, cfg: GFLHeadConfig, in_channels: int, num_classes: int) -> None:
         if cfg.box_normalizer not in BOX_NORMALIZERS:
@@ -103,37 +115,41 @@ class GFLHead(OneAnchorHead):
         return quality_focal_loss(scores, labels, quality, self.cfg.qfl_beta, reduction="mean", avg_factor=avg_factor)
 
     # ------------------------------------------------------------------------------- train
+    def positives(self, outs: dict[str, list[Tensor]], a: Assignment, matched: Tensor) -> "Positives":
+        """What every loss term reads: the positives' indices, centres and GTs in stride units, the scores."""
+        levels = self.anchors(outs["cls"])
+        anchors = torch.cat(levels)
+        strides = self.level_strides(levels, self.cfg.anchors.strides)
+        b_idx, p_idx = a.pos_mask.nonzero(as_tuple=True)
+        s = strides[p_idx][:, None]
+        return Positives(b_idx, p_idx, anchor_centres(anchors[p_idx]) / s, matched[b_idx, p_idx] / s,
+                         torch.cat(self.level_scores(outs), dim=1), mean_over_ranks(a.num_pos).clamp(min=1.0))
+
+    def quality_loss(self, pos: "Positives", a: Assignment, pred: Tensor) -> Tensor:
+        """QFL (Eq. 5): soft target IoU(pred.detach(), gt) at the GT class, 0 elsewhere; label C = background."""
+        quality = pos.scores.new_zeros(a.labels.shape)
+        quality[pos.b_idx, pos.p_idx] = aligned_box_iou(pred.detach(), pos.gt).to(quality.dtype)
+        labels = torch.where(a.pos_mask, a.labels, torch.full_like(a.labels, self.num_classes))
+        valid = ~a.ignore_mask
+        return self.quality_focal(pos.scores[valid], labels[valid], quality[valid], pos.num_pos)
+
+    def box_weights(self, pos: "Positives") -> tuple[Tensor, Tensor]:
+        """Each positive's box-loss weight (its detached max-over-classes score) and the normaliser."""
+        weight = self.to_prob(pos.scores.detach()[pos.b_idx, pos.p_idx]).max(dim=-1).values  # (P,)
+        if self.cfg.box_normalizer == "weight_sum":
+            return weight, mean_over_ranks(weight.sum()).clamp(min=self.cfg.box_norm_min)
+        return weight, pos.num_pos
+
     def losses(self, outs: dict[str, list[Tensor]], a: Assignment, matched: Tensor) -> dict[str, Tensor]:
         c = self.cfg
         n = self.dist_coder.num_bins
-        levels = self.anchors(outs["cls"])
-        anchors = torch.cat(levels)
-        strides = self.level_strides(levels, c.anchors.strides)
-        scores = torch.cat(self.level_scores(outs), dim=1)
-        reg = flatten_levels(outs["reg"], 4 * n)
-        num_pos = mean_over_ranks(a.num_pos).clamp(min=1.0)
-
-        b_idx, p_idx = a.pos_mask.nonzero(as_tuple=True)
-        s = strides[p_idx][:, None]
-        centres = anchor_centres(anchors[p_idx]) / s  # stride units, as the distribution is
-        gt = matched[b_idx, p_idx] / s
-        dist_logits = reg[b_idx, p_idx]  # (P, 4n)
-        pred = DistanceCoder().decode(centres, self.dist_coder.integral(dist_logits))
-
-        # QFL (Eq. 5): soft target IoU(pred.detach(), gt) at the GT class, 0 elsewhere; label C = background.
-        quality = scores.new_zeros(a.labels.shape)
-        quality[b_idx, p_idx] = aligned_box_iou(pred.detach(), gt).to(quality.dtype)
-        labels = torch.where(a.pos_mask, a.labels, torch.full_like(a.labels, self.num_classes))
-        valid = ~a.ignore_mask
-        loss_cls = self.quality_focal(scores[valid], labels[valid], quality[valid], num_pos)
-
-        weight = self.to_prob(scores.detach()[b_idx, p_idx]).max(dim=-1).values  # (P,)
-        if c.box_normalizer == "weight_sum":
-            box_norm = mean_over_ranks(weight.sum()).clamp(min=c.box_norm_min)
-        else:
-            box_norm = num_pos
-        loss_bbox = giou_loss(pred, gt, reduction="mean", weight=weight, avg_factor=box_norm)
-        target = DistanceCoder().encode(centres, gt).clamp(0.0, c.reg_max - c.dfl_eps)  # (P, 4)
+        pos = self.positives(outs, a, matched)
+        dist_logits = flatten_levels(outs["reg"], 4 * n)[pos.b_idx, pos.p_idx]  # (P, 4n)
+        pred = DistanceCoder().decode(pos.centres, self.dist_coder.integral(dist_logits))
+        loss_cls = self.quality_loss(pos, a, pred)
+        weight, box_norm = self.box_weights(pos)
+        loss_bbox = giou_loss(pred, pos.gt, reduction="mean", weight=weight, avg_factor=box_norm)
+        target = DistanceCoder().encode(pos.centres, pos.gt).clamp(0.0, c.reg_max - c.dfl_eps)  # (P, 4)
         loss_dfl = distribution_focal_loss(dist_logits.reshape(-1, 4, n), target, reduction="mean",
                                            weight=weight[:, None], avg_factor=4.0 * box_norm)
         return {"loss_cls": c.cls_loss_weight * loss_cls, "loss_bbox": c.box_loss_weight * loss_bbox,
