@@ -32,8 +32,8 @@ exactly what the table varies:
 
 from __future__ import annotations
 
-from ...profiles import PROXY_SCHEDULE
 from ..spec import Claim, Row, TableSpec, register
+from . import MS_2X
 
 AP3 = ("AP", "AP50", "AP75")
 FULL = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -186,14 +186,6 @@ TABLE6 = register(TableSpec(
 R101 = {"backbone.name": "resnet101"}
 X101 = {"backbone.name": "resnext101_64x4d"}
 X101_DCN = {**X101, "backbone.dcn_stages": (3, 4)}  # c4-c5, as MOD's X-101 DCN configs
-# coco: the released configs' multi-scale training at 2x; smoke (a plumbing check): the 1x smoke schedule,
-# so that the book's CI build stays short; proxy: its 1x (4800 iterations). Every row of the table shares
-# the schedule, so its claims (orderings at one schedule) are compared at equal schedule either way, and
-# the proxy's 2x would double the cost of the table's 18 runs (about 5 h of the 2-core machine) for a
-# schedule that no claim of the table is about.
-MS_2X = {"coco": {"scale": "ms-480-960"}, "smoke": {"iters": 100, "steps": (90,)},
-         "proxy": {"iters": PROXY_SCHEDULE.iters, "steps": PROXY_SCHEDULE.steps}}
-
 _CITED7 = (  # (label, AP AP50 AP75 APs APm APl as printed; "-": an extraction slip, left out)
     ("Cascade R-CNN (R101)", "42.8 62.1 46.3 23.7 45.5 55.2"),
     ("TSD (R101)", "43.2 64.0 46.9 24.0 46.3 55.8"),

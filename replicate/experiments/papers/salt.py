@@ -1,0 +1,154 @@
+"""SALT-Net (Yang et al., "Rethinking the Misalignment Problem in Dense Object Detection"): Tables 1, 2, 4 and 5.
+
+Numbers are transcribed from ``shared/papers/003_f4cdaa0c2361fb62.txt`` (COCO val2017 for Tables 1-4,
+test-dev for Table 5; percent, as printed). The rows are the presets of
+:mod:`replicate.models.detectors.salt_net` with what each table varies:
+
+* Table 1 (Sec. 4.1), SALT's parts added one at a time, all without the SDR loss (Table 4 adds it): the S1
+  baseline (ATSS with the joint cls-IoU score, ``salt_s1``), the S2 baseline (GFLv2, ``gflv2``), then
+  SALT-Net with both tasks reading the regression-aware points, with free classification-aware points
+  (``P^c = D``), with the points anchored on the regression-aware ones (Eq. 5), with the skip connection;
+  the last row scores the same model's stage-one boxes (``test.boxes = "coarse"``: one trained model, two
+  evaluations).
+* Table 2 (Sec. 4.2): Eq. 6 (``"add"``) against Eq. 5 (``"exp"``), on Table 1's full model.
+* Table 4 (Sec. 4.4): the SDR loss on and off, each scored on both stages.
+* Table 5 (Sec. 4.6): test-dev, 2x with multi-scale training. The two ResNet-50 rows (GFLV2 and SALT-Net*)
+  are reproduced, under :data:`~replicate.experiments.papers.MS_2X` (the proxy trains them at its 1x); the
+  other rows (other detectors, DCN and ResNeXt / Res2Net backbones, test-time augmentation) are cited.
+
+The S2 baseline is the ``gflv2`` preset (4 tower convs, as GFLv2's config; SALT-Net's has 3): on the small
+profiles every head's towers have the profile's depth, so the rows differ only in what the table varies.
+
+Not reproduced yet: Table 3 (SALT in FCOS and RepPoints: SALT-FCOS needs SALT composed into the FCOS head, and
+RepPoints is not implemented), and Figures 1 and 9 (the per-pixel classification and IoU distributions and
+their peaks).
+"""
+
+from __future__ import annotations
+
+from ..spec import Claim, Row, TableSpec, register
+from . import MS_2X
+
+FULL = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+AP3 = ("AP", "AP50", "AP75")
+NO_SDR = {"head.sdr": False}
+COARSE = {"test.boxes": "coarse"}
+
+
+def printed(values: str, metrics: tuple[str, ...] = FULL) -> dict[str, float]:
+    """A row as printed (numbers separated by spaces; "-" for a cell left out) -> metric -> value."""
+    cells = values.split()
+    if len(cells) != len(metrics):
+        raise ValueError(f"{len(cells)} cells for {len(metrics)} metrics: {values!r}")
+    return {m: float(c) for m, c in zip(metrics, cells) if c != "-"}
+
+
+def parts(cls_points: str, skip: bool = False) -> dict[str, object]:
+    """Table 1: SALT-Net without SDR, with the classification points of ``cls_points`` and the skip or not."""
+    return {**NO_SDR, "head.cls_points": cls_points, "head.skip": skip}
+
+
+# ------------------------------------------------------------------------------------------------ Table 1
+TABLE1 = register(TableSpec(
+    paper="salt", table="table1",
+    title="SALT's parts, added one at a time (no SDR loss)",
+    source="SALT-Net, Table 1 (Sec. 4.1)", metrics=FULL, reference="S2 baseline (GFLv2)",
+    rows=(
+        Row("S1 baseline (ATSS, joint score)", "salt_s1", paper=printed("39.9 58.5 43.0 22.4 43.9 52.7")),
+        Row("S2 baseline (GFLv2)", "gflv2", paper=printed("40.9 58.3 44.4 23.9 44.7 53.5")),
+        Row("S2 + R-points", "salt_net", parts("regression"), paper=printed("41.3 58.7 44.9 23.3 45.0 54.2")),
+        Row("S2 + R-points + C-points", "salt_net", parts("free"), paper=printed("41.6 59.1 45.6 23.7 45.4 54.7")),
+        Row("S2 + P-anchor", "salt_net", parts("exp"), paper=printed("42.1 59.6 45.6 24.8 45.4 55.5")),
+        Row("S2 + P-anchor + skip", "salt_net", NO_SDR, paper=printed("42.5 60.1 46.2 25.1 45.9 56.4")),
+        Row("S1 of the full model", "salt_net", {**NO_SDR, **COARSE}, paper=printed("41.3 58.6 44.9 23.2 45.1 54.2")),
+    ),
+    claims=(
+        Claim("Aligned features from the regression-aware points beat GFLv2", "S2 + R-points", "S2 baseline (GFLv2)",
+              margin=0.4),
+        Claim("Disentangled classification-aware points help", "S2 + R-points + C-points", "S2 + R-points",
+              margin=0.3),
+        Claim("Anchoring the classification points on the regression points helps", "S2 + P-anchor",
+              "S2 + R-points + C-points", margin=0.5),
+        Claim("The skip connection helps", "S2 + P-anchor + skip", "S2 + P-anchor", margin=0.4),
+        Claim("SALT improves on GFLv2 by 1.6 AP", "S2 + P-anchor + skip", "S2 baseline (GFLv2)", margin=1.6),
+        Claim("SALT improves large objects by 2.9 AP", "S2 + P-anchor + skip", "S2 baseline (GFLv2)", metric="APl",
+              margin=2.9),
+        Claim("The coarse boxes with the refined scores beat the S1 baseline", "S1 of the full model",
+              "S1 baseline (ATSS, joint score)", margin=1.4),
+    ),
+))
+
+# ------------------------------------------------------------------------------------------------ Table 2
+TABLE2 = register(TableSpec(
+    paper="salt", table="table2",
+    title="Spatial disentanglement: Eq. 6 (+) against Eq. 5 (exp)",
+    source="SALT-Net, Table 2 (Sec. 4.2)", metrics=FULL,
+    rows=(
+        Row("w/ +", "salt_net", {**NO_SDR, "head.cls_points": "add"}, paper=printed("42.3 60.1 46.1 24.7 46.0 56.1")),
+        Row("w/ exp", "salt_net", NO_SDR, paper=printed("42.5 60.1 46.2 25.1 45.9 56.4")),
+    ),
+    claims=(Claim("Log-space scaling (exp) beats additive offsets", "w/ exp", "w/ +", margin=0.2),),
+    note="With Eq. 4's ReLU (the paper's, our default) D >= 0: Eq. 6 can only shift the points right and down, "
+         "and Eq. 5 can only scale them away from the location. The released code's linear D "
+         "(head.disentangle = \"linear\") has neither restriction.",
+))
+
+# ------------------------------------------------------------------------------------------------ Table 4
+TABLE4 = register(TableSpec(
+    paper="salt", table="table4",
+    title="The self-distillation regression (SDR) loss, scored on each stage",
+    source="SALT-Net, Table 4 (Sec. 4.4)", metrics=FULL,
+    rows=(
+        Row("S1", "salt_net", {**NO_SDR, **COARSE}, paper=printed("41.3 58.6 44.9 23.2 45.1 54.2")),
+        Row("S2", "salt_net", NO_SDR, paper=printed("42.5 60.1 46.2 25.1 45.9 56.4")),
+        Row("S1 + SDR", "salt_net", COARSE, paper=printed("42.1 60.5 45.9 24.8 45.7 54.9")),
+        Row("S2 + SDR", "salt_net", paper=printed("42.8 60.6 46.7 25.1 46.4 56.0")),
+    ),
+    claims=(
+        Claim("SDR improves the stage-one boxes by 0.8 AP", "S1 + SDR", "S1", margin=0.8),
+        Claim("SDR improves the stage-one boxes on small objects by 1.6 AP", "S1 + SDR", "S1", metric="APs",
+              margin=1.6),
+        Claim("SDR improves the final (stage-two) boxes", "S2 + SDR", "S2", margin=0.3),
+    ),
+))
+
+# ------------------------------------------------------------------------------------------------ Table 5
+_CITED5 = (  # (label, AP AP50 AP75 APs APm APl as printed)
+    ("GuidedAnchor (R-50)", "39.8 59.2 43.5 21.8 42.6 50.7"),
+    ("DCNV2 (X-101-32x8d-DCN)", "44.5 65.8 48.4 27.0 48.5 58.9"),
+    ("BorderDet (X-101-64x4d-DCN)", "48.0 67.1 52.1 29.4 50.7 60.5"),
+    ("RepPointsV2 (X-101-64x4d-DCN)", "49.4 68.9 53.4 30.3 52.1 62.3"),
+    ("TSDF (SE154-DCN)", "51.2 71.9 56.0 33.8 54.8 64.2"),
+    ("VFNet (X-101-32x8d-DCN)", "50.0 68.5 54.4 30.4 53.2 62.9"),
+    ("LSNet (R2-101-DCN-p)", "51.1 70.3 55.2 31.2 54.3 65.1"),
+    ("CornerNet (HG-104)", "40.5 59.1 42.3 21.8 42.7 50.2"),
+    ("SAPD (X-101-32x8d-DCN)", "46.6 66.6 50.0 27.3 49.7 60.7"),
+    ("ATSS (X-101-32x8d-DCN)", "47.7 66.5 51.9 29.7 50.8 59.4"),
+    ("GFL (X-101-32x8d-DCN)", "48.2 67.4 52.6 29.2 51.7 60.2"),
+    ("FCOS-imprv (X-101-32x8d-DCN)", "44.1 63.7 47.9 27.4 46.8 53.7"),
+    ("PAA (X-101-64x4d-DCN)", "49.0 67.8 53.3 30.2 52.8 62.2"),
+    ("GFLV2 (X-101-32x8d-DCN2)", "49.0 67.6 53.5 29.7 52.4 61.4"),
+    ("TOOD (X-101-64x4d-DCN)", "51.1 69.4 55.5 31.9 54.1 63.7"),
+    ("SALT-Net (X-101-32x8d-DCN2)", "49.8 68.5 54.2 30.6 53.2 62.6"),
+    ("SALT-Net (X-101-32x8d-DCN)", "50.2 68.8 54.9 31.2 53.4 63.1"),
+    ("SALT-Net (R2-101-DCN2)", "51.1 69.7 55.7 32.3 54.5 64.0"),
+    ("SALT-Net* (R2-101-DCN)", "51.5 70.0 56.2 32.1 55.1 64.8"),
+    ("SALT-Net dagger (R2-101-DCN, TTA)", "53.8 71.1 59.9 36.3 56.9 65.1"),
+)
+
+TABLE5 = register(TableSpec(
+    paper="salt", table="table5",
+    title="Comparison on COCO test-dev (2x, multi-scale training; ours: the profile's val split)",
+    source="SALT-Net, Table 5 (Sec. 4.6)", metrics=FULL, profile_train_overrides=MS_2X,
+    rows=tuple(Row(label, "salt_net", paper=printed(values), reproduce=False, note="cited")
+               for label, values in _CITED5) + (
+        Row("GFLV2 (R-50)", "gflv2", schedule="2x", paper=printed("44.3 62.3 48.5 26.8 47.7 54.1")),
+        Row("SALT-Net* (R-50)", "salt_net", schedule="2x", paper=printed("46.1 64.0 50.3 28.0 49.5 57.2")),
+    ),
+    claims=(Claim("SALT-Net (with SDR) beats GFLV2 with ResNet-50", "SALT-Net* (R-50)", "GFLV2 (R-50)",
+                  margin=1.8),),
+    note="\"*\": with the SDR loss; dagger: test-time augmentation (flip and multi-scale). DCN2: DCN on the "
+         "backbone's last two stages, DCN: on its last three, DCN-p: in the backbone and the FPN. The reproduced "
+         "rows train 2x with multi-scale images on coco; on the proxy they train at the profile's 1x and one "
+         "scale, so they are Table 1's GFLv2 and Table 4's S2 + SDR runs.",
+))
