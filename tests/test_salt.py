@@ -192,3 +192,41 @@ def test_the_boxes_field_keeps_the_committed_evaluation_keys():
     test = TestConfig(**record["test"])
     assert evaluation_key(test) in record["evaluations"]
     assert evaluation_key(TestConfig(**{**record["test"], "boxes": "coarse"})) not in record["evaluations"]
+
+
+def test_decoded_outputs_agree_with_the_detections():
+    """The analyses' dense view (``head.decoded``, unclipped) gives, at the top-scored (prior, class), the box and
+    score of the head's own top detection, for each stage."""
+    det = heads()
+    det.eval()
+    with torch.no_grad():
+        outs = det.head(det.neck(det.backbone(torch.rand(1, 3, 96, 96))))
+    for stage in ("final", "coarse"):
+        probs, boxes = det.head.decoded(outs, stage)
+        test = TestConfig(score_thr=0.0, nms_iou=0.6, max_per_image=1, boxes=stage)
+        top = det.head.predict(outs, [(4096, 4096)], test)[0]
+        prior, label = divmod(int(probs[0].argmax()), probs.shape[-1])
+        assert int(top["labels"][0]) == label
+        torch.testing.assert_close(top["scores"][0], probs[0, prior, label])
+        torch.testing.assert_close(top["boxes"][0], boxes[0, prior].clamp(0, 4096))  # detections are clipped
+
+
+def test_object_peaks_by_hand():
+    """Two objects, four priors. Object 0 (0, 0, 20, 20) holds priors 0 and 1: prior 0 scores higher but its box
+    has IoU 0.25 (a quarter of the object), prior 1's box is the object (IoU 1): not aligned, gap 0.75, peaks
+    10 px apart over sqrt(400) = 20 px. Object 1 (40, 40, 60, 60) holds priors 2 and 3; prior 3 has both peaks."""
+    from replicate.analysis.misalignment import ImagePredictions
+    from replicate.analysis.task_peaks import object_peaks
+
+    priors = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 10.0, 10.0, 20.0], [40.0, 40.0, 50.0, 50.0],
+                           [45.0, 45.0, 55.0, 55.0]])
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 20.0, 20.0], [40.0, 40.0, 50.0, 50.0],
+                          [40.0, 40.0, 60.0, 60.0]])
+    scores = torch.tensor([[0.9, 0.0], [0.5, 0.0], [0.0, 0.3], [0.0, 0.8]])
+    pred = ImagePredictions(priors, scores, boxes, torch.tensor([[0.0, 0.0, 20.0, 20.0], [40.0, 40.0, 60.0, 60.0]]),
+                            torch.tensor([0, 1]))
+    peaks = object_peaks(pred)
+    assert peaks["aligned"].tolist() == [False, True]
+    assert peaks["gap"].tolist() == pytest.approx([0.75, 0.0])
+    assert peaks["distance"].tolist() == pytest.approx([10.0 / 20.0, 0.0])
+    assert peaks["region"].tolist() == [2, 2]

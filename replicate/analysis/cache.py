@@ -47,25 +47,33 @@ ANALYSIS = "analysis"
 
 @torch.no_grad()
 def dense_predictions(model: torch.nn.Module, dataset, indices: Sequence[int],
-                      device: str | torch.device = "cpu") -> list[ImagePredictions]:
-    """Per image of ``dataset[indices]``: anchors, class probabilities and decoded boxes of every anchor (a
-    cascade's anchors are its refined ones, one set per image: AlignDet's ADM)."""
+                      device: str | torch.device = "cpu", boxes: str = "final") -> list[ImagePredictions]:
+    """Per image of ``dataset[indices]``: priors, class probabilities and decoded boxes of every prior, from a
+    head that decodes its dense outputs itself (``head.decoded``: the GFL family and SALT-Net, whose
+    ``boxes`` picks a stage) or from an anchor head with box deltas (the RetinaNet family; a cascade's anchors
+    are its refined ones, one set per image: AlignDet's ADM)."""
     head = model.head
-    if head.prior_kind != "anchor" or not isinstance(getattr(head, "coder", None), DeltaXYWHCoder):
-        raise ReplicateError(f"dense predictions need an anchor-based head with box deltas (RetinaNet family), "
-                             f"got {type(head).__name__}")
+    decodes = hasattr(head, "decoded")
+    if not decodes and (head.prior_kind != "anchor" or not isinstance(getattr(head, "coder", None), DeltaXYWHCoder)):
+        raise ReplicateError(f"dense predictions need an anchor-based head with box deltas (RetinaNet family) or "
+                             f"one that decodes its outputs (GFL family), got {type(head).__name__}")
     model = model.eval().to(device)
     batch = Collate()([dataset[i] for i in indices])
     outs = model(batch.images.to(device))
     shared = head.priors(outs).boxes
-    refined = torch.cat(outs["refined"], dim=1) if "refined" in outs else None
-    probs = flatten_levels(outs["cls"], head.num_classes).sigmoid()
-    reg = flatten_levels(outs["reg"], 4)
+    if decodes:
+        probs, decoded = head.decoded(outs, boxes)
+    else:
+        probs, reg = flatten_levels(outs["cls"], head.num_classes).sigmoid(), flatten_levels(outs["reg"], 4)
+        refined = torch.cat(outs["refined"], dim=1) if "refined" in outs else None
     preds = []
     for i, target in enumerate(batch.targets):
-        anchors = shared if refined is None else refined[i]
-        boxes = head.coder.decode(anchors, reg[i])
-        preds.append(ImagePredictions(anchors.cpu(), probs[i].cpu(), boxes.cpu(), target["boxes"].float().cpu(),
+        if decodes:
+            anchors, image_boxes = shared, decoded[i]
+        else:
+            anchors = shared if refined is None else refined[i]
+            image_boxes = head.coder.decode(anchors, reg[i])
+        preds.append(ImagePredictions(anchors.cpu(), probs[i].cpu(), image_boxes.cpu(), target["boxes"].float().cpu(),
                                       target["labels"].cpu(), image_id=int(target["image_id"])))
     return preds
 

@@ -152,3 +152,16 @@ TABLE5 = register(TableSpec(
          "rows train 2x with multi-scale images on coco; on the proxy they train at the profile's 1x and one "
          "scale, so they are Table 1's GFLv2 and Table 4's S2 + SDR runs.",
 ))
+
+# ------------------------------------------------------------------------------------------------ Figures 1, 9
+FIGURE9 = register(TableSpec(
+    paper="salt", table="figure9", title="Where the classification scores and the IoUs peak, before and after SALT",
+    source="SALT-Net, Figures 1 and 9 (Sec. 1, 4.5)", metrics=FULL,
+    rows=(
+        Row("ATSS, joint score (Figure 1)", "salt_s1"),
+        Row("SALT-Net, stage two (Figure 9 a-b)", "salt_net"),
+        Row("SALT-Net, stage one (Figure 9 c)", "salt_net", COARSE),
+        Row("SALT-Net without SDR, stage one", "salt_net", {**NO_SDR, **COARSE}),
+    ),
+    note="A figure: its rows are Tables 1 and 4's trained runs, read by replicate.analysis.task_peaks.",
+))

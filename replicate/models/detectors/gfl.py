@@ -160,6 +160,16 @@ class GFLHead(OneAnchorHead):
         """Boxes ``centre +- stride * integral(distribution)`` (Sec. 3.3) for (K, 4) anchors, (K, 4n) logits."""
         return DistanceCoder().decode(anchor_centres(anchors), self.dist_coder.integral(dist_logits) * stride)
 
+    def decoded(self, outs: dict[str, list[Tensor]], boxes: str = "final") -> tuple[Tensor, Tensor]:
+        """Every prior's scores (B, N, C) in probability space and decoded box (B, N, 4) in image pixels, before
+        any threshold (the analyses' dense view; ``boxes`` names a stage of a two-stage head)."""
+        levels = self.anchors(outs["cls"])
+        strides = self.level_strides(levels, self.cfg.anchors.strides)
+        dist = flatten_levels(outs["reg"], 4 * self.dist_coder.num_bins)
+        distances = self.dist_coder.integral(dist) * strides[None, :, None]
+        probs = self.to_prob(torch.cat(self.level_scores(outs), dim=1))
+        return probs, DistanceCoder().decode(anchor_centres(torch.cat(levels))[None], distances)
+
     def predict(self, outs: dict[str, list[Tensor]], image_sizes: list[tuple[int, int]],
                 cfg: TestConfig) -> list[dict[str, Tensor]]:
         levels = self.anchors(outs["cls"])

@@ -156,6 +156,16 @@ class SALTHead(GFLv2Head):
         return terms
 
     # ----------------------------------------------------------------------------- predict
+    def decoded(self, outs: dict[str, list[Tensor]], boxes: str = "final") -> tuple[Tensor, Tensor]:
+        """:meth:`GFLHead.decoded`; ``boxes="coarse"`` (or the S1 baseline) decodes the stage-one distances."""
+        if self.two_stage and boxes == "final":
+            return super().decoded(outs, boxes)
+        levels = self.anchors(outs["cls"])
+        strides = self.level_strides(levels, self.cfg.anchors.strides)
+        distances = flatten_levels(outs["coarse"], 4) * strides[None, :, None]
+        probs = self.to_prob(torch.cat(self.level_scores(outs), dim=1))
+        return probs, DistanceCoder().decode(anchor_centres(torch.cat(levels))[None], distances)
+
     def predict(self, outs: dict[str, list[Tensor]], image_sizes: list[tuple[int, int]],
                 cfg: TestConfig) -> list[dict[str, Tensor]]:
         if self.two_stage and cfg.boxes == "final":
