@@ -102,8 +102,9 @@ def test_alignment_reads_each_tap_at_its_point_by_bilinear_interpolation():
 
     salt = SALT(8, norm=None)
     feats = torch.randn(2, 8, 5, 6)
-    distances = torch.rand(2, 4, 5, 6) * 3
-    out = salt(feats, feats, distances)
+    torch.nn.init.normal_(salt.conv_c.weight, std=0.5)
+    out = salt(feats, feats, torch.nn.Identity())
+    assert out["coarse"].max() > 0.5  # points spread over boxes, not at the location
     expected = deform_conv2d(feats, points_to_offsets(out["reg_points"]), salt.reg_align.weight, salt.reg_align.bias,
                              padding=1)
     torch.testing.assert_close(out["reg_feat"], torch.relu(expected), atol=1e-5, rtol=1e-4)
@@ -230,3 +231,19 @@ def test_object_peaks_by_hand():
     assert peaks["gap"].tolist() == pytest.approx([0.75, 0.0])
     assert peaks["distance"].tolist() == pytest.approx([10.0 / 20.0, 0.0])
     assert peaks["region"].tolist() == [2, 2]
+
+
+def test_salt_composes_into_fcos_and_leaves_fcos_runs_named_as_before():
+    """SALT-FCOS (Table 3) is FCOS's head with the operator between towers and predictors: a coarse-box GIoU term
+    joins FCOS's; plain FCOS's run identity has no SALT fields, so its committed records keep their names."""
+    from replicate.models.detector import weights_fields
+
+    torch.manual_seed(0)
+    images = torch.rand(2, 3, 128, 128)
+    salt_fcos = build_detector(model_config("salt_fcos", "smoke", num_classes=3))
+    terms = salt_fcos(images, TARGETS)
+    assert {"loss_cls", "loss_bbox", "loss_centerness", "loss_bbox_coarse"} <= set(terms)
+    assert all(torch.isfinite(v) for v in terms.values())
+    head = weights_fields(model_config("fcos", "proxy"))["head"]
+    assert "salt" not in head and "salt_coarse_weight" not in head
+    assert weights_fields(model_config("salt_fcos", "proxy"))["head"]["salt"] == "exp"

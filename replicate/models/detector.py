@@ -113,7 +113,7 @@ def full_precision(value: Any) -> Any:
     return value
 
 
-LATER_HEAD_FIELDS = {"reg_init_std": 0.01}
+LATER_HEAD_FIELDS = {"reg_init_std": 0.01, "salt": None, "salt_coarse_weight": 0.5}
 """Head config fields added after records existed, left out of a run's identity at these values (the
 value every run had before the field), so that the runs made before them keep their names (as
 :data:`replicate.engine.config.LATER_FIELDS` for the training config)."""

@@ -116,8 +116,7 @@ class SALT(nn.Module):
     """The operator (Fig. 3): coarse box and scale factors from ``F^r``, disentanglement from ``F^c``, and the
     two task-aligned 3x3 sampling convolutions (each + GroupNorm + ReLU).
 
-    ``coarse(reg_feat)`` gives the (B, 4, H, W) distances before the head's per-level scale;
-    ``forward(cls_feat, reg_feat, distances)`` the aligned features and both point sets (float32).
+    ``forward(cls_feat, reg_feat, scale)`` gives the coarse distances, both point sets and the aligned features.
     """
 
     def __init__(self, channels: int, cls_points: str = "exp", disentangle: str = "relu", point_convs: int = 0,
@@ -141,30 +140,29 @@ class SALT(nn.Module):
         self.cls_norm = GroupNorm(min(32, channels), channels) if norm == "gn" else nn.Identity()
         init_normal(self)
 
-    def coarse(self, reg_feat: Tensor) -> Tensor:
-        """Eq. 1's ``conv_c`` on the regression features (before the ReLU and the head's per-level scale)."""
-        return self.conv_c(self.reg_pre(reg_feat))
-
-    def points(self, cls_feat: Tensor, reg_feat: Tensor, distances: Tensor) -> tuple[Tensor, Tensor]:
-        """The regression- and classification-aware points, (B, 18, H, W) float32 each."""
-        factors = torch.sigmoid(self.conv_s(self.reg_pre(reg_feat)).float())  # Eq. 1
-        reg_points = regression_points(distances.float(), factors)
+    def points(self, cls_feat: Tensor, reg_feat: Tensor, scale: nn.Module) -> dict[str, Tensor]:
+        """Eq. 1-6: the coarse distances (B, 4, H, W) and the regression- and classification-aware points
+        (B, 18, H, W), float32; ``scale`` is the head's per-level scale of the coarse distances."""
+        h = self.reg_pre(reg_feat)
+        distances = torch.relu(scale(self.conv_c(h)).float())  # Eq. 1
+        factors = torch.sigmoid(self.conv_s(h).float())
+        reg_points = regression_points(distances, factors)  # Eq. 2-3
         d = None
         if self.cls_points != "regression":
             d = self.conv_d(self.cls_pre(cls_feat)).float()
             d = torch.relu(d) if self.disentangle == "relu" else d  # Eq. 4
-        return reg_points, classification_points(reg_points, d, self.cls_points)
+        return {"coarse": distances, "reg_points": reg_points,
+                "cls_points": classification_points(reg_points, d, self.cls_points)}  # Eq. 5-6
 
-    def forward(self, cls_feat: Tensor, reg_feat: Tensor, distances: Tensor) -> dict[str, Tensor]:
-        reg_points, cls_points = self.points(cls_feat, reg_feat, distances)
-        reg_sample = reg_points.detach() if self.detach_regression else reg_points
-        reg = self.reg_align
-        cls = self.cls_align
-        reg_out = deform_conv(reg_feat, points_to_offsets(reg_sample), reg.weight, reg.bias, 1, 1, 1)
-        cls_out = deform_conv(cls_feat, points_to_offsets(cls_points), cls.weight, cls.bias, 1, 1, 1)
-        return {"reg_feat": torch.relu(self.reg_norm(reg_out.to(reg_feat.dtype))),
-                "cls_feat": torch.relu(self.cls_norm(cls_out.to(cls_feat.dtype))),
-                "reg_points": reg_points, "cls_points": cls_points}
+    def forward(self, cls_feat: Tensor, reg_feat: Tensor, scale: nn.Module) -> dict[str, Tensor]:
+        """:meth:`points`, and each task's features read at its points (Eq. 7-8), + GroupNorm + ReLU."""
+        out = self.points(cls_feat, reg_feat, scale)
+        reg_points = out["reg_points"].detach() if self.detach_regression else out["reg_points"]
+        reg, cls = self.reg_align, self.cls_align
+        reg_out = deform_conv(reg_feat, points_to_offsets(reg_points), reg.weight, reg.bias, 1, 1, 1)
+        cls_out = deform_conv(cls_feat, points_to_offsets(out["cls_points"]), cls.weight, cls.bias, 1, 1, 1)
+        return {**out, "reg_feat": torch.relu(self.reg_norm(reg_out.to(reg_feat.dtype))),
+                "cls_feat": torch.relu(self.cls_norm(cls_out.to(cls_feat.dtype)))}
 
 
 def _convs(channels: int, n: int, norm: str | None) -> nn.Module:

@@ -19,7 +19,7 @@ from .backbone import BackboneConfig
 from .detector import DetectorConfig
 from .detectors.aligndet import aligndet, aligndet_3x3, aligndet_wo_adm
 from .detectors.atss import atss
-from .detectors.fcos import fcos, fcos_giou, fcos_vanilla
+from .detectors.fcos import fcos, fcos_giou, fcos_vanilla, salt_fcos
 from .detectors.foveabox import foveabox
 from .detectors.gfl import gfl
 from .detectors.gflv2 import gflv2
@@ -50,6 +50,7 @@ MODELS: dict[str, Callable[[], DetectorConfig]] = {
     "aligndet_3x3": aligndet_3x3,
     "salt_net": salt_net,
     "salt_s1": salt_s1,
+    "salt_fcos": salt_fcos,
 }
 
 DEEP_BACKBONES = ("resnet101", "resnext101_32x8d", "resnext101_64x4d")  # -> narrow_deep on small profiles

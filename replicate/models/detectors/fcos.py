@@ -16,6 +16,12 @@ box loss weighted by the centerness targets and normalised by their sum; score `
 NMS 0.6. ``quality="giou"`` swaps the centerness branch for a GIoU-quality branch trained with
 BCE towards the (detached, clamped to [0, 1]) GIoU of the predicted box (MOD, Sec. 3.3; the
 official code leaves the target undetached and negative GIoU unclamped: ``quality_target_clamp``).
+
+SALT-FCOS (SALT-Net, Sec. 4.3, Table 3; ``salt``): the SALT operator (:mod:`replicate.models.salt`) between the
+towers and the predictors. It predicts a coarse box (``ReLU(s'_i x)`` stride units, its own per-level scale)
+and reads each task's features at its points; FCOS's classifier, distances and quality branch then predict
+from those features, and a GIoU loss (``salt_coarse_weight``, weighted and normalised as the box loss) trains
+the coarse box. The paper gives no further detail; the coarse weight is the released code's FCOS variant's.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from ..head import DenseHead, Priors, point_priors
 from ..losses import binary_cross_entropy_with_logits, focal_pair_cost, giou_loss, iou_loss, sigmoid_focal_loss_labels
 from ..postprocess import TestConfig, postprocess
 from ..priors import points_for
+from ..salt import SALT
 
 
 REG_INIT_STD = 0.01  # the papers' N(0, 0.01) init of every head conv (RetinaNet Sec. 4.1, FCOS's code)
@@ -62,6 +69,8 @@ class FCOSHeadConfig:
     reg_init_std: float = REG_INIT_STD  # std of the regression predictor's N(0, std) weights (an ablation option:
     # the sign of each distance channel's weight sum over the non-negative tower features, not this std, decides
     # whether the ReLU distances start dead; see scripts/probe_regression_start.py)
+    salt: str | None = None  # SALT-FCOS (SALT-Net Table 3): SALT's classification points ("exp", Eq. 5); None: off
+    salt_coarse_weight: float = 0.5  # SALT-FCOS: GIoU weight of the coarse box (the released code's)
 
     def build(self, in_channels: int, num_classes: int) -> "FCOSHead":
         return FCOSHead(self, in_channels, num_classes)
@@ -99,6 +108,9 @@ class FCOSHead(DenseHead):
         self.reg_out = nn.Conv2d(cfg.feat_channels, 4, 3, padding=1)
         self.quality_out = nn.Conv2d(cfg.feat_channels, 1, 3, padding=1)
         self.scales = nn.ModuleList(Scale(1.0) for _ in cfg.strides)
+        if cfg.salt is not None:
+            self.salt = SALT(cfg.feat_channels, cfg.salt, norm=cfg.norm)
+            self.coarse_scales = nn.ModuleList(Scale(1.0) for _ in cfg.strides)
         init_normal(self, std=REG_INIT_STD)
         with torch.no_grad():  # N(0, std) as a scaled N(0, 0.01) draw: the same random stream at every std
             self.reg_out.weight.mul_(cfg.reg_init_std / REG_INIT_STD)
@@ -109,14 +121,19 @@ class FCOSHead(DenseHead):
     def forward(self, feats: list[Tensor]) -> dict[str, list[Tensor]]:
         if len(feats) != len(self.cfg.strides):
             raise ReplicateError(f"FCOS head has {len(self.cfg.strides)} strides but got {len(feats)} levels")
-        cls, dist, quality = [], [], []
-        for x, scale, stride in zip(feats, self.scales, self.cfg.strides):
+        cls, dist, quality, coarse = [], [], [], []
+        for level, (x, scale, stride) in enumerate(zip(feats, self.scales, self.cfg.strides)):
             c, r = self.cls_tower(x), self.reg_tower(x)
+            if self.cfg.salt is not None:  # SALT-FCOS: the predictors read SALT's aligned features
+                s = self.salt(c, r, self.coarse_scales[level])
+                c, r = s["cls_feat"], s["reg_feat"]
+                coarse.append(s["coarse"] * stride)
             cls.append(self.cls_out(c))
             quality.append(self.quality_out(r if self.cfg.quality_on_reg else c))
             s = scale(self.reg_out(r)).float()
             dist.append(torch.relu(s) * stride if self.cfg.norm_on_bbox else s.clamp(max=math.log(1e5)).exp())
-        return {"cls": cls, "dist": dist, "quality": quality}
+        outs = {"cls": cls, "dist": dist, "quality": quality}
+        return {**outs, "coarse": coarse} if coarse else outs
 
     def priors(self, outs: dict[str, list[Tensor]]) -> Priors:
         pts, _, _ = self.level_points(outs["cls"])
@@ -201,7 +218,12 @@ class FCOSHead(DenseHead):
             q_target = q_target.clamp(0.0, 1.0) if c.quality_target_clamp else q_target.clamp(max=1.0)
         loss_quality = binary_cross_entropy_with_logits(quality[b_idx, p_idx], q_target, reduction="mean",
                                                         avg_factor=num_pos)
-        return {"loss_cls": loss_cls, "loss_bbox": loss_bbox, f"loss_{c.quality}": loss_quality}
+        terms = {"loss_cls": loss_cls, "loss_bbox": loss_bbox, f"loss_{c.quality}": loss_quality}
+        if c.salt is not None:
+            coarse = self.coder.decode(pos_points, flatten_levels(outs["coarse"], 4)[b_idx, p_idx])
+            terms["loss_bbox_coarse"] = c.salt_coarse_weight * giou_loss(coarse, gt, reduction="mean", weight=weight,
+                                                                         avg_factor=box_norm)
+        return terms
 
     def predict(self, outs: dict[str, list[Tensor]], image_sizes: list[tuple[int, int]],
                 cfg: TestConfig) -> list[dict[str, Tensor]]:
@@ -234,6 +256,12 @@ def fcos() -> DetectorConfig:
     head = FCOSHeadConfig(center_sampling=True, norm_on_bbox=True, quality_on_reg=True, box_loss="giou",
                           weight_box_by_centerness=True)
     return DetectorConfig("fcos", head, neck=FCOS_NECK, test=TestConfig(nms_iou=0.6, fusion="sqrt"))
+
+
+def salt_fcos() -> DetectorConfig:
+    """SALT-FCOS (SALT-Net, Table 3): FCOS* with the SALT operator between its towers and its predictors."""
+    cfg = fcos()
+    return replace(cfg, name="salt_fcos", head=replace(cfg.head, salt="exp"))
 
 
 def fcos_giou() -> DetectorConfig:

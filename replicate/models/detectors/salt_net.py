@@ -110,10 +110,9 @@ class SALTHead(GFLv2Head):
                 outs["coarse"].append(torch.relu(coarse_scale(self.conv_c(r)).float()))
                 outs["cls"].append(self.cls_out(c))
                 continue
-            distances = torch.relu(coarse_scale(self.salt.coarse(r)).float())  # Eq. 1
-            s = self.salt(c, r, distances)
+            s = self.salt(c, r, coarse_scale)
             dist_logits = scale(self.reg_out(s["reg_feat"])).float()
-            outs["coarse"].append(distances)
+            outs["coarse"].append(s["coarse"])
             outs["cls"].append(self.cls_out(s["cls_feat"]))
             outs["reg"].append(dist_logits)
             outs["quality"].append(self.quality(dist_logits))
