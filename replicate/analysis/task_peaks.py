@@ -63,7 +63,8 @@ def object_peaks(pred: ImagePredictions) -> pd.DataFrame:
 @torch.no_grad()
 def example_maps(net: torch.nn.Module, sample: tuple[torch.Tensor, dict], boxes: str = "final") -> dict[str, Any]:
     """One object's classification-score and IoU maps (Fig. 1 b-c, Fig. 9): the largest object of a val sample,
-    on the pyramid level of its best-localized prior. Box and peaks are given in that level's cells."""
+    on the pyramid level of its best-localized prior. Box and peaks (over the cells inside the object, as in
+    :func:`object_peaks`) are given in that level's cells."""
     from ..data.batching import Collate
 
     head = net.head
@@ -82,9 +83,14 @@ def example_maps(net: torch.nn.Module, sample: tuple[torch.Tensor, dict], boxes:
     stride = float(head.cfg.anchors.strides[level])
     score_map = score[start:start + h * w].view(h, w)
     iou_map = iou[start:start + h * w].view(h, w)
-    peak = lambda m: [int(i) for i in divmod(int(m.argmax()), w)]  # noqa: E731  (row, column)
-    return {"level": level, "stride": stride, "label": int(labels[g]),
-            "box": [float(v) / stride - 0.5 for v in gts[g]],  # in cell coordinates (cell centres at integers)
+    box = [float(v) / stride - 0.5 for v in gts[g]]  # in cell coordinates (cell centres at integers)
+    rows, cols = torch.arange(h, dtype=torch.float32)[:, None], torch.arange(w, dtype=torch.float32)[None]
+    inside = (cols > box[0]) & (cols < box[2]) & (rows > box[1]) & (rows < box[3])
+
+    def peak(m: torch.Tensor) -> list[int]:  # (row, column) of the maximum over the cells inside the object
+        return [int(i) for i in divmod(int(torch.where(inside, m, torch.full_like(m, -1.0)).argmax()), w)]
+
+    return {"level": level, "stride": stride, "label": int(labels[g]), "box": box,
             "score": score_map.round(decimals=4).tolist(), "iou": iou_map.round(decimals=4).tolist(),
             "score_peak": peak(score_map), "iou_peak": peak(iou_map)}
 

@@ -8,5 +8,5 @@ from ...profiles import PROXY_SCHEDULE
 # stays short; on the proxy its 1x (4800 iterations). Every row of such a table shares the schedule, so its
 # claims (orderings at one schedule) are compared at equal schedule either way, and the proxy's 2x would
 # double the cost of tables whose claims are not about the schedule.
-MS_2X = {"coco": {"scale": "ms-480-960"}, "smoke": {"iters": 100, "steps": (90,)},
+MS_2X = {"coco": {"scale": "ms-480-960"}, "smoke": {"iters": 50, "steps": (45,)},
          "proxy": {"iters": PROXY_SCHEDULE.iters, "steps": PROXY_SCHEDULE.steps}}
