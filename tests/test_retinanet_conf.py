@@ -14,6 +14,7 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
+from replicate.engine.config import SCHEDULES
 from replicate.errors import ReplicateError
 from replicate.models._utils import flatten_levels
 from replicate.models.backbone import BackboneConfig
@@ -238,7 +239,7 @@ def test_tables_transcribe_the_paper_and_share_trained_runs():
     # Table 1's RetinaNet-Conf (ranked by cls) is the same trained model as Table 4's
     assert requests_for(t1, "smoke")[2].key == one.key
     r101_2x = requests_for(t6, "smoke")[-1]
-    assert r101_2x.model.backbone.name == "narrow_deep" and r101_2x.train.iters == 200
+    assert r101_2x.model.backbone.name == "narrow_deep" and r101_2x.train.iters == 2 * SCHEDULES["smoke"].iters
     coco = requests_for(t6, "coco")[-1]
     assert coco.model.backbone.name == "resnet101" and coco.train.scale == "1000x600"
     assert (coco.train.iters, coco.train.steps) == (180_000, (120_000, 165_000))
