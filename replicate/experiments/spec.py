@@ -97,6 +97,15 @@ class TableSpec:
 REGISTRY: dict[str, dict[str, TableSpec]] = {}
 
 
+def printed(values: str, metrics: tuple[str, ...], fractions: bool = False) -> dict[str, float]:
+    """A table row as the paper prints it (cells separated by spaces, ``-`` for a cell left out) -> metric ->
+    value in percent; ``fractions``: the paper prints fractions (0.357), rounded to one decimal of a percent."""
+    cells = values.split()
+    if len(cells) != len(metrics):
+        raise ValueError(f"{len(cells)} cells for {len(metrics)} metrics: {values!r}")
+    return {m: round(100 * float(c), 1) if fractions else float(c) for m, c in zip(metrics, cells) if c != "-"}
+
+
 def register(spec: TableSpec) -> TableSpec:
     """Validate and add a spec to :data:`REGISTRY`; a duplicate key is an error."""
     validate(spec)

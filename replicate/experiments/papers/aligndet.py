@@ -30,20 +30,12 @@ two-stage detector; Table 7 (test-dev, 1.5x with scale jitter, against other det
 
 from __future__ import annotations
 
-from ..spec import Claim, Row, TableSpec, register
+from ..spec import Claim, Row, TableSpec, printed, register
 
 METRICS3 = ("AP", "AP50", "APs", "APm", "APl")
 FULL = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 WITH_AP90 = ("AP", "AP50", "AP75", "AP90", "APs", "APm", "APl")
 R101 = {"backbone.name": "resnet101"}
-
-
-def printed(values: str, metrics: tuple[str, ...]) -> dict[str, float]:
-    """A row as printed (numbers separated by spaces) -> metric -> value."""
-    cells = values.split()
-    if len(cells) != len(metrics):
-        raise ValueError(f"{len(cells)} cells for {len(metrics)} metrics: {values!r}")
-    return {m: float(c) for m, c in zip(metrics, cells)}
 
 
 def thresholds(dpm: tuple[float, float], adm: tuple[float, float]) -> dict[str, float]:

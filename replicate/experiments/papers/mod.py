@@ -32,6 +32,7 @@ exactly what the table varies:
 
 from __future__ import annotations
 
+from .. import spec
 from ..spec import Claim, Row, TableSpec, register
 from . import MS_2X
 
@@ -45,11 +46,8 @@ FCOS_GIOU = {**NO_RFA, **BASE_ASSIGN}
 
 
 def printed(values: str, metrics: tuple[str, ...] = AP3) -> dict[str, float]:
-    """A row as printed (numbers separated by spaces, ``-`` for a cell left out) -> metric -> value."""
-    cells = values.split()
-    if len(cells) != len(metrics):
-        raise ValueError(f"{len(cells)} cells for {len(metrics)} metrics: {values!r}")
-    return {m: float(c) for m, c in zip(metrics, cells) if c != "-"}
+    """:func:`~replicate.experiments.spec.printed` with MOD's usual columns."""
+    return spec.printed(values, metrics)
 
 
 def scale_by(criterion: str) -> dict[str, object]:

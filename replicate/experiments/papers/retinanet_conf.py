@@ -20,6 +20,7 @@ trained run per model and are re-scored, not retrained.
 
 from __future__ import annotations
 
+from .. import spec
 from ..spec import Claim, Row, TableSpec, register
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100", "ARs", "ARm", "ARl")
@@ -31,11 +32,8 @@ CLS_ONLY = {"test.fusion": "none", "test.threshold_on": "cls"}
 
 
 def printed(values: str, metrics: tuple[str, ...] = METRICS) -> dict[str, float]:
-    """A table row as printed (fractions separated by spaces) -> metric -> percent."""
-    cells = values.split()
-    if len(cells) != len(metrics):
-        raise ValueError(f"{len(cells)} cells for {len(metrics)} metrics: {values!r}")
-    return {m: round(100 * float(c), 1) for m, c in zip(metrics, cells) if c != "-"}
+    """:func:`~replicate.experiments.spec.printed` of a row printed in fractions, with this paper's columns."""
+    return spec.printed(values, metrics, fractions=True)
 
 
 def fused(alpha: float, obj_filter: bool = False) -> dict[str, object]:

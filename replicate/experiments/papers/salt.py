@@ -27,6 +27,7 @@ Figures 1 and 9 (where the classification scores and the IoUs peak) read Tables 
 
 from __future__ import annotations
 
+from .. import spec
 from ..spec import Claim, Row, TableSpec, register
 from . import MS_2X
 
@@ -37,11 +38,8 @@ COARSE = {"test.boxes": "coarse"}
 
 
 def printed(values: str, metrics: tuple[str, ...] = FULL) -> dict[str, float]:
-    """A row as printed (numbers separated by spaces; "-" for a cell left out) -> metric -> value."""
-    cells = values.split()
-    if len(cells) != len(metrics):
-        raise ValueError(f"{len(cells)} cells for {len(metrics)} metrics: {values!r}")
-    return {m: float(c) for m, c in zip(metrics, cells) if c != "-"}
+    """:func:`~replicate.experiments.spec.printed` with SALT-Net's usual columns."""
+    return spec.printed(values, metrics)
 
 
 def parts(cls_points: str, skip: bool = False) -> dict[str, object]:
