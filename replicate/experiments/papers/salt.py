@@ -75,6 +75,8 @@ TABLE1 = register(TableSpec(
         Claim("The coarse boxes with the refined scores beat the S1 baseline", "S1 of the full model",
               "S1 baseline (ATSS, joint score)", margin=1.4),
     ),
+    note="With Eq. 4's ReLU (the paper's, our default) D >= 0, so the free classification-aware points (P^c = D) "
+         "can only lie right of and below the location; see Table 2's note.",
 ))
 
 # ------------------------------------------------------------------------------------------------ Table 2
