@@ -27,7 +27,7 @@ from .detectors.iou_aware_retinanet import iou_aware_retinanet
 from .detectors.mod import foveabox_mod, mod, mod_code, retinanet_mod
 from .detectors.retinanet import retinanet, retinanet_1anchor
 from .detectors.retinanet_conf import retinanet_conf
-from .detectors.salt_net import salt_net, salt_s1
+from .detectors.salt_net import salt_net, salt_net_code, salt_s1
 
 MODELS: dict[str, Callable[[], DetectorConfig]] = {
     "retinanet": retinanet,
@@ -49,6 +49,7 @@ MODELS: dict[str, Callable[[], DetectorConfig]] = {
     "aligndet_wo_adm": aligndet_wo_adm,
     "aligndet_3x3": aligndet_3x3,
     "salt_net": salt_net,
+    "salt_net_code": salt_net_code,
     "salt_s1": salt_s1,
     "salt_fcos": salt_fcos,
 }

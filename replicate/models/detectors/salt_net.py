@@ -191,6 +191,12 @@ def salt_net() -> DetectorConfig:
     return DetectorConfig("salt_net", SALTHeadConfig(), neck=ATSS_NECK, test=SALT_TEST)
 
 
+def salt_net_code() -> DetectorConfig:
+    """SALT-Net as the released code trains it: no SDR, DFL 0.25, a conv before the point predictors, linear D."""
+    head = SALTHeadConfig(sdr=False, dfl_weight=0.25, point_convs=1, disentangle="linear")
+    return DetectorConfig("salt_net_code", head, neck=ATSS_NECK, test=SALT_TEST)
+
+
 def salt_s1() -> DetectorConfig:
     """SALT-Net's stage-one decoder alone: ATSS with the joint cls-IoU score (QFL) and GIoU, no centerness."""
     return DetectorConfig("salt_s1", SALTHeadConfig(cls_points="off", skip=False, sdr=False), neck=ATSS_NECK,
