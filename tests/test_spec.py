@@ -63,6 +63,9 @@ def test_row_schedule_is_validated_and_lengthens_the_profile_schedule():
     two = lengthened(schedule_for("synthetic"), "2x")
     assert (two.iters, two.steps, two.warmup_iters) == (6000, (4000, 5500), 500)
     assert lengthened(schedule_for("smoke"), "1x") == schedule_for("smoke")
+    coco = lengthened(schedule_for("coco"), "1.5x")  # RetinaNet's test-dev schedule: 90k -> 135k, steps scaled
+    assert (coco.iters, coco.steps) == (135_000, (90_000, 120_000)) and isinstance(coco.iters, int)
+    assert lengthened(schedule_for("coco"), "2x").steps == (120_000, 165_000)
 
 
 def test_row_profile_overrides_apply_on_their_profile_only():

@@ -120,20 +120,23 @@ def with_overrides(cfg: TrainConfig, *, scale_schedule: bool = False, **changes:
     return replace(cfg, **changes)
 
 
-SCHEDULE_LENGTHS = {"1x": None, "2x": (2, (16 / 24, 22 / 24))}
+# factor, step fractions: 2x as mmdetection's (steps at 16 and 22 of 24 epochs); 1.5x as RetinaNet's test-dev
+# models, "1.5x longer" than its 1x (Lin et al. 2017, Sec. 5.2), its steps read as the 1x's scaled (2/3, 8/9).
+SCHEDULE_LENGTHS = {"1x": None, "1.5x": (1.5, (2 / 3, 8 / 9)), "2x": (2, (16 / 24, 22 / 24))}
 """Longer schedules relative to a profile's 1x: length factor and lr steps as fractions of the new length
 (mmdetection's ``schedule_2x.py``: 24 epochs, steps at epochs 16 and 22)."""
 
 
 def lengthened(cfg: TrainConfig, schedule: str) -> TrainConfig:
-    """``cfg`` (a profile's 1x schedule) stretched to ``schedule`` (``"1x"``: unchanged, ``"2x"``); the warmup
-    is kept. On COCO 2x is 180k iterations with steps at 120k and 165k."""
+    """``cfg`` (a profile's 1x schedule) stretched to ``schedule`` (``"1x"``: unchanged, ``"1.5x"``, ``"2x"``);
+    the warmup is kept. On COCO 2x is 180k iterations with steps at 120k and 165k, 1.5x 135k with steps at 90k
+    and 120k."""
     if schedule not in SCHEDULE_LENGTHS:
         raise ReplicateError(f"unknown schedule length {schedule!r}; choose from {sorted(SCHEDULE_LENGTHS)}")
     if SCHEDULE_LENGTHS[schedule] is None:
         return cfg
     factor, fractions = SCHEDULE_LENGTHS[schedule]
-    iters = cfg.iters * factor
+    iters = round(cfg.iters * factor)
     return replace(cfg, iters=iters, steps=tuple(round(iters * f) for f in fractions))
 
 

@@ -39,7 +39,7 @@ class Row:
     model: str  # a preset of replicate.models.zoo.MODELS
     model_overrides: dict[str, Any] = field(default_factory=dict)  # dotted paths: {"head.quality": "giou"}
     train_overrides: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields: {"iters": 180000}
-    schedule: str = "1x"  # "1x" or "2x": the profile's schedule or twice as long (engine.config.lengthened)
+    schedule: str = "1x"  # "1x", "1.5x" or "2x": the profile's schedule or longer (engine.config.lengthened)
     paper: dict[str, float] = field(default_factory=dict)  # metric -> the paper's number, as printed
     reproduce: bool = True  # False: cited from the paper only (other backbones, test-dev, ...)
     note: str = ""
