@@ -118,7 +118,7 @@ def peak_summary(record: dict[str, Any], model_cfg, profile: str, *, results_dir
     peaks = pd.concat([object_peaks(p) for p in preds], ignore_index=True)
     if len(peaks) == 0:
         raise ReplicateError(f"no object of the first {n} val images has a prior centre inside it")
-    first = val_set[next(i for i in range(n) if len(val_set[i][1]["boxes"]))]
+    first = val_set[next(i for i, p in enumerate(preds) if len(p.gt_boxes))]  # preds[i] is val_set[i]
     counts, _ = np.histogram(peaks["gap"].to_numpy(), GAP_BINS)
     document = {"key": record["key"], "settings": settings, "objects": int(len(peaks)),
                 "share_aligned": float(peaks["aligned"].mean()), "mean_gap": float(peaks["gap"].mean()),

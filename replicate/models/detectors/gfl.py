@@ -141,9 +141,14 @@ class GFLHead(OneAnchorHead):
         return weight, pos.num_pos
 
     def losses(self, outs: dict[str, list[Tensor]], a: Assignment, matched: Tensor) -> dict[str, Tensor]:
+        return self.distribution_losses(outs, a, self.positives(outs, a, matched))[0]
+
+    def distribution_losses(self, outs: dict[str, list[Tensor]], a: Assignment,
+                            pos: Positives) -> tuple[dict[str, Tensor], Tensor, tuple[Tensor, Tensor]]:
+        """QFL, GIoU and DFL on the positives ``pos``; also the decoded boxes (stride units) and the box weights
+        with their normaliser, for a head that adds terms on them (SALT-Net)."""
         c = self.cfg
         n = self.dist_coder.num_bins
-        pos = self.positives(outs, a, matched)
         dist_logits = flatten_levels(outs["reg"], 4 * n)[pos.b_idx, pos.p_idx]  # (P, 4n)
         pred = DistanceCoder().decode(pos.centres, self.dist_coder.integral(dist_logits))
         loss_cls = self.quality_loss(pos, a, pred)
@@ -152,8 +157,9 @@ class GFLHead(OneAnchorHead):
         target = DistanceCoder().encode(pos.centres, pos.gt).clamp(0.0, c.reg_max - c.dfl_eps)  # (P, 4)
         loss_dfl = distribution_focal_loss(dist_logits.reshape(-1, 4, n), target, reduction="mean",
                                            weight=weight[:, None], avg_factor=4.0 * box_norm)
-        return {"loss_cls": c.cls_loss_weight * loss_cls, "loss_bbox": c.box_loss_weight * loss_bbox,
-                "loss_dfl": c.dfl_weight * loss_dfl}
+        terms = {"loss_cls": c.cls_loss_weight * loss_cls, "loss_bbox": c.box_loss_weight * loss_bbox,
+                 "loss_dfl": c.dfl_weight * loss_dfl}
+        return terms, pred, (weight, box_norm)
 
     # ----------------------------------------------------------------------------- predict
     def decode_boxes(self, anchors: Tensor, dist_logits: Tensor, stride: float) -> Tensor:

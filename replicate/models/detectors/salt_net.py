@@ -142,14 +142,10 @@ class SALTHead(GFLv2Head):
             return {"loss_cls": c.cls_loss_weight * self.quality_loss(pos, a, coarse),
                     "loss_bbox": c.box_loss_weight * giou_loss(coarse, pos.gt, reduction="mean", weight=weight,
                                                                avg_factor=box_norm)}
-        terms = super().losses(outs, a, matched)
-        weight, box_norm = self.box_weights(pos)
+        terms, refined, (weight, box_norm) = self.distribution_losses(outs, a, pos)
         terms["loss_bbox_coarse"] = c.coarse_weight * giou_loss(coarse, pos.gt, reduction="mean", weight=weight,
                                                                 avg_factor=box_norm)
         if c.sdr:
-            n = self.dist_coder.num_bins
-            dist = flatten_levels(outs["reg"], 4 * n)[pos.b_idx, pos.p_idx]
-            refined = DistanceCoder().decode(pos.centres, self.dist_coder.integral(dist))
             y = pos.scores[pos.b_idx, pos.p_idx, a.labels[pos.b_idx, pos.p_idx]]
             terms["loss_sdr"] = c.sdr_weight * sdr_loss(coarse, refined, pos.gt, y, avg_factor=pos.num_pos)
         return terms
