@@ -126,15 +126,25 @@ def postprocess(
         all_scores.append(top[keep])
         all_labels.append(label)
         all_images.append(img)
-    boxes = torch.cat(all_boxes)
-    scores = torch.cat(all_scores)
-    labels = torch.cat(all_labels)
-    images = torch.cat(all_images)
+    return nms_per_image(torch.cat(all_boxes), torch.cat(all_scores), torch.cat(all_labels), torch.cat(all_images),
+                         image_sizes, cfg, cls_prob[0].shape[-1])
+
+
+def clip_to_sizes(boxes: Tensor, hw: Tensor) -> Tensor:
+    """xyxy ``boxes`` (..., 4) clipped to images of sizes ``hw`` (..., 2) = (h, w), broadcast."""
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    h, w = hw[..., 0], hw[..., 1]
+    return torch.stack([x1.clamp(min=0).minimum(w), y1.clamp(min=0).minimum(h), x2.clamp(min=0).minimum(w),
+                        y2.clamp(min=0).minimum(h)], -1)
+
+
+def nms_per_image(boxes: Tensor, scores: Tensor, labels: Tensor, images: Tensor, image_sizes: list[tuple[int, int]],
+                  cfg: TestConfig, num_classes: int) -> list[dict[str, Tensor]]:
+    """Candidates (K boxes of ``images``, with scores and labels) clipped to their image, class-wise NMS in one
+    ``batched_nms`` call with (image, class) groups, and the ``max_per_image`` best of each image."""
+    B = len(image_sizes)
     sizes = torch.as_tensor(image_sizes, dtype=boxes.dtype, device=boxes.device).reshape(B, 2)
-    hw = sizes[images]
-    boxes = torch.stack([boxes[:, 0].clamp(min=0).minimum(hw[:, 1]), boxes[:, 1].clamp(min=0).minimum(hw[:, 0]),
-                         boxes[:, 2].clamp(min=0).minimum(hw[:, 1]), boxes[:, 3].clamp(min=0).minimum(hw[:, 0])], dim=1)
-    num_classes = cls_prob[0].shape[-1]
+    boxes = clip_to_sizes(boxes, sizes[images])
     keep = batched_nms(boxes.float(), scores.float(), images * num_classes + labels, cfg.nms_iou)
     images_k = images[keep]
     out = []

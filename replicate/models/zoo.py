@@ -28,6 +28,8 @@ from .detectors.mod import foveabox_mod, mod, mod_code, retinanet_mod
 from .detectors.retinanet import retinanet, retinanet_1anchor
 from .detectors.retinanet_conf import retinanet_conf
 from .detectors.salt_net import salt_net, salt_net_code, salt_s1
+from .detectors.tsd import tsd
+from .detectors.two_stage import faster_rcnn
 
 MODELS: dict[str, Callable[[], DetectorConfig]] = {
     "retinanet": retinanet,
@@ -52,6 +54,8 @@ MODELS: dict[str, Callable[[], DetectorConfig]] = {
     "salt_net_code": salt_net_code,
     "salt_s1": salt_s1,
     "salt_fcos": salt_fcos,
+    "faster_rcnn": faster_rcnn,
+    "tsd": tsd,
 }
 
 DEEP_BACKBONES = ("resnet101", "resnext101_32x8d", "resnext101_64x4d")  # -> narrow_deep on small profiles
@@ -91,9 +95,10 @@ def narrowed(cfg: DetectorConfig, scale: profiles.ModelScale) -> DetectorConfig:
     weights = scale.weights.get(narrow)
     if weights is not None:
         backbone = BackboneConfig(name=narrow, norm="frozen_bn", frozen_stages=1, dcn_stages=cfg.backbone.dcn_stages,
-                                  weights=weights)
+                                  weights=weights, out_stages=cfg.backbone.out_stages)
     else:
-        backbone = BackboneConfig(name=narrow, norm="bn", frozen_stages=-1, dcn_stages=cfg.backbone.dcn_stages)
+        backbone = BackboneConfig(name=narrow, norm="bn", frozen_stages=-1, dcn_stages=cfg.backbone.dcn_stages,
+                                  out_stages=cfg.backbone.out_stages)
     head = cfg.head.narrowed(scale.width, scale.num_convs) if hasattr(cfg.head, "narrowed") else \
         replace(cfg.head, feat_channels=scale.width, num_convs=scale.num_convs)
     return replace(cfg, backbone=backbone, neck=replace(cfg.neck, out_channels=scale.width), head=head)

@@ -1,0 +1,94 @@
+"""Two-stage detectors: an RPN proposes, an RoI head classifies and refines (Faster R-CNN with FPN).
+
+The meta-architecture composes :class:`~.rpn.RPNHead` with an RoI head (Faster R-CNN's sibling head,
+:class:`~.roi_heads.RoIHead`, or TSD's, :class:`~.tsd.TSDHead`), the way
+:class:`~replicate.models.detector.Detector` composes a dense head: it *is* the detector's head. Its
+dense part (priors, assignment, the RPN's loss) is the RPN's; :meth:`TwoStageHead.loss` adds the RoI head's
+terms on the training proposals, and :meth:`TwoStageHead.predict` runs the RoI head on the test proposals.
+
+The pyramid is FPN's for Faster R-CNN (Lin et al. 2017, Sec. 4): P2-P5 from C2-C5 and P6 by max-pooling
+P5 (for the RPN only); the RoI head pools from P2-P5. Proposals are drawn without gradient, so the two
+stages train jointly as in the approximate joint training of Faster R-CNN (Sec. 3.2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from torch import Tensor
+
+from ..assigners import Assignment
+from ..backbone import BackboneConfig
+from ..detector import DetectorConfig, NeckConfig
+from ..head import DenseHead, Priors
+from ..postprocess import TestConfig
+from .roi_heads import RoIHeadConfig
+from .rpn import RPNConfig, RPNHead
+
+FPN_P2_P6 = NeckConfig(num_extra=1, extra_from="pool")
+C2_C5 = BackboneConfig(out_stages=(1, 2, 3, 4))
+
+
+@dataclass(frozen=True)
+class TwoStageConfig:
+    rpn: RPNConfig = field(default_factory=RPNConfig)
+    roi: Any = field(default_factory=RoIHeadConfig)  # RoIHeadConfig or tsd.TSDHeadConfig
+
+    @property
+    def feat_channels(self) -> int:
+        return self.rpn.feat_channels
+
+    @property
+    def num_convs(self) -> int:
+        return 1  # the RPN's one shared conv
+
+    def narrowed(self, width: int, num_convs: int) -> "TwoStageConfig":
+        """The small profiles' detector: the RPN conv ``width`` wide and the RoI head scaled with it."""
+        return replace(self, rpn=replace(self.rpn, feat_channels=width), roi=self.roi.narrowed(width))
+
+    def build(self, in_channels: int, num_classes: int) -> "TwoStageHead":
+        return TwoStageHead(self, in_channels, num_classes)
+
+
+class TwoStageHead(DenseHead):
+    prior_kind = "anchor"
+
+    def __init__(self, cfg: TwoStageConfig, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.cfg, self.num_classes = cfg, num_classes
+        self.rpn = RPNHead(cfg.rpn, in_channels)
+        self.roi_head = cfg.roi.build(in_channels, num_classes)
+
+    def forward(self, feats: list[Tensor]) -> dict[str, list[Tensor]]:
+        return {**self.rpn(feats), "feats": feats}
+
+    def priors(self, outs: dict[str, list[Tensor]]) -> Priors:
+        return self.rpn.priors(outs)
+
+    def assign_by_rule(self, outs: dict[str, list[Tensor]], targets: list[dict]) -> tuple[Assignment, Tensor]:
+        return self.rpn.assign_by_rule(outs, targets)
+
+    def losses(self, outs: dict[str, list[Tensor]], a: Assignment, matched: Tensor) -> dict[str, Tensor]:
+        return self.rpn.losses(outs, a, matched)
+
+    def loss(self, outs: dict[str, list[Tensor]], targets: list[dict], batch_hw: tuple[int, int]) -> dict[str, Tensor]:
+        terms = super().loss(outs, targets, batch_hw)
+        sizes = [tuple(t.get("img_size", batch_hw)) for t in targets]
+        proposals = self.rpn.proposals(outs, sizes, training=True)
+        return {**terms, **self.roi_head.loss(outs["feats"], proposals, targets)}
+
+    def predict(self, outs: dict[str, list[Tensor]], image_sizes: list[tuple[int, int]],
+                cfg: TestConfig) -> list[dict[str, Tensor]]:
+        proposals = self.rpn.proposals(outs, image_sizes, training=False)
+        return self.roi_head.predict(outs["feats"], proposals, image_sizes, cfg)
+
+
+def two_stage(name: str, roi: Any) -> DetectorConfig:
+    """A two-stage detector on ResNet-50 C2-C5 and FPN P2-P6 with the RoI head ``roi``."""
+    return DetectorConfig(name, TwoStageConfig(roi=roi), backbone=C2_C5, neck=FPN_P2_P6)
+
+
+def faster_rcnn() -> DetectorConfig:
+    """Faster R-CNN with FPN (Ren et al. 2015; Lin et al. 2017): RPN + the 2-fc sibling RoI head."""
+    return two_stage("faster_rcnn", RoIHeadConfig())
