@@ -275,3 +275,49 @@ def test_dense_predictions_of_a_cascade_decode_against_each_images_refined_ancho
         torch.testing.assert_close(p.priors, refined)
         deltas = torch.cat([r.permute(0, 2, 3, 1).reshape(2, -1, 4) for r in outs["reg"]], dim=1)[i]
         torch.testing.assert_close(p.boxes, net.head.coder.decode(refined, deltas))
+
+
+# ------------------------------------------------------------------------------------------------ Tables 1-2
+def test_single_level_anchors_span_five_octaves():
+    """Sec. 3.1: scale factors 2, 4, 8, 16, 32 at stride 16 give square anchors of 32-512 px at one location."""
+    from replicate.models.priors import AnchorConfig, anchors_for
+
+    cfg = AnchorConfig(strides=(16,), octave_base_scale=2.0, scales_per_octave=1, octaves=5, ratios=(1.0,))
+    assert cfg.num_anchors == 5
+    (a,) = anchors_for(cfg, [(1, 1)])
+    assert (a[:, 2] - a[:, 0]).tolist() == [32.0, 64.0, 128.0, 256.0, 512.0]
+    assert anchors_for(AnchorConfig(), [(2, 2)] * 5)[0].shape == (36, 4)  # octaves = 1: RetinaNet's nine
+
+
+def test_new_anchor_and_head_fields_leave_earlier_run_names():
+    from replicate.experiments.papers.aligndet import SINGLE_LEVEL
+    from replicate.models.detector import weights_fields
+
+    head = weights_fields(model_config("retinanet", "proxy", 10))["head"]
+    assert "anchor_roiconv" not in head and "octaves" not in head["anchors"]
+    single = weights_fields(model_config("retinanet", "proxy", 10, {**SINGLE_LEVEL, "head.anchor_roiconv": True}))
+    assert single["head"]["anchors"]["octaves"] == 5 and single["head"]["anchor_roiconv"] is True
+    assert single["backbone"]["out_stages"] == [3] and single["neck"]["num_extra"] == 0
+
+
+def test_roiconv_per_anchor_is_the_retinanet_head_run_on_each_anchors_aligned_map():
+    """Table 2's head against a loop over the anchors: anchor a's outputs are RetinaNet's predictors' slice for a,
+    computed from the towers on the RoIConv of a's boxes."""
+    from replicate.experiments.papers.aligndet import SINGLE_LEVEL
+
+    torch.manual_seed(0)
+    net = build_detector(model_config("retinanet", "smoke", 4, {**SINGLE_LEVEL, "head.anchor_roiconv": True}))
+    head = net.head
+    feats = [torch.randn(2, 64, 6, 7)]
+    with torch.no_grad():
+        outs = head(feats)
+        A, K = head.num_anchors, 4
+        anchors = head.anchors(feats)[0].view(6, 7, A, 4)
+        for a in (0, 7, 14):
+            boxes = anchors[:, :, a].expand(2, 6, 7, 4)
+            aligned = F.relu(head.roiconv(feats[0], boxes, 16))
+            cls = head.cls_out(head.cls_tower(aligned))[:, a * K:(a + 1) * K]
+            reg = head.reg_out(head.reg_tower(aligned))[:, a * 4:(a + 1) * 4]
+            torch.testing.assert_close(outs["cls"][0][:, a * K:(a + 1) * K], cls, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(outs["reg"][0][:, a * 4:(a + 1) * 4], reg, rtol=1e-4, atol=1e-5)
+    assert outs["cls"][0].shape == (2, A * K, 6, 7) and A == 15

@@ -147,10 +147,10 @@ def test_book_builds_on_smoke(smoke_book):
         text = (html / "executed" / "mod" / f"{page}.html").read_text()
         assert "<img" in text and "Traceback" not in text, page  # figures draw only from a trained run
         assert "<table" in text or page in ("figure1", "figure4"), page
-    for page in ("table3", "table4", "table5", "table6", "table7", "figure4"):
+    for page in ("table1", "table2", "table3", "table4", "table5", "table6", "table7", "figure4"):
         text = (html / "executed" / "aligndet" / f"{page}.html").read_text()
         assert "<img" in text and "<table" in text and "Traceback" not in text, page
-    assert "aligndet:table6" in summary
+    assert "aligndet:table6" in summary and "aligndet:table1" in summary
     for page in ("table1", "table2", "table3", "table4", "table5", "figure9", "code_variants"):
         text = (html / "executed" / "salt" / f"{page}.html").read_text()
         assert "<img" in text and "<table" in text and "Traceback" not in text, page

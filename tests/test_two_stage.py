@@ -229,8 +229,8 @@ def test_roi_detections_match_torchvisions_postprocess():
 
 def test_the_small_profiles_narrow_the_rpn_and_the_roi_head():
     cfg = TwoStageConfig().narrowed(64, 2)
-    assert cfg.rpn.feat_channels == 64 and cfg.roi.fc_channels == 256 and cfg.roi.sampling.num_samples == 128
-    assert cfg.roi == replace(RoIHeadConfig(fc_channels=256), sampling=replace(RoISampling(), num_samples=128))
+    assert cfg.rpn.feat_channels == 64 and cfg.roi.fc_channels == 256 and cfg.roi.sampling.num_samples == 64
+    assert cfg.roi == replace(RoIHeadConfig(fc_channels=256), sampling=replace(RoISampling(), num_samples=64))
     assert cfg.feat_channels == 64 and cfg.num_convs == 1
     tsd = TwoStageConfig(roi=TSDHeadConfig()).narrowed(64, 2).roi
-    assert (tsd.fc_channels, tsd.offset_channels, tsd.sampling.num_samples, tsd.samples) == (256, 64, 128, 2)
+    assert (tsd.fc_channels, tsd.offset_channels, tsd.sampling.num_samples, tsd.samples) == (256, 64, 64, 2)

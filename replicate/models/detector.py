@@ -113,10 +113,11 @@ def full_precision(value: Any) -> Any:
     return value
 
 
-LATER_HEAD_FIELDS = {"reg_init_std": 0.01, "salt": None, "salt_coarse_weight": 0.5}
-"""Head config fields added after records existed, left out of a run's identity at these values (the
-value every run had before the field), so that the runs made before them keep their names (as
-:data:`replicate.engine.config.LATER_FIELDS` for the training config)."""
+LATER_HEAD_FIELDS = {"reg_init_std": 0.01, "salt": None, "salt_coarse_weight": 0.5, "anchors.octaves": 1,
+                     "anchor_roiconv": False}
+"""Head config fields added after records existed (dotted paths into the head's config), left out of a run's
+identity at these values (the value every run had before the field), so that the runs made before them keep
+their names (as :data:`replicate.engine.config.LATER_FIELDS` for the training config)."""
 
 
 def without_later_fields(model: dict[str, Any]) -> dict[str, Any]:
@@ -124,8 +125,22 @@ def without_later_fields(model: dict[str, Any]) -> dict[str, Any]:
     head = model.get("head")
     if not isinstance(head, dict):
         return model
-    kept = {k: v for k, v in head.items() if k not in LATER_HEAD_FIELDS or v != LATER_HEAD_FIELDS[k]}
-    return {**model, "head": kept}
+    return {**model, "head": _without(head, LATER_HEAD_FIELDS)}
+
+
+def _without(fields: dict[str, Any], later: dict[str, Any]) -> dict[str, Any]:
+    """``fields`` without the entries of ``later`` (dotted paths) that hold their listed values."""
+    nested: dict[str, dict[str, Any]] = {}
+    for path, value in later.items():
+        name, _, rest = path.partition(".")
+        if rest:
+            nested.setdefault(name, {})[rest] = value
+    kept = {}
+    for name, value in fields.items():
+        if name in later and value == later[name]:
+            continue
+        kept[name] = _without(value, nested[name]) if name in nested and isinstance(value, dict) else value
+    return kept
 
 
 def weights_fields(cfg: DetectorConfig) -> dict[str, Any]:

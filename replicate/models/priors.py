@@ -22,10 +22,11 @@ class AnchorConfig:
     ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     offset: float = 0.0
     round_base: bool = False
+    octaves: int = 1  # octaves of scales on each level: AlignDet's single-level P4 anchors span five (32-512 px)
 
     @property
     def num_anchors(self) -> int:
-        return self.scales_per_octave * len(self.ratios)
+        return self.scales_per_octave * self.octaves * len(self.ratios)
 
 
 def base_anchors(size: float, scales: torch.Tensor, ratios: torch.Tensor, round_base: bool = False) -> torch.Tensor:
@@ -48,7 +49,8 @@ def grid_centres(h: int, w: int, stride: int, offset: float, device=None) -> tor
 
 def anchors_for(cfg: AnchorConfig, sizes: list[tuple[int, int]], device=None) -> list[torch.Tensor]:
     """Per level (h_l * w_l * A, 4) xyxy anchors for feature maps of the given (h, w) sizes."""
-    scales = torch.tensor([2.0 ** (i / cfg.scales_per_octave) for i in range(cfg.scales_per_octave)])
+    spo = cfg.scales_per_octave
+    scales = torch.tensor([2.0 ** (i / spo) for i in range(spo * cfg.octaves)])
     ratios = torch.tensor(cfg.ratios, dtype=torch.float32)
     out = []
     for (h, w), stride in zip(sizes, cfg.strides):

@@ -14,6 +14,13 @@
 
 The 1-anchor variant (``anchors=ONE_ANCHOR``, one square anchor of 8 * stride, as in ATSS's
 comparisons) is the same head with A = 1; AlignDet's one anchor is 4 * stride (:mod:`.aligndet`).
+
+``anchor_roiconv`` is AlignDet's "RetinaNet + RoIConv" (Sec. 5.2, Table 2): one 3x3 RoIConv
+(:class:`~replicate.models.roiconv.AlignConv`, shared weights, ReLU) on each level "with the pre-defined anchors
+as RoIs". AlignDet does not say how one RoIConv serves the A anchors of a location; here it runs once per
+anchor, so each anchor gets the feature aligned to its own box, and the towers and predictors then run on
+each anchor's map, the predictors producing only that anchor's outputs (the same weights as RetinaNet's
+K*A / 4*A predictors, applied as a grouped convolution).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from ...errors import ReplicateError
 from .._utils import conv_tower, flatten_levels, init_normal, mean_over_ranks, prior_prob_bias
@@ -32,6 +40,7 @@ from ..head import DenseHead, Priors, anchor_priors
 from ..losses import focal_pair_cost, l1_loss, sigmoid_focal_loss_labels, smooth_l1_loss
 from ..postprocess import TestConfig, postprocess
 from ..priors import AnchorConfig, anchors_for
+from ..roiconv import AlignConv
 
 ONE_ANCHOR = AnchorConfig(octave_base_scale=8.0, scales_per_octave=1, ratios=(1.0,))
 
@@ -54,6 +63,7 @@ class RetinaNetHeadConfig:
     prior_prob: float = 0.01
     target_means: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
     target_stds: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
+    anchor_roiconv: bool = False  # AlignDet Table 2: a 3x3 RoIConv per anchor before the towers
 
     def build(self, in_channels: int, num_classes: int) -> "RetinaNetHead":
         return RetinaNetHead(self, in_channels, num_classes)
@@ -76,10 +86,14 @@ class RetinaNetHead(DenseHead):
         self.coder = DeltaXYWHCoder(cfg.target_means, cfg.target_stds)
         init_normal(self)
         nn.init.constant_(self.cls_out.bias, prior_prob_bias(cfg.prior_prob))
+        if cfg.anchor_roiconv:
+            self.roiconv = AlignConv(in_channels, in_channels, 3, "roiconv")
         self._anchor_cache: dict = {}
 
     # ----------------------------------------------------------------------------- forward
     def forward(self, feats: list[Tensor]) -> dict[str, list[Tensor]]:
+        if self.cfg.anchor_roiconv:
+            return self.forward_per_anchor(feats)
         cls, reg, cls_feat, reg_feat = [], [], [], []
         for x in feats:
             c, r = self.cls_tower(x), self.reg_tower(x)
@@ -87,6 +101,23 @@ class RetinaNetHead(DenseHead):
             reg_feat.append(r)
             cls.append(self.cls_out(c))
             reg.append(self.reg_out(r))
+        return {"cls": cls, "reg": reg, "cls_feat": cls_feat, "reg_feat": reg_feat}
+
+    def forward_per_anchor(self, feats: list[Tensor]) -> dict[str, list[Tensor]]:
+        """``anchor_roiconv``: each anchor's RoIConv-aligned map through the towers (the anchors folded into
+        the batch), then each anchor's slice of the predictors (grouped convolutions); the same output layout."""
+        A = self.num_anchors
+        cls, reg, cls_feat, reg_feat = [], [], [], []
+        for x, anchors, stride in zip(feats, self.anchors(feats), self.cfg.anchors.strides):
+            B, C, H, W = x.shape
+            boxes = anchors.view(H, W, A, 4).permute(2, 0, 1, 3).expand(B, A, H, W, 4).reshape(B * A, H, W, 4)
+            aligned = F.relu(self.roiconv(x.unsqueeze(1).expand(B, A, C, H, W).reshape(B * A, C, H, W), boxes, stride))
+            c = self.cls_tower(aligned).reshape(B, -1, H, W)  # (B, A * F, H, W), anchor-major
+            r = self.reg_tower(aligned).reshape(B, -1, H, W)
+            cls_feat.append(c)
+            reg_feat.append(r)
+            cls.append(F.conv2d(c, self.cls_out.weight, self.cls_out.bias, padding=1, groups=A))
+            reg.append(F.conv2d(r, self.reg_out.weight, self.reg_out.bias, padding=1, groups=A))
         return {"cls": cls, "reg": reg, "cls_feat": cls_feat, "reg_feat": reg_feat}
 
     def anchors(self, maps: list[Tensor]) -> list[Tensor]:
