@@ -87,4 +87,11 @@ sweep "$EVIDENCE" 3
 # 3. the schedule table's longer rows at 3 seeds (its 1200- and 9600-iteration rows hold seed 0 only: 6 runs,
 #    about 8.5 run-equivalents); the one-seed checks (precision, dial, backbone) cap their own seeds
 sweep benchmark:schedule 3
+# 4. the chapters built since (SALT-Net, AlignDet, TSD): the tables of their main claims first, one seed at a
+#    time over all of them, so that a sweep stopped early leaves each chapter with some evidence. NEXT=... narrows
+#    it. They cost more than a RetinaNet run (SALT-Net ~1.6x, AlignDet ~3.4x, TSD: see its chapter).
+DEFAULT_NEXT=salt:table1,salt:table4,aligndet:table3,aligndet:table1,aligndet:table2,tsd:table1,tsd:table3
+DEFAULT_NEXT=$DEFAULT_NEXT,salt,aligndet,tsd
+NEXT="${NEXT:-$DEFAULT_NEXT}"
+for seeds in 1 2 3; do sweep "$NEXT" "$seeds"; done
 echo "== $(date +%H:%M) sweep_evidence done"

@@ -127,8 +127,9 @@ def test_slurm_env_layout():
 
 
 # -------------------------------------------------------------------------------- resume and signals
-def test_resume_equals_uninterrupted(smoke_root, tmp_path):
-    model = model_config("fcos", "smoke", 10)
+@pytest.mark.parametrize("name", ["fcos", "tsd"])  # TSD: its RPN and RoI samplers draw from the random stream
+def test_resume_equals_uninterrupted(name, smoke_root, tmp_path):
+    model = model_config(name, "smoke", 10)
     model = replace(model, test=replace(model.test, score_thr=0.0))  # detections even after 6 iterations
     cfg = short(6, checkpoint_every=0)
     whole, parts = tmp_path / "whole", tmp_path / "parts"
