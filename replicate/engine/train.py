@@ -243,8 +243,11 @@ def train(model: str | DetectorConfig, profile: str, out_dir: str | Path, train_
 
     sampler = IterationBatchSampler(len(train_set), cfg.batch_size, seed=cfg.seed, start=start, end=cfg.iters,
                                     rank=du.rank(), world_size=world)
+    # the loader draws its workers' base seed from its own generator: from the global one it would shift the
+    # random stream the model draws from (a two-stage detector's samplers) on every resume
     loader = DataLoader(EpochDataset(train_set), batch_sampler=sampler, collate_fn=Collate(data.size_divisor),
-                        num_workers=cfg.num_workers, pin_memory=dev.type == "cuda")
+                        num_workers=cfg.num_workers, pin_memory=dev.type == "cuda",
+                        generator=torch.Generator().manual_seed(cfg.seed))
     log = JsonlLog(out / "log.jsonl", start, enabled=main)
 
     def checkpoint(iteration: int) -> None:
