@@ -30,8 +30,9 @@ from ..box_coders import DeltaXYWHCoder
 from ..head import DenseHead, Priors, anchor_priors
 from ..losses import binary_cross_entropy_with_logits, smooth_l1_loss
 from ..postprocess import clip_to_sizes
-from ..priors import AnchorConfig, anchors_for
+from ..priors import AnchorConfig
 from ..samplers import sample
+from .retinanet import RetinaNetHead
 
 RPN_ANCHORS = AnchorConfig(strides=(4, 8, 16, 32, 64), octave_base_scale=8.0, scales_per_octave=1,
                            ratios=(0.5, 1.0, 2.0))
@@ -94,12 +95,7 @@ class RPNHead(DenseHead):
             reg.append(self.reg_out(t))
         return {"cls": cls, "reg": reg}
 
-    def anchors(self, maps: list[Tensor]) -> list[Tensor]:
-        sizes = tuple(tuple(m.shape[-2:]) for m in maps)
-        key = (sizes, maps[0].device)
-        if key not in self._anchor_cache:
-            self._anchor_cache = {key: anchors_for(self.cfg.anchors, list(sizes), maps[0].device)}
-        return self._anchor_cache[key]
+    anchors = RetinaNetHead.anchors  # per-level (H*W*A, 4) anchors, cached per size and device
 
     def priors(self, outs: dict[str, list[Tensor]]) -> Priors:
         return anchor_priors(self.anchors(outs["cls"]), self.cfg.anchors.strides, self.num_anchors)
