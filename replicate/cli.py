@@ -545,7 +545,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "every COCO metric with the stored one. Exit 1 when any differs.")
     p.add_argument("records", nargs="+", type=Path, metavar="RECORD")
     p.add_argument("--data-root", type=Path, default=None, help="dataset folder (default data/PROFILE)")
-    p.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1, as the sweeps run)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="intra-op threads (default: the record's own, or 1, as the sweeps run, for a record that "
+                        "does not say)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_verify)
 

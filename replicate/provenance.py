@@ -127,12 +127,14 @@ def _cpuinfo() -> dict[str, str]:
 
 
 def provenance(config: Any, *, device: torch.device | str | None = None, world_size: int = 1) -> dict[str, Any]:
-    """Code version, library versions, device, world size, and ``config`` with its hash."""
+    """Code version, library versions, device, world size, intra-op threads (float reductions, hence a CPU run's
+    exact numbers, depend on them), and ``config`` with its hash."""
     return {
         **code_version(),
         "versions": versions(),
         "device": device_name(device),
         "world_size": world_size,
+        "threads": torch.get_num_threads(),
         "argv": sys.argv,
         "config_hash": config_hash(config),
         "config": jsonable(config),

@@ -514,6 +514,7 @@ def test_verify_reproduces_a_record_exactly_and_names_what_differs(swept, smoke_
     result = verify(path, data_root=smoke_root, progress=False)
     assert result.exact, result.format()
     assert "reproduced exactly" in result.format() and "loss.last" in result.stored
+    assert result.threads == json.loads(path.read_text())["provenance"]["threads"]  # the record's own count
     tampered = json.loads(path.read_text())
     tampered["loss_summary"]["loss"]["last"] += 1e-6
     tampered["provenance"]["device"] = "Another CPU"  # a record made elsewhere: the report names both machines

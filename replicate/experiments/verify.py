@@ -42,6 +42,7 @@ class Verification:
     differences: dict[str, tuple[float, float]] = field(default_factory=dict)
     recorded_on: str = ""  # the record's CPU (its provenance's device)
     here: str = ""  # this machine's
+    threads: int = 1  # the intra-op threads it was re-trained with
 
     @property
     def same_machine(self) -> bool:
@@ -56,8 +57,9 @@ class Verification:
                f"{self.request.seed})"
         if self.exact:
             return f"{head}: reproduced exactly (AP {100 * self.stored['AP']:.2f}; {len(self.stored)} metrics and loss " \
-                   "statistics equal)"
+                   f"statistics equal; {self.threads} thread(s))"
         lines = [f"  {k}: stored {a!r}, re-trained {b!r}" for k, (a, b) in sorted(self.differences.items())]
+        lines.append(f"  re-trained with {self.threads} thread(s): a record made with another count differs")
         if not self.same_machine:
             lines.append(f"  recorded on {self.recorded_on!r}, re-trained on {self.here!r}: exact reproduction is "
                          "promised on a CPU like the record's only (other float kernels run on another CPU)")
@@ -91,11 +93,12 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def verify(record_path: str | Path, *, data_root: str | Path | None = None, work_dir: str | Path | None = None,
-           threads: int = 1, progress: bool = True) -> Verification:
+           threads: int | None = None, progress: bool = True) -> Verification:
     """Re-train the run of the record at ``record_path`` and compare its metrics with the stored ones.
 
-    ``threads``: intra-op threads while training (the committed records are made with one thread per run;
-    float reductions depend on the thread count)."""
+    ``threads``: intra-op threads while training; float reductions depend on the thread count, so the default is
+    the record's own (its provenance's ``threads``), or 1 for a record made before that was recorded (the sweeps
+    run one thread per run)."""
     path = Path(record_path)
     record = read_json(path, what="run record")
     if not isinstance(record, dict) or not {"key", "profile", "seed", "config", "metrics"} <= set(record):
@@ -109,6 +112,8 @@ def verify(record_path: str | Path, *, data_root: str | Path | None = None, work
                              "slower and with other float results, so it cannot reproduce the record; verify it on "
                              "a CPU with native bf16 (AVX-512 BF16 or AMX) like the record's")
     request = find_request(record, path)
+    if threads is None:
+        threads = int((record.get("provenance") or {}).get("threads") or 1)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -129,4 +134,5 @@ def verify(record_path: str | Path, *, data_root: str | Path | None = None, work
     differences = {k: (stored.get(k), new.get(k)) for k in sorted(set(stored) | set(new))
                    if not _same(stored.get(k), new.get(k))}
     return Verification(path, record["key"], request, stored, new, differences,
-                        recorded_on=str((record.get("provenance") or {}).get("device") or ""), here=device_name("cpu"))
+                        recorded_on=str((record.get("provenance") or {}).get("device") or ""), here=device_name("cpu"),
+                        threads=threads)
