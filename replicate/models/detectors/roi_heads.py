@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
@@ -80,8 +81,9 @@ class SampledRoIs:
     boxes: Tensor
     pos: Tensor
 
-    @property
+    @cached_property
     def normaliser(self) -> Tensor:
+        """The number of sampled RoIs, averaged over processes (once: every loss term divides by it)."""
         return mean_over_ranks(torch.tensor(float(len(self.rois)))).clamp(min=1.0)
 
 

@@ -115,8 +115,8 @@ class RPNHead(DenseHead):
         logits = flatten_levels(outs["cls"], 1)[..., 0]
         reg = flatten_levels(outs["reg"], 4)
         pos, neg = sample(a.pos_mask, a.neg_mask, c.num_samples, c.pos_fraction)
-        num = mean_over_ranks((pos | neg).sum()).clamp(min=1.0)
         used = pos | neg
+        num = mean_over_ranks(used.sum()).clamp(min=1.0)
         loss_cls = binary_cross_entropy_with_logits(logits[used], pos[used].float(), reduction="sum") / num
         target = self.coder.encode(anchors.expand(len(pos), -1, -1)[pos], matched[pos])
         loss_bbox = smooth_l1_loss(reg[pos], target, c.smooth_l1_beta, reduction="sum") / num
