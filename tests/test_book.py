@@ -155,10 +155,11 @@ def test_book_builds_on_smoke(smoke_book):
         text = (html / "executed" / "salt" / f"{page}.html").read_text()
         assert "<img" in text and "<table" in text and "Traceback" not in text, page
     assert "salt:table1" in summary and "salt:table4" in summary
-    for page in ("table1", "table2", "table3", "table4", "table5", "table6", "code_variants"):
+    for page in ("table1", "table2", "table3", "table4", "table5", "table6", "table7", "code_variants"):
         text = (html / "executed" / "tsd" / f"{page}.html").read_text()
         assert "<img" in text and "<table" in text and "Traceback" not in text, page
-    assert "tsd:table3" in summary and "tsd:table5_large" in summary
+    assert "tsd:table3" in summary and "tsd:table5_large" in summary and "tsd:table7" in summary
+    assert "mask_AP" in (html / "executed" / "tsd" / "table7.html").read_text()
     table3 = (html / "executed" / "mod" / "table3.html").read_text()
     # smoke runs do not learn: Table 3's statistics read no seed, and the verdict says why
     assert "mod:table2" in summary and "not checked: no seed where both FCOS and FCOS+RFA learned" in table3

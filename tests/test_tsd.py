@@ -8,7 +8,7 @@ import torch
 from replicate.errors import ReplicateError
 from replicate.models.box_coders import DeltaXYWHCoder
 from replicate.models.detector import build_detector
-from replicate.models.detectors.roi_heads import SampledRoIs
+from replicate.models.detectors.roi_heads import SampledRoIs, sample_rois
 from replicate.models.detectors.rpn import Proposals
 from replicate.models.detectors.tsd import TSDHeadConfig
 from replicate.models.postprocess import TestConfig
@@ -33,7 +33,8 @@ def test_pc_cls_by_hand():
     head = _head()
     sib = torch.log(torch.tensor([[0.6, 0.2, 0.1, 0.1], [0.1, 0.1, 0.1, 0.7], [0.05, 0.9, 0.03, 0.02]]))
     tsd = torch.log(torch.tensor([[0.8, 0.1, 0.05, 0.05], [0.1, 0.1, 0.3, 0.5], [0.02, 0.97, 0.005, 0.005]]))
-    s = SampledRoIs(torch.zeros(3, 5), torch.tensor([0, 3, 1]), torch.zeros(3, 4), torch.tensor([True, False, True]))
+    s = SampledRoIs(torch.zeros(3, 5), torch.tensor([0, 3, 1]), torch.zeros(3, 4), torch.tensor([0, -1, 1]),
+                    torch.tensor([True, False, True]))
     # RoI 1: 0.6 + 0.3 - 0.8 = 0.1; RoI 2 (background): 0.7 + 0.3 - 0.5 = 0.5; RoI 3: 0.9 + 0.1 - 0.97 = 0.03
     expected = (0.1 + 0.5 + 0.03) / 3
     assert head.cls_constraint(sib, tsd, s).item() == pytest.approx(expected, abs=1e-6)
@@ -44,7 +45,7 @@ def test_pc_loc_by_hand():
     head = _head()
     rois = torch.tensor([[0.0, 0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 0.0, 10.0, 10.0]])
     gt = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 10.0]])
-    s = SampledRoIs(rois, torch.tensor([1, 3]), gt, torch.tensor([True, False]))
+    s = SampledRoIs(rois, torch.tensor([1, 3]), gt, torch.tensor([0, -1]), torch.tensor([True, False]))
     sib_deltas = torch.zeros(2, K, 4)
     sib_deltas[0, 1, 0] = 0.5  # dx 0.5 * std 0.1 * w 10 = 0.5 px: IoU 9.5 / 10.5
     tsd_deltas = torch.zeros(2, K, 4)
@@ -95,7 +96,7 @@ def _loss_grads(cfg, term):
                           torch.ones(1, 3), torch.ones(1, 3, dtype=torch.bool))
     targets = [{"boxes": torch.tensor([[22.0, 38.0, 62.0, 94.0]]), "labels": torch.tensor([2])}]
     torch.manual_seed(1)
-    terms = head.loss(feats, proposals, targets)
+    terms = head.loss(feats, sample_rois(proposals, targets, cfg.sampling, head.num_classes))
     terms[term].backward()
     return head, terms
 

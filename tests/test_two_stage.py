@@ -114,6 +114,7 @@ def test_roi_sampling_adds_the_ground_truths_and_labels_background_last():
     assert sorted(s.labels.tolist()) == [3, 3, 5] and s.pos.sum() == 2
     assert len(s.rois) == 3 and (s.rois[:, 0] == 0).all()
     torch.testing.assert_close(s.boxes[s.pos], torch.tensor([[0.0, 0.0, 50.0, 55.0]] * 2))
+    assert s.gt_index[s.pos].tolist() == [0, 0] and s.gt_index[~s.pos].tolist() == [-1]  # the mask targets' index
 
 
 # ----------------------------------------------------------------------------------------------- RPN
@@ -190,7 +191,7 @@ def test_fast_rcnn_loss_matches_torchvisions():
     rois = torch.cat([torch.zeros(R, 1), _rois(R)[:, 1:]], 1)
     gt = rois[:, 1:] + torch.randn(R, 4) * 5
     labels = torch.randint(0, K + 1, (R,))
-    s = SampledRoIs(rois, labels, gt, labels < K)
+    s = SampledRoIs(rois, labels, gt, torch.where(labels < K, 0, -1), labels < K)
     coder = DeltaXYWHCoder(stds=(0.1, 0.1, 0.2, 0.2))
     loss_cls, loss_bbox = fast_rcnn_losses(logits, deltas, s, coder, beta=1 / 9)
 

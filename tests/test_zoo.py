@@ -9,11 +9,15 @@ from replicate.models.zoo import MODELS, describe, model_config
 
 
 def _targets():
+    masks = torch.zeros(2, 192, 288, dtype=torch.uint8)  # for the detectors with a mask branch
+    masks[0, 20:100, 10:80] = 1
+    masks[1, 50:180, 100:200] = 1
     return [
         {"boxes": torch.tensor([[10.0, 20.0, 80.0, 100.0], [100.0, 50.0, 200.0, 180.0]]),
-         "labels": torch.tensor([1, 3]),
+         "labels": torch.tensor([1, 3]), "masks": masks,
          "ignore_boxes": torch.tensor([[150.0, 0.0, 250.0, 40.0]])},  # a crowd region
         {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long),
+         "masks": torch.zeros(0, 192, 288, dtype=torch.uint8),
          "ignore_boxes": torch.zeros(0, 4)},  # an image without objects
     ]
 
@@ -85,7 +89,9 @@ def test_every_head_keeps_the_head_contract(name):
     net = build_detector(model_config(name, "smoke", 10)).train()
     assert isinstance(net.head, DenseHead) and net.head.prior_kind in ("anchor", "point")
     images = torch.randn(2, 3, 96, 128)
-    targets = [{"boxes": torch.tensor([[8.0, 10.0, 70.0, 80.0]]), "labels": torch.tensor([2]),
+    masks = torch.zeros(1, 96, 128, dtype=torch.uint8)
+    masks[0, 10:80, 8:70] = 1
+    targets = [{"boxes": torch.tensor([[8.0, 10.0, 70.0, 80.0]]), "labels": torch.tensor([2]), "masks": masks,
                 "ignore_boxes": torch.zeros(0, 4)} for _ in range(2)]
     outs = net(images)
     priors = net.head.priors(outs)

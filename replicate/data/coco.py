@@ -7,6 +7,8 @@
   already warned with counts (:func:`replicate.data.validate.load_coco`), ``stats`` keeps them.
 - Images without (usable) objects stay for evaluation and are filtered for training when
   ``filter_empty`` is set (mmdetection's ``filter_empty_gt``).
+- ``masks=True`` adds each object's instance mask, ``target["masks"]`` (N, H, W) uint8, decoded from its
+  polygons or RLE at the image's size (the instance-segmentation heads' training targets).
 - Randomness: sample ``i`` in epoch ``e`` draws from its own generator seeded by ``(seed, e, i)``.
   ``get(i, e)`` reads a sample of an explicit epoch (the training sampler passes the epoch with each
   index, so DataLoader workers need no shared state); ``dataset[i]`` is ``get(i, dataset.epoch)``.
@@ -21,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 from PIL import Image
+from pycocotools import mask as mask_utils
 
 from ..errors import DataError
 from .validate import load_coco
@@ -35,6 +38,7 @@ class CocoDetection(Dataset):
         *,
         filter_empty: bool = False,
         seed: int = 0,
+        masks: bool = False,
     ) -> None:
         self.ann_file = Path(ann_file)
         self.images_dir = Path(images_dir)
@@ -43,6 +47,7 @@ class CocoDetection(Dataset):
         self.coco = load_coco(self.ann_file)
         self.transforms = transforms
         self.seed = seed
+        self.masks = masks
         self.epoch = 0
         self.cat_ids: list[int] = sorted(self.coco.getCatIds())
         self.cat_to_label = {c: i for i, c in enumerate(self.cat_ids)}
@@ -92,7 +97,8 @@ class CocoDetection(Dataset):
             idx = order[s:e]
             idx = idx[valid[idx]]
             obj, ign = idx[~crowd[idx]], idx[crowd[idx]]
-            records[img_id] = {"boxes": clipped[obj], "labels": labels[obj], "ignore_boxes": clipped[ign]}
+            records[img_id] = {"boxes": clipped[obj], "labels": labels[obj], "ignore_boxes": clipped[ign],
+                               "annotations": obj}
         return records
 
     def set_epoch(self, epoch: int) -> None:
@@ -120,6 +126,20 @@ class CocoDetection(Dataset):
             raise DataError(f"{path}: cannot decode image ({exc})") from None
         return torch.from_numpy(pixels).permute(2, 0, 1)
 
+    def load_masks(self, image_id: int, annotations: np.ndarray) -> torch.Tensor:
+        """(N, H, W) uint8 instance masks of the annotations at positions ``annotations`` (one decode call)."""
+        info = self.coco.imgs[image_id]
+        h, w = info["height"], info["width"]
+        if not len(annotations):
+            return torch.zeros((0, h, w), dtype=torch.uint8)
+        anns = self.coco.dataset["annotations"]
+        try:
+            rles = [self.coco.annToRLE(anns[i]) for i in annotations.tolist()]
+        except (KeyError, TypeError, IndexError) as exc:
+            raise DataError(f"{self.ann_file}: an annotation of image {image_id} has no usable segmentation "
+                            f"({type(exc).__name__}: {exc}); instance masks need polygons or RLE") from None
+        return torch.from_numpy(np.ascontiguousarray(mask_utils.decode(rles).transpose(2, 0, 1)))
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
         return self.get(index, self.epoch)
 
@@ -145,6 +165,8 @@ class CocoDetection(Dataset):
             "scale_factor": (1.0, 1.0),
             "flipped": False,
         }
+        if self.masks:
+            target["masks"] = self.load_masks(image_id, rec["annotations"])
         if self.transforms is not None:
             image, target = self.transforms(image, target, self.sample_generator(index, epoch))
         return image, target

@@ -87,11 +87,12 @@ def ensure_data(cfg: DataConfig, *, seed: int = 0, progress: bool = True) -> Non
         )
 
 
-def build_dataset(cfg: DataConfig, split: str, *, train: bool, seed: int = 0) -> CocoDetection:
-    """The dataset of one split with the profile's training or test transforms."""
+def build_dataset(cfg: DataConfig, split: str, *, train: bool, seed: int = 0, masks: bool = False) -> CocoDetection:
+    """The dataset of one split with the profile's training or test transforms (``masks``: with instance masks)."""
     ann, images = cfg.paths(split)
     if train:
         transforms = train_transforms(cfg.train_scales, cfg.scale_mode, cfg.flip_prob)
     else:
         transforms = test_transforms(cfg.test_scale)
-    return CocoDetection(ann, images, transforms, filter_empty=train and cfg.filter_empty_train, seed=seed)
+    return CocoDetection(ann, images, transforms, filter_empty=train and cfg.filter_empty_train, seed=seed,
+                         masks=masks)

@@ -1,7 +1,8 @@
 """Detection transforms: keep-ratio resize (fixed or multi-scale), horizontal flip, normalisation.
 
 A transform is called as ``t(image, target, gen)``: ``image`` is a float32 (3, H, W) RGB tensor in
-[0, 255], ``target`` a dict with ``boxes`` (N, 4) xyxy, ``labels`` (N,), ``ignore_boxes`` (M, 4) and
+[0, 255], ``target`` a dict with ``boxes`` (N, 4) xyxy, ``labels`` (N,), ``ignore_boxes`` (M, 4),
+optionally ``masks`` (N, H, W) uint8 (resized by nearest neighbour, flipped with the image), and
 bookkeeping keys; ``gen`` is the sample's own ``torch.Generator`` (see :class:`CocoDetection`), so
 random choices do not depend on worker count or on earlier samples.
 
@@ -66,6 +67,10 @@ class Resize:
             image = F.interpolate(image[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
         factor = torch.tensor([nw / w, nh / h, nw / w, nh / h])
         target = dict(target, boxes=target["boxes"] * factor, ignore_boxes=target["ignore_boxes"] * factor)
+        if "masks" in target and (nh, nw) != (h, w):
+            masks = target["masks"]
+            target["masks"] = F.interpolate(masks[None].float(), size=(nh, nw), mode="nearest")[0].to(masks.dtype) \
+                if len(masks) else masks.new_zeros((0, nh, nw))
         target["scale_factor"] = (nh / h, nw / w)
         target["img_size"] = (nh, nw)
         return image, target
@@ -81,6 +86,8 @@ class RandomHorizontalFlip:
         w = image.shape[-1]
         flip = lambda b: torch.stack([w - b[:, 2], b[:, 1], w - b[:, 0], b[:, 3]], dim=1)  # noqa: E731
         target = dict(target, boxes=flip(target["boxes"]), ignore_boxes=flip(target["ignore_boxes"]), flipped=True)
+        if "masks" in target:
+            target["masks"] = target["masks"].flip(-1)
         return image.flip(-1), target
 
 

@@ -4,7 +4,8 @@ Both the end of training (:func:`replicate.engine.train.train`) and the later re
 run (:func:`replicate.engine.rescore.evaluate_variants`) go through :func:`evaluate_tests`: every val
 image goes through the network once (under the run's own mixed precision), each test config re-scores
 the same raw head outputs (:meth:`replicate.models.detector.Detector.predict_variants`), and each set of
-detections is written as a COCO results file and evaluated with pycocotools. With several processes,
+detections is written as a COCO results file and evaluated with pycocotools (boxes, and masks where the
+detector predicts them: ``mask_AP``, ...). With several processes,
 each predicts a contiguous shard of the val split and rank 0 gathers the shards in order.
 """
 
@@ -48,9 +49,17 @@ def evaluate_tests(net: torch.nn.Module, val_set, tests: Mapping[str, TestConfig
     out = {}
     for name, test, dets in zip(names, configs, results):
         path = write_detections(Path(out_dir) / f"{name}.json", dets)
-        out[name] = {"test": jsonable(test or own), "metrics": evaluate(val_set.coco, dets, dets_source=str(path)),
+        out[name] = {"test": jsonable(test or own), "metrics": coco_metrics(val_set.coco, dets, str(path)),
                      "detections": str(path)}
     return out, timings
+
+
+def coco_metrics(gt, dets: list[dict[str, Any]], source: str) -> dict[str, float]:
+    """The box metrics of ``dets``; where they carry masks, also the mask metrics, named ``mask_<metric>``."""
+    metrics = evaluate(gt, dets, dets_source=source)
+    if dets and "segmentation" in dets[0]:
+        metrics.update({f"mask_{k}": v for k, v in evaluate(gt, dets, "segm", dets_source=source).items()})
+    return metrics
 
 
 def unwrap_test(net: torch.nn.Module) -> TestConfig:

@@ -2,7 +2,8 @@
 
 The test transform resizes image ``i`` by ``scale_factor = (sy, sx)`` (new / original size); boxes
 are mapped back by dividing x by ``sx`` and y by ``sy`` (one tensor operation per image) before
-:func:`replicate.evaluation.to_coco_results` writes them with the dataset's category ids.
+:func:`replicate.evaluation.to_coco_results` writes them with the dataset's category ids. A detector with a
+mask branch also gives each detection a mask, pasted into its box at the original size and written as RLE.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from tqdm import tqdm
 
 from ..data.batching import Collate
 from ..evaluation import to_coco_results
+from ..models.detectors.mask_head import encode_masks, paste_masks
 from ..models.postprocess import TestConfig
 from ..provenance import cpu_has_native_bf16, device_name
 from .checkpoint import unwrap
@@ -77,8 +79,8 @@ def predict_variants(model: torch.nn.Module, dataset, batch_size: int, device: t
     subset = Subset(dataset, list(indices)) if indices is not None else dataset
     loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=Collate(), pin_memory=device.type == "cuda")
-    image_ids, scales = [], []
-    per_test: list[tuple[list, list, list]] = [([], [], []) for _ in tests]
+    image_ids, scales, sizes = [], [], []
+    per_test: list[tuple[list, list, list, list]] = [([], [], [], []) for _ in tests]
     start = time.perf_counter()
     with torch.inference_mode():
         for batch in tqdm(loader, disable=not progress, desc="predict", dynamic_ncols=True):
@@ -89,15 +91,18 @@ def predict_variants(model: torch.nn.Module, dataset, batch_size: int, device: t
                 sy, sx = target["scale_factor"]
                 image_ids.append(target["image_id"])
                 scales.append(torch.tensor([sx, sy, sx, sy]))
-            for (boxes, scores, labels), dets in zip(per_test, variants):
-                for det, scale in zip(dets, scales[-len(dets):]):
+                sizes.append(tuple(target["orig_size"]))
+            for (boxes, scores, labels, masks), dets in zip(per_test, variants):
+                for det, scale, size in zip(dets, scales[-len(dets):], sizes[-len(dets):]):
                     boxes.append(det["boxes"].float().cpu() / scale)
                     scores.append(det["scores"].float().cpu())
                     labels.append(det["labels"].cpu())
+                    if "masks" in det:
+                        masks.append(encode_masks(paste_masks(det["masks"].float().cpu(), boxes[-1], size)))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
-    results = [to_coco_results(image_ids, boxes, scores, labels, dataset.label_to_cat_id)
-               for boxes, scores, labels in per_test]
+    results = [to_coco_results(image_ids, boxes, scores, labels, dataset.label_to_cat_id, masks or None)
+               for boxes, scores, labels, masks in per_test]
     n = len(subset)
     return results, {"inference_seconds": seconds, "inference_fps": n / seconds if seconds > 0 else 0.0, "images": n}

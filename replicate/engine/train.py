@@ -56,7 +56,7 @@ from ..errors import ReplicateError
 from ..profiles import schedule_for
 from ..io import atomic_write_json, atomic_write_text, dump_json
 from ..models._utils import set_group_norm_layout
-from ..models.detector import DetectorConfig, build_detector, weights_fields
+from ..models.detector import DetectorConfig, build_detector, trains_masks, weights_fields
 from ..models.postprocess import TestConfig
 from ..models.zoo import MODELS, model_config
 from ..provenance import config_hash, jsonable, provenance
@@ -218,6 +218,7 @@ def train(model: str | DetectorConfig, profile: str, out_dir: str | Path, train_
     du.barrier()
     train_set = build_dataset(data, "train", train=True, seed=cfg.seed)
     model_cfg = _resolve_model(model, profile, len(train_set.cat_ids))
+    train_set.masks = trains_masks(model_cfg)
     config = run_identity(weights_fields(model_cfg), cfg, profile)
     chash = config_hash(config)  # = the run's key in the results store
 

@@ -26,6 +26,7 @@ def to_coco_results(
     scores: Sequence[Any],
     labels: Sequence[Any],
     label_to_cat_id: Sequence[int] | Mapping[int, int],
+    segmentations: Sequence[Sequence[dict]] | None = None,
 ) -> list[dict[str, Any]]:
     """COCO result dicts for per-image detections.
 
@@ -33,6 +34,8 @@ def to_coco_results(
     (``(n_i,)``) hold one array per image (numpy arrays, torch tensors on any device, or lists).
     Label ``k`` becomes category ``label_to_cat_id[k]``. Boxes are written as ``[x, y, w, h]``
     rounded to 2 decimals, scores rounded to 5 decimals; all values are Python ints and floats.
+    ``segmentations`` (optional) holds one list of RLE dicts per image, one per detection: each result then
+    also has its ``segmentation`` (instance segmentation results carry both).
     """
     if not len(image_ids) == len(boxes_xyxy) == len(scores) == len(labels):
         raise ValueError(
@@ -56,12 +59,19 @@ def to_coco_results(
     image = np.repeat(np.asarray(image_ids, dtype=np.int64), counts)
     category = _category_ids(label, label_to_cat_id)
     xywh = np.round(np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1), BOX_DECIMALS)
-    return [
+    results = [
         {"image_id": i, "category_id": c, "bbox": b, "score": s}
         for i, c, b, s in zip(
             image.tolist(), category.tolist(), xywh.tolist(), np.round(score, SCORE_DECIMALS).tolist()
         )
     ]
+    if segmentations is not None:
+        if [len(m) for m in segmentations] != counts:
+            raise ValueError(f"one segmentation per detection expected: {counts} detections per image, "
+                             f"{[len(m) for m in segmentations]} segmentations")
+        for result, segm in zip(results, (m for per_image in segmentations for m in per_image)):
+            result["segmentation"] = segm
+    return results
 
 
 def write_detections(path: str | os.PathLike, results: list[dict[str, Any]]) -> Path:

@@ -25,6 +25,8 @@ from ..evaluation.coco_eval import IOU_BREAKDOWN
 METRICS = ("AP", "AP50", "AP75", "AP90", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl", "FPS") + tuple(
     f"AP{t}{area}" for t in IOU_BREAKDOWN for area in ("", "_s", "_m", "_l") if f"AP{t}{area}" not in ("AP50", "AP90"))
 # (the single-threshold APs per area range, replicate.evaluation.coco_eval.IOU_BREAKDOWN)
+METRICS += tuple(f"mask_{m}" for m in ("AP", "AP50", "AP75", "APs", "APm", "APl"))
+# (instance-mask AP, from the runs of detectors with a mask branch: replicate.engine.evaluate.coco_metrics)
 # Columns read from a run's timings instead of its COCO metrics, and shown unscaled (images per second of
 # the final evaluation on the run's own device: compare rows of one table, not with the paper's GPU).
 TIMING_METRICS = {"FPS": "inference_fps"}

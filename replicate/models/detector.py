@@ -151,6 +151,11 @@ def weights_fields(cfg: DetectorConfig) -> dict[str, Any]:
     return {**fields, "head_type": type(cfg.head).__name__}
 
 
+def trains_masks(cfg: DetectorConfig) -> bool:
+    """Whether the detector trains on instance masks (a mask branch): its training data must carry them."""
+    return getattr(cfg.head, "mask", None) is not None
+
+
 def build_detector(cfg: DetectorConfig, **overrides) -> Detector:
     """Build a detector from its config (a preset's: :func:`replicate.models.zoo.model_config`)."""
     if not isinstance(cfg, DetectorConfig):

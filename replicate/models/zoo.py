@@ -28,8 +28,8 @@ from .detectors.mod import foveabox_mod, mod, mod_code, retinanet_mod
 from .detectors.retinanet import retinanet, retinanet_1anchor
 from .detectors.retinanet_conf import retinanet_conf
 from .detectors.salt_net import salt_net, salt_net_code, salt_s1
-from .detectors.tsd import tsd
-from .detectors.two_stage import faster_rcnn
+from .detectors.tsd import tsd, tsd_mask_rcnn
+from .detectors.two_stage import faster_rcnn, mask_rcnn
 
 MODELS: dict[str, Callable[[], DetectorConfig]] = {
     "retinanet": retinanet,
@@ -56,6 +56,8 @@ MODELS: dict[str, Callable[[], DetectorConfig]] = {
     "salt_fcos": salt_fcos,
     "faster_rcnn": faster_rcnn,
     "tsd": tsd,
+    "mask_rcnn": mask_rcnn,
+    "tsd_mask_rcnn": tsd_mask_rcnn,
 }
 
 DEEP_BACKBONES = ("resnet101", "resnext101_32x8d", "resnext101_64x4d")  # -> narrow_deep on small profiles

@@ -74,11 +74,13 @@ class RoIHeadConfig:
 @dataclass
 class SampledRoIs:
     """A batch's training RoIs: ``rois`` (R, 5) ``(image, x1, y1, x2, y2)``, ``labels`` (R,) with the
-    background ``K``, the matched ground-truth ``boxes`` (R, 4) (meaningful where ``pos``), ``pos`` (R,)."""
+    background ``K``, the matched ground-truth ``boxes`` (R, 4) and its index within its image ``gt_index``
+    (R,) (both meaningful where ``pos``), ``pos`` (R,)."""
 
     rois: Tensor
     labels: Tensor
     boxes: Tensor
+    gt_index: Tensor
     pos: Tensor
 
     @cached_property
@@ -99,7 +101,7 @@ def sample_rois(proposals: Proposals, targets: list[dict], cfg: RoISampling, num
     image, index = torch.nonzero(pos | neg, as_tuple=True)
     labels = torch.where(pos[image, index], a.labels[image, index], torch.full_like(index, num_classes))
     return SampledRoIs(torch.cat([image[:, None].to(boxes.dtype), boxes[image, index]], 1), labels,
-                       a.matched_boxes(gt_boxes)[image, index], pos[image, index])
+                       a.matched_boxes(gt_boxes)[image, index], a.gt_index[image, index], pos[image, index])
 
 
 def rois_of(proposals: Proposals) -> tuple[Tensor, Tensor, Tensor]:
@@ -179,8 +181,7 @@ class RoIHead(nn.Module):
         self.sibling = SiblingHead(cfg, in_channels, num_classes)
         self.coder = DeltaXYWHCoder(stds=cfg.target_stds)
 
-    def loss(self, feats: list[Tensor], proposals: Proposals, targets: list[dict]) -> dict[str, Tensor]:
-        s = sample_rois(proposals, targets, self.cfg.sampling, self.num_classes)
+    def loss(self, feats: list[Tensor], s: SampledRoIs) -> dict[str, Tensor]:
         logits, deltas = self.sibling(pool_rois(feats, s.rois, self.cfg))
         loss_cls, loss_bbox = fast_rcnn_losses(logits, deltas, s, self.coder, self.cfg.smooth_l1_beta)
         return {"loss_cls": loss_cls, "loss_bbox": loss_bbox}

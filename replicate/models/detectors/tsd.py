@@ -52,7 +52,8 @@ from ..losses import aligned_box_iou
 from ..postprocess import TestConfig
 from ..roi_pool import deform_roi_pool
 from .roi_heads import (RoIHeadConfig, SampledRoIs, SiblingHead, class_deltas, detections, fast_rcnn_losses, pool_rois,
-                        rois_of, sample_rois)
+                        rois_of)
+from .mask_head import MaskHeadConfig
 from .rpn import Proposals
 from .two_stage import two_stage
 
@@ -135,9 +136,8 @@ class TSDHead(nn.Module):
         deltas = self.reg_out(self.reg_fcs(f_r)).reshape(len(rois), -1, 4)
         return logits, deltas, p_r
 
-    def loss(self, feats: list[Tensor], proposals: Proposals, targets: list[dict]) -> dict[str, Tensor]:
+    def loss(self, feats: list[Tensor], s: SampledRoIs) -> dict[str, Tensor]:
         c = self.cfg
-        s = sample_rois(proposals, targets, c.sampling, self.num_classes)
         base = pool_rois(feats, s.rois, c)
         logits, deltas, p_r = self.disentangled(feats, s.rois, base)
         anchors = p_r if c.shift_in_target else p_r.detach()
@@ -183,3 +183,8 @@ class TSDHead(nn.Module):
 def tsd() -> DetectorConfig:
     """Faster R-CNN (FPN) with TSD, joint training with the sibling head and both progressive constraints."""
     return two_stage("tsd", TSDHeadConfig())
+
+
+def tsd_mask_rcnn() -> DetectorConfig:
+    """Mask R-CNN (FPN) with TSD as its box head (the slides' "Applicable to Mask RCNN")."""
+    return two_stage("tsd_mask_rcnn", TSDHeadConfig(), mask=MaskHeadConfig())

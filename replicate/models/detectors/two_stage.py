@@ -9,6 +9,10 @@ terms on the training proposals, and :meth:`TwoStageHead.predict` runs the RoI h
 The pyramid is FPN's for Faster R-CNN (Lin et al. 2017, Sec. 4): P2-P5 from C2-C5 and P6 by max-pooling
 P5 (for the RPN only); the RoI head pools from P2-P5. Proposals are drawn without gradient, so the two
 stages train jointly as in the approximate joint training of Faster R-CNN (Sec. 3.2).
+
+Mask R-CNN (He et al. 2017) is the same composition with a mask branch beside the RoI head
+(:mod:`~.mask_head`): it trains on the positives of the RoI head's sampled proposals and predicts a mask for
+each of the RoI head's detections, whichever RoI head it is (``mask_rcnn``, ``tsd_mask_rcnn``).
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from ..backbone import BackboneConfig
 from ..detector import DetectorConfig, NeckConfig
 from ..head import DenseHead, Priors
 from ..postprocess import TestConfig
-from .roi_heads import RoIHeadConfig
+from .mask_head import MaskHeadConfig
+from .roi_heads import RoIHeadConfig, sample_rois
 from .rpn import RPNConfig, RPNHead
 
 FPN_P2_P6 = NeckConfig(num_extra=1, extra_from="pool")
@@ -34,6 +39,7 @@ C2_C5 = BackboneConfig(out_stages=(1, 2, 3, 4))
 class TwoStageConfig:
     rpn: RPNConfig = field(default_factory=RPNConfig)
     roi: Any = field(default_factory=RoIHeadConfig)  # RoIHeadConfig or tsd.TSDHeadConfig
+    mask: MaskHeadConfig | None = None  # Mask R-CNN's branch
 
     @property
     def feat_channels(self) -> int:
@@ -45,7 +51,8 @@ class TwoStageConfig:
 
     def narrowed(self, width: int, num_convs: int) -> "TwoStageConfig":
         """The small profiles' detector: the RPN conv ``width`` wide and the RoI head scaled with it."""
-        return replace(self, rpn=replace(self.rpn, feat_channels=width), roi=self.roi.narrowed(width))
+        return replace(self, rpn=replace(self.rpn, feat_channels=width), roi=self.roi.narrowed(width),
+                       mask=self.mask.narrowed(width) if self.mask is not None else None)
 
     def build(self, in_channels: int, num_classes: int) -> "TwoStageHead":
         return TwoStageHead(self, in_channels, num_classes)
@@ -59,6 +66,7 @@ class TwoStageHead(DenseHead):
         self.cfg, self.num_classes = cfg, num_classes
         self.rpn = RPNHead(cfg.rpn, in_channels)
         self.roi_head = cfg.roi.build(in_channels, num_classes)
+        self.mask_head = cfg.mask.build(in_channels, num_classes) if cfg.mask is not None else None
 
     def forward(self, feats: list[Tensor]) -> dict[str, list[Tensor]]:
         return {**self.rpn(feats), "feats": feats}
@@ -76,19 +84,30 @@ class TwoStageHead(DenseHead):
         terms = super().loss(outs, targets, batch_hw)
         sizes = [tuple(t.get("img_size", batch_hw)) for t in targets]
         proposals = self.rpn.proposals(outs, sizes, training=True)
-        return {**terms, **self.roi_head.loss(outs["feats"], proposals, targets)}
+        s = sample_rois(proposals, targets, self.cfg.roi.sampling, self.num_classes)
+        terms.update(self.roi_head.loss(outs["feats"], s))
+        if self.mask_head is not None:
+            terms.update(self.mask_head.loss(outs["feats"], s, targets))
+        return terms
 
     def predict(self, outs: dict[str, list[Tensor]], image_sizes: list[tuple[int, int]],
                 cfg: TestConfig) -> list[dict[str, Tensor]]:
+        """Per-image detections; with a mask branch each also has ``masks``, (n, 28, 28) probabilities."""
         proposals = self.rpn.proposals(outs, image_sizes, training=False)
-        return self.roi_head.predict(outs["feats"], proposals, image_sizes, cfg)
+        dets = self.roi_head.predict(outs["feats"], proposals, image_sizes, cfg)
+        return self.mask_head.predict(outs["feats"], dets) if self.mask_head is not None else dets
 
 
-def two_stage(name: str, roi: Any) -> DetectorConfig:
-    """A two-stage detector on ResNet-50 C2-C5 and FPN P2-P6 with the RoI head ``roi``."""
-    return DetectorConfig(name, TwoStageConfig(roi=roi), backbone=C2_C5, neck=FPN_P2_P6)
+def two_stage(name: str, roi: Any, mask: MaskHeadConfig | None = None) -> DetectorConfig:
+    """A two-stage detector on ResNet-50 C2-C5 and FPN P2-P6 with the RoI head ``roi`` (and a mask branch)."""
+    return DetectorConfig(name, TwoStageConfig(roi=roi, mask=mask), backbone=C2_C5, neck=FPN_P2_P6)
 
 
 def faster_rcnn() -> DetectorConfig:
     """Faster R-CNN with FPN (Ren et al. 2015; Lin et al. 2017): RPN + the 2-fc sibling RoI head."""
     return two_stage("faster_rcnn", RoIHeadConfig())
+
+
+def mask_rcnn() -> DetectorConfig:
+    """Mask R-CNN with FPN (He et al. 2017): Faster R-CNN + the mask branch (box and instance-mask AP)."""
+    return two_stage("mask_rcnn", RoIHeadConfig(), mask=MaskHeadConfig())
