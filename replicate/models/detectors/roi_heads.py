@@ -13,7 +13,8 @@
 * Inference: softmax scores, every class's box decoded from the proposal and clipped, score > 0.05,
   class-wise NMS at 0.5, the 100 best per image.
 
-:func:`sample_rois` and :func:`detections` are shared with the RoI heads that replace this one (TSD's).
+The two-stage head draws the training RoIs once (:func:`sample_rois`) for its RoI head and, in Mask R-CNN, its
+mask branch; :func:`detections` is shared with the RoI heads that replace this one (TSD's).
 """
 
 from __future__ import annotations

@@ -51,9 +51,9 @@ from ..detector import DetectorConfig
 from ..losses import aligned_box_iou
 from ..postprocess import TestConfig
 from ..roi_pool import deform_roi_pool
+from .mask_head import MaskHeadConfig
 from .roi_heads import (RoIHeadConfig, SampledRoIs, SiblingHead, class_deltas, detections, fast_rcnn_losses, pool_rois,
                         rois_of)
-from .mask_head import MaskHeadConfig
 from .rpn import Proposals
 from .two_stage import two_stage
 
