@@ -24,6 +24,7 @@ from .backbone import BackboneConfig, build_backbone
 from .fpn import FPN
 from .head import DenseHead
 from .postprocess import TestConfig
+from .task_split import TaskBranch, TaskSplit
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class DetectorConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     neck: NeckConfig = field(default_factory=NeckConfig)
     test: TestConfig = field(default_factory=TestConfig)
+    task_split: TaskSplit = field(default_factory=TaskSplit)  # TSD's D_s8/16/32: a backbone copy per task
 
 
 class Detector(nn.Module):
@@ -59,11 +61,26 @@ class Detector(nn.Module):
         self.cfg = cfg
         self.backbone = build_backbone(cfg.backbone)
         n = cfg.neck
-        self.neck = FPN(self.backbone.out_channels, n.out_channels, n.num_extra, n.extra_from, n.relu_before_extra)
-        self.head = cfg.head.build(n.out_channels, cfg.num_classes)
 
-    def features(self, images: Tensor) -> list[Tensor]:
-        return self.neck(self.backbone(images))
+        def neck() -> FPN:
+            return FPN(self.backbone.out_channels, n.out_channels, n.num_extra, n.extra_from, n.relu_before_extra)
+
+        self.neck = neck()
+        self.task_branch = TaskBranch(self.backbone, cfg.task_split, neck) if cfg.task_split.stride else None
+        self.head = cfg.head.build(n.out_channels, cfg.num_classes)
+        if self.task_branch is not None and not getattr(self.head, "reads_task_pyramids", False):
+            raise ReplicateError(f"{cfg.name}: a backbone split per task (task_split.stride={cfg.task_split.stride}) "
+                                 "needs a head whose two tasks have their own branches: a two-stage detector with "
+                                 "TSD's RoI head without the sibling head (head.roi.sibling=False) and no mask branch")
+
+    def features(self, images: Tensor) -> list[Tensor] | dict[str, list[Tensor]]:
+        """The FPN pyramid; with a backbone split per task (:mod:`~.task_split`) a dict of the classification
+        (``cls``) and localization (``reg``) pyramids, and under ``rpn`` the one the RPN reads."""
+        maps = self.backbone(images)
+        if self.task_branch is None:
+            return self.neck(maps)
+        pyramids = {"cls": self.neck(maps), "reg": self.task_branch(maps)}
+        return {**pyramids, "rpn": pyramids[self.cfg.task_split.rpn]}
 
     def raw_outputs(self, images: Tensor) -> dict:
         """The head's raw maps, in float32 even under autocast (which lowers only the network's convs)."""
@@ -113,19 +130,17 @@ def full_precision(value: Any) -> Any:
     return value
 
 
-LATER_HEAD_FIELDS = {"reg_init_std": 0.01, "salt": None, "salt_coarse_weight": 0.5, "anchors.octaves": 1,
-                     "anchor_roiconv": False}
-"""Head config fields added after records existed (dotted paths into the head's config), left out of a run's
+LATER_MODEL_FIELDS = {"head.reg_init_std": 0.01, "head.salt": None, "head.salt_coarse_weight": 0.5,
+                      "head.anchors.octaves": 1, "head.anchor_roiconv": False,
+                      "task_split": {"stride": None, "rpn": "cls"}}
+"""Model config fields added after records existed (dotted paths into the config as JSON), left out of a run's
 identity at these values (the value every run had before the field), so that the runs made before them keep
 their names (as :data:`replicate.engine.config.LATER_FIELDS` for the training config)."""
 
 
 def without_later_fields(model: dict[str, Any]) -> dict[str, Any]:
-    """A model config as JSON without the :data:`LATER_HEAD_FIELDS` that hold their earlier values."""
-    head = model.get("head")
-    if not isinstance(head, dict):
-        return model
-    return {**model, "head": _without(head, LATER_HEAD_FIELDS)}
+    """A model config as JSON without the :data:`LATER_MODEL_FIELDS` that hold their earlier values."""
+    return _without(model, LATER_MODEL_FIELDS)
 
 
 def _without(fields: dict[str, Any], later: dict[str, Any]) -> dict[str, Any]:

@@ -35,7 +35,9 @@ Where we depart from the code (the chapter's ``code_variants`` table measures it
   image; we do not round, and average over the batch's sampled RoIs (not options).
 
 Table 1's ablations are options: ``spatial=False`` is ``D_head`` (the two tasks' own 2-fc branches on the
-shared RoIAlign feature), ``sibling=False`` "TSD w/o PC" without joint training.
+shared RoIAlign feature), ``sibling=False`` "TSD w/o PC" without joint training. Its ``D_s8/16/32`` rows are
+``D_head`` on a backbone split per task (``DetectorConfig.task_split``, :mod:`~replicate.models.task_split`):
+each branch pools from its own task's pyramid.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from ..detector import DetectorConfig
 from ..losses import aligned_box_iou
 from ..postprocess import TestConfig
 from ..roi_pool import deform_roi_pool
+from ..task_split import task_pyramid
 from .mask_head import MaskHeadConfig
 from .roi_heads import (RoIHeadConfig, SampledRoIs, SiblingHead, class_deltas, detections, fast_rcnn_losses, pool_rois,
                         rois_of)
@@ -114,23 +117,36 @@ class TSDHead(nn.Module):
         self.cls_out = nn.Linear(cfg.fc_channels, num_classes + 1)
         self.reg_out = nn.Linear(cfg.fc_channels, 4 * num_classes)
 
-    def disentangled(self, feats: list[Tensor], rois: Tensor, base: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """TSD's classification logits (R, K + 1), deltas (R, K, 4) and the regression proposals P_r (R, 4)."""
+    @property
+    def reads_task_pyramids(self) -> bool:
+        """A backbone split per task (:mod:`~replicate.models.task_split`) suits TSD's two branches, but not the
+        sibling head trained beside them, which reads one feature for both tasks."""
+        return not self.cfg.sibling
+
+    def disentangled(self, feats: list[Tensor] | dict[str, list[Tensor]], rois: Tensor,
+                     base: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """TSD's classification logits (R, K + 1), deltas (R, K, 4) and the regression proposals P_r (R, 4).
+
+        ``base`` is the RoIAlign feature of the proposals on the classification pyramid. With a backbone split
+        per task, the localization branch pools from its own pyramid (``D_s8/16/32``)."""
         c = self.cfg
         boxes = rois[:, 1:]
+        cls_feats, reg_feats = task_pyramid(feats, "cls"), task_pyramid(feats, "reg")
         if c.spatial:
             h = self.shared_offset(base)
             k = c.roi_size
             d_c = c.gamma * self.delta_c(h).reshape(-1, k, k, 2)  # per bin, in units of (w, h)
             d_r = c.gamma * self.delta_r(h)  # per proposal
-            levels = feats[:len(c.strides)]
-            f_c = deform_roi_pool(levels, rois, d_c, c.strides, k, c.samples)
-            f_r = deform_roi_pool(levels, rois, d_r[:, None, None, :].expand(-1, k, k, 2), c.strides, k, c.samples)
+            n = len(c.strides)
+            f_c = deform_roi_pool(cls_feats[:n], rois, d_c, c.strides, k, c.samples)
+            f_r = deform_roi_pool(reg_feats[:n], rois, d_r[:, None, None, :].expand(-1, k, k, 2), c.strides, k,
+                                  c.samples)
             wh = boxes[:, 2:] - boxes[:, :2]
             shift = (d_r * wh).repeat(1, 2)
             p_r = boxes + shift
         else:
-            f_c = f_r = base
+            f_c = base
+            f_r = base if reg_feats is cls_feats else pool_rois(reg_feats, rois, c)
             p_r = boxes
         logits = self.cls_out(self.cls_fcs(f_c))
         deltas = self.reg_out(self.reg_fcs(f_r)).reshape(len(rois), -1, 4)
@@ -138,7 +154,7 @@ class TSDHead(nn.Module):
 
     def loss(self, feats: list[Tensor], s: SampledRoIs) -> dict[str, Tensor]:
         c = self.cfg
-        base = pool_rois(feats, s.rois, c)
+        base = pool_rois(task_pyramid(feats, "cls"), s.rois, c)
         logits, deltas, p_r = self.disentangled(feats, s.rois, base)
         anchors = p_r if c.shift_in_target else p_r.detach()
         loss_cls_d, loss_bbox_d = fast_rcnn_losses(logits, deltas, s, self.coder, c.smooth_l1_beta, anchors)
@@ -176,7 +192,7 @@ class TSDHead(nn.Module):
                 cfg: TestConfig) -> list[dict[str, Tensor]]:
         """TSD's own outputs only (the sibling head is a training aid): boxes decoded from P_r."""
         rois, image, _ = rois_of(proposals)
-        logits, deltas, p_r = self.disentangled(feats, rois, pool_rois(feats, rois, self.cfg))
+        logits, deltas, p_r = self.disentangled(feats, rois, pool_rois(task_pyramid(feats, "cls"), rois, self.cfg))
         return detections(logits.softmax(-1), self.coder.decode(p_r[:, None], deltas), image, image_sizes, cfg)
 
 

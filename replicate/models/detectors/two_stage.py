@@ -7,7 +7,8 @@ dense part (priors, assignment, the RPN's loss) is the RPN's; :meth:`TwoStageHea
 terms on the training proposals, and :meth:`TwoStageHead.predict` runs the RoI head on the test proposals.
 
 The pyramid is FPN's for Faster R-CNN (Lin et al. 2017, Sec. 4): P2-P5 from C2-C5 and P6 by max-pooling
-P5 (for the RPN only); the RoI head pools from P2-P5. Proposals are drawn without gradient, so the two
+P5 (for the RPN only); the RoI head pools from P2-P5. With a backbone split per task (TSD's ``D_s8/16/32``,
+:mod:`~replicate.models.task_split`) the RPN reads one of the two pyramids and the RoI head both. Proposals are drawn without gradient, so the two
 stages train jointly as in the approximate joint training of Faster R-CNN (Sec. 3.2).
 
 Mask R-CNN (He et al. 2017) is the same composition with a mask branch beside the RoI head
@@ -27,6 +28,7 @@ from ..backbone import BackboneConfig
 from ..detector import DetectorConfig, NeckConfig
 from ..head import DenseHead, Priors
 from ..postprocess import TestConfig
+from ..task_split import task_pyramid
 from .mask_head import MaskHeadConfig
 from .roi_heads import RoIHeadConfig, sample_rois
 from .rpn import RPNConfig, RPNHead
@@ -68,8 +70,14 @@ class TwoStageHead(DenseHead):
         self.roi_head = cfg.roi.build(in_channels, num_classes)
         self.mask_head = cfg.mask.build(in_channels, num_classes) if cfg.mask is not None else None
 
-    def forward(self, feats: list[Tensor]) -> dict[str, list[Tensor]]:
-        return {**self.rpn(feats), "feats": feats}
+    @property
+    def reads_task_pyramids(self) -> bool:
+        """Whether the head can read a backbone split per task (:mod:`~replicate.models.task_split`): its RoI
+        head gives each task its own branch and it has no mask branch."""
+        return self.mask_head is None and getattr(self.roi_head, "reads_task_pyramids", False)
+
+    def forward(self, feats: list[Tensor] | dict[str, list[Tensor]]) -> dict:
+        return {**self.rpn(task_pyramid(feats, "rpn")), "feats": feats}
 
     def priors(self, outs: dict[str, list[Tensor]]) -> Priors:
         return self.rpn.priors(outs)
