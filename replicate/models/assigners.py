@@ -1,6 +1,6 @@
 """Label assignment: which prior (anchor or point) learns from which ground-truth box.
 
-Three assigners from the detectors this project replicates, all vectorised over the
+The assigners of the detectors this project replicates, all vectorised over the
 batch. Ground truth arrives padded (see :func:`pad_targets`): ``gt_boxes`` (B, M, 4)
 xyxy, ``gt_labels`` (B, M), ``gt_valid`` (B, M) with ``False`` marking padding;
 crowd regions arrive as ``ignore_boxes`` (B, K, 4) with ``ignore_valid`` (B, K).
@@ -13,6 +13,8 @@ Priors are shared by every image of the batch (:func:`max_iou_assign` also takes
   region), per-level regression-range limits, smallest-area tie-break.
 * :func:`atss_assign` -- Adaptive Training Sample Selection (Zhang et al. 2020,
   Algorithm 1): per-level top-k closest anchors, IoU threshold mean + std.
+* :func:`point_assign` -- RepPoints' initial stage (Yang et al. 2019): on the level the
+  box's size maps to, the location nearest its centre.
 
 Every assigner returns an :class:`Assignment`. Codes in ``gt_index``: ``>= 0`` the
 index into M of the matched ground truth (positive), ``-1`` negative, ``-2`` ignored.
@@ -476,3 +478,56 @@ def atss_assign(
     gt_index = _ignore_crowds(anchors, gt_index, is_pos, ignore_boxes, ignore_valid, ignore_iof)
 
     return _with_labels(gt_index, gt_labels, max_iou)
+
+
+# ------------------------------------------------------------------------------- RepPoints
+
+
+def point_assign(
+    points: Tensor,
+    strides: Tensor,
+    gt_boxes: Tensor,
+    gt_labels: Tensor,
+    gt_valid: Tensor,
+    *,
+    scale: float = 4.0,
+    pos_num: int = 1,
+) -> Assignment:
+    """RepPoints' assignment of its initial stage (Yang et al. 2019, Sec. 4.1: a ground truth is assigned to
+    the location nearest its centre, on the pyramid level its size maps to; the released code's
+    ``PointAssigner``).
+
+    For every valid ground truth of width w and height h:
+
+    1. its level: stride ``2^l`` with ``l = floor((log2(w / scale) + log2(h / scale)) / 2)``, clamped to the
+       levels of ``points``;
+    2. on that level, its ``pos_num`` points nearest its centre, the distance measured in units of its own
+       width and height (``||(p - c) / (w, h)||``), become its positives.
+
+    A point chosen by several ground truths goes to the nearest (exact ties: the lowest index). Every other
+    point is negative: the stage trains box regression only, and its negatives carry no loss.
+
+    Args:
+        points: (A, 2) x, y, levels concatenated; strides: (A,) the stride of each point's level.
+        gt_boxes, gt_labels, gt_valid: padded ground truth.
+
+    Returns:
+        :class:`Assignment`; ``max_iou`` is 0 throughout (the rule reads no IoU).
+    """
+    gt_boxes, gt_labels, gt_valid = _nonempty_gt(gt_boxes, gt_labels, gt_valid)
+    B, M, _ = gt_boxes.shape
+    A = points.shape[0]
+    levels = torch.log2(strides)  # (A,)
+    wh = (gt_boxes[..., 2:] - gt_boxes[..., :2]).clamp(min=1e-6)  # (B, M, 2)
+    gt_level = torch.floor(torch.log2(wh / scale).sum(-1) / 2).clamp(levels.min(), levels.max())  # (B, M)
+    centre = (gt_boxes[..., :2] + gt_boxes[..., 2:]) / 2
+    dist = torch.linalg.vector_norm((points[None, None] - centre[:, :, None]) / wh[:, :, None], dim=-1)  # (B, M, A)
+    allowed = (levels[None, None] == gt_level[..., None]) & gt_valid[..., None]
+    dist = dist.masked_fill(~allowed, math.inf)
+    k = min(pos_num, A)
+    near, idx = dist.topk(k, dim=2, largest=False)  # (B, M, k)
+    claims = torch.full((B, M, A), math.inf, device=points.device, dtype=dist.dtype)
+    claims.scatter_(2, idx, near)  # each ground truth's distance at the points it chose, inf elsewhere
+    best, gt = claims.min(dim=1)  # (B, A): the nearest claimant (first index on ties)
+    gt_index = torch.where(torch.isfinite(best), gt, torch.full_like(gt, NEGATIVE))
+    return _with_labels(gt_index, gt_labels, torch.zeros(B, A, device=points.device, dtype=dist.dtype))

@@ -27,6 +27,7 @@ from .detectors.iou_aware_retinanet import iou_aware_retinanet
 from .detectors.mod import foveabox_mod, mod, mod_code, retinanet_mod
 from .detectors.retinanet import retinanet, retinanet_1anchor
 from .detectors.retinanet_conf import retinanet_conf
+from .detectors.reppoints import reppoints, salt_reppoints
 from .detectors.salt_net import salt_net, salt_net_code, salt_s1
 from .detectors.tsd import tsd, tsd_mask_rcnn
 from .detectors.two_stage import faster_rcnn, mask_rcnn
@@ -54,6 +55,8 @@ MODELS: dict[str, Callable[[], DetectorConfig]] = {
     "salt_net_code": salt_net_code,
     "salt_s1": salt_s1,
     "salt_fcos": salt_fcos,
+    "reppoints": reppoints,
+    "salt_reppoints": salt_reppoints,
     "faster_rcnn": faster_rcnn,
     "tsd": tsd,
     "mask_rcnn": mask_rcnn,
