@@ -100,6 +100,21 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def model_overrides(pairs: list[str] | None) -> dict[str, object]:
+    """``--set KEY=VALUE`` pairs as model overrides (dotted paths into the preset's config, as a table row's):
+    each VALUE read as JSON (``8``, ``true``, ``null``, ``[2, 3, 4]``), else kept as a string (``exp``)."""
+    overrides: dict[str, object] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ReplicateError(f"--set {pair!r}: expected KEY=VALUE, e.g. --set task_split.stride=8")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return overrides
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from .engine.config import with_overrides
     from .engine.distributed import init_distributed, is_main
@@ -113,7 +128,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     )
     init_distributed()
     result = train(args.model, args.profile, args.out, cfg, data_root=args.data_root, device=args.device,
-                   progress=not args.quiet)
+                   progress=not args.quiet, overrides=model_overrides(args.set))
     if is_main():
         line = f"status: {result['status']}  iteration: {result['iteration']}/{cfg.iters}"
         if result.get("metrics"):
@@ -184,7 +199,8 @@ def _cmd_bench_norm(args: argparse.Namespace) -> int:
 def _cmd_bench_threads(args: argparse.Namespace) -> int:
     from .bench.cost import bench_threads, write_result
 
-    result = bench_threads(args.model, args.profile, iters=args.iters, data_root=args.data_root)
+    result = bench_threads(args.model, args.profile, iters=args.iters, data_root=args.data_root,
+                           overrides=model_overrides(args.set))
     for name in ("1x2", "2x1"):
         r = result[name]
         print(f"{name} ({r['runs']} run(s) x {r['threads']} thread(s)): s/iter "
@@ -408,6 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "and stop. Multi-GPU: python -m torch.distributed.run --nproc_per_node N -m replicate.cli "
                     "train ... (or srun under SLURM); --batch-size is the global batch.")
     p.add_argument("--model", required=True, help="detector preset name (see `replicate models`)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a field of the preset's config (dotted path, JSON value; repeatable), e.g. "
+                        "--set task_split.stride=8 --set head.roi.sibling=false")
     p.add_argument("--profile", choices=PROFILE_NAMES, required=True, help="data profile")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--iters", type=int, default=None, help="training iterations (default: the profile's schedule)")
@@ -487,10 +506,13 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Training throughput of one preset on this machine: one run with two threads, "
                                     "then two runs side by side with one thread each. Run it on an idle machine.")
     p.add_argument("--model", default="atss")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a field of the preset's config, as `replicate train --set` (repeatable)")
     p.add_argument("--profile", choices=GENERATED, default=DEFAULT_PROFILE)
     p.add_argument("--iters", type=int, default=150, help="iterations per run (the first 30 are not timed)")
     p.add_argument("--data-root", default=None, help="dataset folder (default data/PROFILE)")
-    p.add_argument("--out", type=Path, help="result file (default results/bench/threads_<profile>_<model>.json)")
+    p.add_argument("--out", type=Path, help="result file (default results/bench/threads_<profile>_<model>.json, "
+                                             "with the --set pairs appended to the name)")
     p.add_argument("--no-save", action="store_true", help="print only")
     p.set_defaults(func=_cmd_bench_threads)
 

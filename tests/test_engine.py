@@ -235,3 +235,41 @@ def test_cli_train_end_to_end(smoke_root, tmp_path, capsys):
     metrics = read_json(out / "metrics.json")
     assert metrics["status"] == "finished" and metrics["provenance"]["config"]["train"]["iters"] == 5
     assert len(metrics["provenance"]["config_hash"]) == 12
+
+
+def test_cli_set_reads_json_values_else_strings():
+    from replicate.cli import model_overrides
+    assert model_overrides(["task_split.stride=8", "head.roi.sibling=false", "head.salt=exp",
+                            "backbone.dcn_stages=[2, 3, 4]", "task_split.stride=null"]) == {
+        "task_split.stride": None, "head.roi.sibling": False, "head.salt": "exp", "backbone.dcn_stages": [2, 3, 4]}
+
+
+@pytest.mark.parametrize("pair, message", [("stride", "expected KEY=VALUE"),
+                                           ("head.nope=1", "has no field 'nope'")])
+def test_cli_bad_set_is_a_user_error(smoke_root, tmp_path, capsys, pair, message):
+    argv = ["train", "--model", "fcos", "--profile", "smoke", "--data-root", str(smoke_root), "--set", pair,
+            "--out", str(tmp_path / "run"), "--quiet"]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_train_with_overrides_trains_the_changed_preset(smoke_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--model", "tsd", "--profile", "smoke", "--data-root", str(smoke_root), "--iters", "2",
+            "--no-eval", "--out", str(out), "--quiet", "--set", "task_split.stride=32"]
+    for switch in ("sibling", "pc_cls", "pc_loc", "spatial"):
+        argv += ["--set", f"head.roi.{switch}=false"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    model = torch.load(out / "checkpoint.pt", weights_only=False)["config"]["model"]
+    assert model["task_split"] == {"stride": 32, "rpn": "cls"} and model["head"]["roi"]["sibling"] is False
+
+
+def test_bench_result_names_carry_the_overrides(tmp_path, monkeypatch):
+    from replicate.bench.cost import write_result
+    monkeypatch.chdir(tmp_path)
+    result = {"benchmark": "threads", "profile": "smoke", "model": "tsd",
+              "overrides": {"task_split.stride": 8, "head.salt": "exp", "backbone.dcn_stages": [2, 3]}}
+    path = write_result(result)
+    assert path.name == "threads_smoke_tsd_task_split.stride-8_head.salt-exp_backbone.dcn_stages-2-3.json"
+    assert read_json(path)["overrides"]["task_split.stride"] == 8

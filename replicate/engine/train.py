@@ -178,9 +178,13 @@ def _reduce_for_log(losses: dict[str, torch.Tensor], stop: bool) -> tuple[dict[s
     return dict(zip(losses, out[:-1])), out[-1] > 0
 
 
-def _resolve_model(model: str | DetectorConfig, profile: str, num_classes: int) -> DetectorConfig:
+def _resolve_model(model: str | DetectorConfig, profile: str, num_classes: int,
+                   overrides: Mapping[str, Any] | None = None) -> DetectorConfig:
     if isinstance(model, str):
-        return model_config(model, profile, num_classes)
+        return model_config(model, profile, num_classes, dict(overrides or {}))
+    if overrides:
+        raise ReplicateError("model overrides apply to a preset name; apply them to a model config before training "
+                             "(replicate.models.zoo.apply_overrides)")
     if model.num_classes != num_classes:
         raise ReplicateError(f"model config {model.name!r} has {model.num_classes} classes but the "
                              f"{profile} dataset has {num_classes}")
@@ -190,8 +194,11 @@ def _resolve_model(model: str | DetectorConfig, profile: str, num_classes: int) 
 def train(model: str | DetectorConfig, profile: str, out_dir: str | Path, train_cfg: TrainConfig | None = None, *,
           data_root: str | Path | None = None, device: str | None = None, progress: bool = True,
           stop_after: int | None = None, deadline: float | None = None, stop_file: str | Path | None = None,
-          tests: Mapping[str, TestConfig] | None = None) -> dict[str, Any]:
+          tests: Mapping[str, TestConfig] | None = None, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Train ``model`` (a preset name or a config) on ``profile``'s data, writing to ``out_dir``.
+
+    ``overrides``: dotted-path changes to a preset's config (``{"task_split.stride": 8}``), applied before the
+    profile narrows it, as a table row's (:func:`replicate.models.zoo.model_config`).
 
     ``train_cfg`` defaults to the profile's schedule (:func:`replicate.profiles.schedule_for`).
     ``deadline`` (a ``time.time()`` value): past it, training stops as on a signal (a sweep's clean stop);
@@ -217,7 +224,7 @@ def train(model: str | DetectorConfig, profile: str, out_dir: str | Path, train_
         ensure_data(data, progress=progress)
     du.barrier()
     train_set = build_dataset(data, "train", train=True, seed=cfg.seed)
-    model_cfg = _resolve_model(model, profile, len(train_set.cat_ids))
+    model_cfg = _resolve_model(model, profile, len(train_set.cat_ids), overrides)
     train_set.masks = trains_masks(model_cfg)
     config = run_identity(weights_fields(model_cfg), cfg, profile)
     chash = config_hash(config)  # = the run's key in the results store
