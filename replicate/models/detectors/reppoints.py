@@ -179,7 +179,8 @@ class RepPointsHead(DenseHead):
         key = (sizes, maps[0].device)
         if key not in self._prior_cache:
             pts = points_for(self.cfg.strides, list(sizes), self.cfg.point_offset, maps[0].device)
-            strides = torch.cat([torch.full((len(q),), float(s), device=q.device) for q, s in zip(pts, self.cfg.strides)])
+            strides = torch.cat([torch.full((len(q),), float(s), device=q.device)
+                                 for q, s in zip(pts, self.cfg.strides)])
             self._prior_cache = {key: (pts, strides)}
         return self._prior_cache[key]
 
