@@ -8,8 +8,9 @@ terms on the training proposals, and :meth:`TwoStageHead.predict` runs the RoI h
 
 The pyramid is FPN's for Faster R-CNN (Lin et al. 2017, Sec. 4): P2-P5 from C2-C5 and P6 by max-pooling
 P5 (for the RPN only); the RoI head pools from P2-P5. With a backbone split per task (TSD's ``D_s8/16/32``,
-:mod:`~replicate.models.task_split`) the RPN reads one of the two pyramids and the RoI head both. Proposals are drawn without gradient, so the two
-stages train jointly as in the approximate joint training of Faster R-CNN (Sec. 3.2).
+:mod:`~replicate.models.task_split`) the RPN reads one of the two pyramids and the RoI head both. Proposals
+are drawn without gradient, so the two stages train jointly as in the approximate joint training of Faster
+R-CNN (Sec. 3.2).
 
 Mask R-CNN (He et al. 2017) is the same composition with a mask branch beside the RoI head
 (:mod:`~.mask_head`): it trains on the positives of the RoI head's sampled proposals and predicts a mask for
