@@ -151,7 +151,7 @@ def test_book_builds_on_smoke(smoke_book):
         text = (html / "executed" / "aligndet" / f"{page}.html").read_text()
         assert "<img" in text and "<table" in text and "Traceback" not in text, page
     assert "aligndet:table6" in summary and "aligndet:table1" in summary
-    for page in ("table1", "table2", "table3", "table4", "table5", "figure9", "code_variants"):
+    for page in ("table1", "table2", "table3", "table4", "table5", "figure8", "figure9", "figure10", "code_variants"):
         text = (html / "executed" / "salt" / f"{page}.html").read_text()
         assert "<img" in text and "<table" in text and "Traceback" not in text, page
     assert "salt:table1" in summary and "salt:table4" in summary

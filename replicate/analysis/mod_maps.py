@@ -42,6 +42,7 @@ from ..models._utils import flatten_levels
 from ..models.assigners import atss_assign, fcos_point_masks, pad_targets
 from ..models.aps import kept_levels
 from ..models.losses import focal_pair_cost, giou_loss
+from .drawing import draw_box, draw_canvas, image_file
 
 METHODS = ("APS", "ATSS")
 ATSS_ANCHOR_SCALE = 8.0  # ATSS: one square anchor of side 8 * stride per location
@@ -373,7 +374,7 @@ def figure_summary(record: dict[str, Any], model_cfg, profile: str, *, results_d
         maps.append(instance_maps(net, batch.images, batch.targets, outs=outs))
         if assignment is None:
             assignment = assignment_image(net, batch.images, batch.targets, 0, outs=outs)
-            assignment.update(_image_file(val_set, assignment["image_id"]))
+            assignment.update(image_file(val_set, assignment["image_id"]))
     if assignment is None:
         raise ReplicateError(f"no val image of profile {profile!r} has a ground-truth box to draw MOD's maps of")
     document = {"key": record["key"], "settings": settings, "image_ids": [m.image_id for m in maps],
@@ -381,15 +382,6 @@ def figure_summary(record: dict[str, Any], model_cfg, profile: str, *, results_d
                 "provenance": record.get("provenance", {})}
     atomic_write_json(path, document)
     return _summary_from_json(document, path)
-
-
-def _image_file(dataset, image_id) -> dict[str, Any]:
-    """The file name and path of ``image_id`` in a :class:`~replicate.data.coco.CocoDetection` (None if unknown)."""
-    try:
-        name = dataset.coco.imgs[image_id]["file_name"]
-        return {"file_name": str(name), "image_path": str(Path(dataset.images_dir) / name)}
-    except (AttributeError, KeyError, TypeError):
-        return {"file_name": None, "image_path": None}
 
 
 def _summary_from_json(document: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -412,13 +404,6 @@ def row_figure_summary(spec, label: str, profile: str, records: Sequence[dict[st
 # ------------------------------------------------------------------------------ plots
 
 
-def _draw_box(ax, box: Sequence[float], color: str, linewidth: float = 1.5) -> None:
-    from matplotlib.patches import Rectangle
-
-    x0, y0, x1, y1 = (float(v) for v in box)
-    ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=color, linewidth=linewidth))
-
-
 def plot_loss_maps(maps: InstanceMaps, level: int | None = None):
     """Figure 1: the classification and regression cost maps of the GT on ``level`` (default: the best
     level APS kept), coolwarm (blue low, red high), grey outside the box, with the box and colorbars."""
@@ -437,7 +422,7 @@ def plot_loss_maps(maps: InstanceMaps, level: int | None = None):
         h, w = m.shape
         im = ax.imshow(np.ma.masked_invalid(m), cmap=cmap, extent=(0, w * stride, h * stride, 0),
                        interpolation="nearest")
-        _draw_box(ax, maps.box, "black")
+        draw_box(ax, maps.box, "black")
         ax.set_xlim(max(0.0, x0 - margin), min(w * stride, x1 + margin))
         ax.set_ylim(min(h * stride, y1 + margin), max(0.0, y0 - margin))
         ax.set_title(f"{name}\nlevel P{round(math.log2(stride))} (stride {stride})", fontsize="small")
@@ -445,22 +430,6 @@ def plot_loss_maps(maps: InstanceMaps, level: int | None = None):
     fig.suptitle(f"image {maps.image_id}, GT {maps.gt_index} (label {maps.label})", fontsize="small")
     fig.tight_layout()
     return fig
-
-
-def _canvas(ax, summary_image: dict[str, Any]) -> None:
-    h, w = (int(v) for v in summary_image["image_size"])
-    ax.imshow(np.full((2, 2), 0.5), cmap="gray", vmin=0, vmax=1, extent=(0, w, h, 0))
-    path = summary_image.get("image_path")
-    if path and Path(path).is_file():
-        try:
-            from PIL import Image
-
-            with Image.open(path) as im:
-                ax.imshow(np.asarray(im.convert("RGB")), extent=(0, w, h, 0))
-        except OSError:
-            pass
-    ax.set_xlim(0, w)
-    ax.set_ylim(h, 0)
 
 
 def plot_assignment(summary_image: dict[str, Any], which: Sequence[str] = METHODS):
@@ -474,10 +443,10 @@ def plot_assignment(summary_image: dict[str, Any], which: Sequence[str] = METHOD
     colors = plt.get_cmap("tab10").colors
     fig, axes = plt.subplots(1, len(which), figsize=(4.5 * len(which), 4.0), squeeze=False)
     for ax, name in zip(axes[0], which):
-        _canvas(ax, summary_image)
+        draw_canvas(ax, summary_image)
         total = 0
         for g, (box, pos) in enumerate(zip(summary_image["boxes"], summary_image["positives"][name])):
-            _draw_box(ax, box, colors[g % len(colors)])
+            draw_box(ax, box, colors[g % len(colors)])
             ax.scatter(pos["x"], pos["y"], marker="+", color="lime", s=30, linewidths=1.2)
             total += len(pos["x"])
         ax.set_title(f"{name}: {total} positives, {len(summary_image['boxes'])} GTs", fontsize="small")

@@ -24,7 +24,10 @@ The S2 baseline is the ``gflv2`` preset (4 tower convs, as GFLv2's config; SALT-
 profiles every head's towers have the profile's depth, so the rows differ only in what the table varies.
 
 Figures 1 and 9 (where the classification scores and the IoUs peak) read Tables 1 and 4's runs
-(:mod:`replicate.analysis.task_peaks`).
+(:mod:`replicate.analysis.task_peaks`); Figure 8 (the two point sets and their regions) SALT-Net's runs
+(:mod:`replicate.analysis.task_points`); Figure 10 (confident, poorly localized detections) GFLv2's and
+SALT-Net's (:mod:`replicate.analysis.confident_detections`). Figure 7 (a COCO annotation whose border the
+stage-two box draws better) has no counterpart on the generated benchmark, whose boxes are exact.
 """
 
 from __future__ import annotations
@@ -206,4 +209,27 @@ FIGURE9 = register(TableSpec(
         Row("SALT-Net without SDR, stage one", "salt_net", {**NO_SDR, **COARSE}),
     ),
     note="A figure: its rows are Tables 1 and 4's trained runs, read by replicate.analysis.task_peaks.",
+))
+
+# ------------------------------------------------------------------------------------------------ Figure 8
+FIGURE8 = register(TableSpec(
+    paper="salt", table="figure8", title="The regression- and classification-aware points and their regions",
+    source="SALT-Net, Figure 8 (Sec. 4.1)", metrics=FULL,
+    rows=(
+        Row("SALT-Net (Eq. 4's ReLU)", "salt_net"),
+        Row("SALT-Net, linear D (the released code's)", "salt_net", {"head.disentangle": "linear"}),
+    ),
+    note="A figure: its rows are Table 4's and the paper-vs-code page's trained runs, read by "
+         "replicate.analysis.task_points.",
+))
+
+# ------------------------------------------------------------------------------------------------ Figure 10
+FIGURE10 = register(TableSpec(
+    paper="salt", table="figure10", title="Confident detections of the stage-two baseline and of SALT-Net",
+    source="SALT-Net, Figure 10 (Sec. 4.5)", metrics=FULL,
+    rows=(
+        Row("GFLV2 (stage-two baseline)", "gflv2"),
+        Row("SALT-Net", "salt_net"),
+    ),
+    note="A figure: its rows are Tables 1 and 4's trained runs, read by replicate.analysis.confident_detections.",
 ))
