@@ -133,7 +133,7 @@ def test_book_builds_on_smoke(smoke_book):
     assert "Checking a number" in provenance and "replicate verify " in provenance
     for paper in ("mod", "aligndet", "retinanet_conf", "salt", "tsd"):
         assert (html / "papers" / f"{paper}.html").is_file()
-    for page in ("intro", "table1", "table2", "table3", "table4", "table5", "table6", "code_variants"):
+    for page in ("intro", "table1", "figure4", "table2", "table3", "table4", "table5", "table6", "code_variants"):
         text = (html / "executed" / "retinanet_conf" / f"{page}.html").read_text()
         assert "<table" in text and "<img" in text and "Traceback" not in text, page
         # a report page: code hidden behind a toggle, parameters and logs in the collapsed section

@@ -268,3 +268,20 @@ def test_code_variants_table_measures_the_released_codes_behaviours():
     assert (code.train.scale, code.train.iters, code.train.steps) == ("1024x608", 180_000, (120_000, 165_000))
     assert coco["RetinaNet-Conf (paper)"].train.scale == "1000x600"
     assert smoke["RetinaNet-Conf (released code)"].train.scale is None  # small profiles keep their scale
+
+
+def test_figure4_is_the_packages_fusion_and_functions_2_3_hold():
+    """Figure 4's surface is IoU-aware RetinaNet's ranking score as the package computes it: (IoU * cls)^0.5, by
+    hand at grid points (rows IoU, columns cls); Functions (2) and (3) hold on the grid, and cls * obj never
+    exceeds cls."""
+    from replicate.analysis.score_fusion import function_checks, fusion_grid
+
+    cls, iou, product = fusion_grid("power", 0.5, n=5)  # values 0, 0.25, 0.5, 0.75, 1
+    assert cls[0].tolist() == [0.0, 0.25, 0.5, 0.75, 1.0] and iou[:, 0].tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert product[4, 1] == pytest.approx(0.5)  # IoU 1, cls 0.25: sqrt(0.25)
+    assert product[1, 4] == pytest.approx(0.5) and product[2, 2] == pytest.approx(0.5)
+    assert product[3, 0] == 0.0
+    _, _, conf = fusion_grid("multiply", n=5)
+    assert conf[2, 3] == pytest.approx(0.375)
+    checks = function_checks()
+    assert len(checks) == 3 and checks["holds on the grid"].all()
