@@ -348,3 +348,77 @@ def test_matched_boxes_gathers_each_priors_ground_truth():
     assert a.matched_boxes(gt)[0, 0].tolist() == [2.0, 2.0, 3.0, 3.0]
     assert a.matched_boxes(gt)[0, 2].tolist() == [0.0, 0.0, 1.0, 1.0]
     assert a.matched_boxes(torch.zeros(1, 0, 4)).shape == (1, 3, 4)  # no ground truth at all
+
+
+# ------------------------------------------------------------------------------------ PAA
+
+def _paa_case():
+    """Image 0: GT0 (0, 0, 10, 10), GT1 (100, 100, 110, 110), GT2 (200, 200, 210, 210); image 1: no GT.
+    Anchors (one level): a0 is GT0, a1/a3 shifted by 1 px (IoU 0.82), a2 by 2 px (0.67), a4 (5, 5, 15, 15)
+    (IoU 25/175 = 0.14), a5 far from all (IoU 0: never scored), a6 is GT1, a7 shifted by 1 px, a8 is GT2."""
+    from replicate.models.assigners import pad_targets
+
+    anchors = torch.tensor([[0.0, 0, 10, 10], [1, 0, 11, 10], [2, 0, 12, 10], [0, 1, 10, 11], [5, 5, 15, 15],
+                            [50, 50, 60, 60], [100, 100, 110, 110], [101, 100, 111, 110], [200, 200, 210, 210]])
+    targets = [{"boxes": torch.tensor([[0.0, 0, 10, 10], [100, 100, 110, 110], [200, 200, 210, 210]]),
+                "labels": torch.tensor([3, 1, 2])},
+               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}]
+    gt_boxes, gt_labels, gt_valid, _, _ = pad_targets(targets)
+    costs = torch.tensor([0.10, 0.12, 0.11, 5.0, 5.2, 9.9, 1.0, 3.0, 0.5])
+    asked = []
+
+    def pair_cost(img, anchor, gt):
+        asked.extend(zip(img.tolist(), anchor.tolist(), gt.tolist()))
+        return costs[anchor]
+
+    return anchors, gt_boxes, gt_labels, gt_valid, pair_cost, asked
+
+
+def test_paa_assign_by_hand():
+    """Pairs scored: GT0 with a0-a4, GT1 with a6-a7, GT2 with a8 (pre-assignment at IoU >= 0.1; a5 is scored for
+    no one). GT0's candidate costs 0.10, 0.12, 0.11, 5.0, 5.2 split into a low component {0.10, 0.11, 0.12} whose
+    most likely member is its mean, 0.11: positives are the low members up to it, a0 and a2 (PAA's truncation),
+    not a1. GT1's two candidates 1.0 and 3.0 start one component each: a6. GT2 has a single candidate: none."""
+    from replicate.models.assigners import paa_assign
+
+    anchors, gt_boxes, gt_labels, gt_valid, pair_cost, asked = _paa_case()
+    a = paa_assign(anchors, [9], gt_boxes, gt_labels, gt_valid, pair_cost)
+    assert sorted(asked) == [(0, 0, 0), (0, 1, 0), (0, 2, 0), (0, 3, 0), (0, 4, 0), (0, 6, 1), (0, 7, 1), (0, 8, 2)]
+    assert a.gt_index[0].tolist() == [0, -1, 0, -1, -1, -1, 1, -1, -1]
+    assert a.gt_index[1].tolist() == [-1] * 9
+    assert a.labels[0].tolist() == [3, -1, 3, -1, -1, -1, 1, -1, -1]
+    assert a.max_iou[0, 2].item() == pytest.approx(8 / 12) and a.max_iou[0, 4].item() == pytest.approx(25 / 175)
+    assert a.max_iou[0, 5].item() == 0.0
+
+
+def test_paa_topk_per_level_and_levels():
+    """With topk=2, GT0's candidates are its two cheapest anchors, a0 (0.10) and a2 (0.11): one component each,
+    a0 positive. The top-k is per level: with topk=1 on one level GT0 has a single candidate (a0) and no
+    positive; split into two levels (a0-a3 | a4-a8) it has a0 and a4 (5.2), and a0 is positive."""
+    from replicate.models.assigners import paa_assign
+
+    anchors, gt_boxes, gt_labels, gt_valid, pair_cost, _ = _paa_case()
+    a = paa_assign(anchors, [9], gt_boxes, gt_labels, gt_valid, pair_cost, topk=2)
+    assert (a.gt_index[0] == 0).nonzero().flatten().tolist() == [0]
+    one = paa_assign(anchors, [9], gt_boxes, gt_labels, gt_valid, pair_cost, topk=1)
+    assert (one.gt_index[0] >= 0).sum() == 0  # every GT has a single candidate
+    two = paa_assign(anchors, [4, 5], gt_boxes, gt_labels, gt_valid, pair_cost, topk=1)
+    assert (two.gt_index[0] == 0).nonzero().flatten().tolist() == [0]
+    assert (two.gt_index[0] >= 1).sum() == 0  # GT1 and GT2 own anchors of the second level only
+
+
+def test_paa_gives_each_gt_its_best_anchor_even_below_the_pool_iou():
+    """A ground truth whose best anchor overlaps it by less than 0.1 still scores that anchor (the code's
+    low-quality match); with no second candidate it gets no positive."""
+    from replicate.models.assigners import paa_assign
+
+    anchors = torch.tensor([[0.0, 0, 100, 100], [300, 300, 310, 310]])
+    gt_boxes = torch.tensor([[[0.0, 0, 20, 20]]])
+    asked = []
+
+    def pair_cost(img, anchor, gt):
+        asked.extend(anchor.tolist())
+        return torch.ones(len(anchor))
+
+    a = paa_assign(anchors, [2], gt_boxes, torch.tensor([[0]]), torch.tensor([[True]]), pair_cost)
+    assert asked == [0] and a.gt_index.tolist() == [[-1, -1]]

@@ -109,6 +109,36 @@ def test_positives_match_the_assigners(setup):
     assert 1 <= len(maps.kept_levels) <= model.head.cfg.aps.num_levels_kept
 
 
+def test_paa_positives_score_the_heads_losses(setup):
+    """Figure 4's PAA positives are :func:`paa_assign` on the ATSS comparison's anchors, with each pair scored by
+    the MOD head's own losses as torchvision computes them: focal loss summed over the classes + 1.3 GIoU loss."""
+    from torch.nn.functional import one_hot
+
+    from replicate.models._utils import flatten_levels
+    from replicate.models.assigners import paa_assign
+
+    model, _, targets, outs, maps = setup
+    pts, _, _ = model.head.level_points(outs["cls"])
+    points = torch.cat(pts)
+    anchors = torch.cat([torch.cat([p - 4 * s, p + 4 * s], dim=1) for p, s in zip(pts, maps.strides)])
+    gt_boxes, gt_labels, gt_valid, _, _ = pad_targets(targets)
+    cls, dist = flatten_levels(outs["cls"], model.head.num_classes), flatten_levels(outs["dist"], 4)
+    scored = []
+
+    def oracle(img, prior, gt):
+        scored.append(len(prior))
+        target = one_hot(gt_labels[img, gt], model.head.num_classes).float()
+        focal = sigmoid_focal_loss(cls[img, prior].float(), target, alpha=0.25, gamma=2, reduction="none").sum(-1)
+        (x, y), (l, t, r, b) = points[prior].unbind(-1), dist[img, prior].float().unbind(-1)
+        pred = torch.stack((x - l, y - t, x + r, y + b), dim=-1)
+        return focal + 1.3 * generalized_box_iou_loss(pred, gt_boxes[img, gt], reduction="none")
+
+    paa = paa_assign(anchors, [len(p) for p in pts], gt_boxes, gt_labels, gt_valid, oracle, topk=9)
+    expected = (paa.gt_index[0] == maps.gt_index).nonzero(as_tuple=True)[0].numpy()
+    assert sum(scored) > 0 and len(expected) > 0
+    assert np.array_equal(np.sort(maps.positives["PAA"]["index"]), expected)
+
+
 def test_explicit_gt_and_errors(setup):
     model, images, targets, outs, maps = setup
     other = instance_maps(model, images, targets, gt=(1, 0), outs=outs)
@@ -150,7 +180,13 @@ def test_plots(setup):
     assert len(summary_image["positives"]["APS"]) == len(summary_image["boxes"]) == 2
     assert summary_image["positives"]["ATSS"][1]["index"] == maps.positives["ATSS"]["index"].tolist()
     fig = plot_assignment(summary_image)
-    assert len(fig.axes) == 2
+    assert len(fig.axes) == 3  # APS, ATSS, PAA
+    plt.close(fig)
+    old = {**summary_image, "positives": {k: summary_image["positives"][k] for k in ("APS", "ATSS")}}
+    fig = plot_assignment(old)  # a summary cached before PAA: the methods it holds
+    assert len(fig.axes) == 2 and set(spread(InstanceMaps.from_json(
+        {**maps.to_json(), "positives": {k: maps.to_json()["positives"][k] for k in ("APS", "ATSS")}}))) == {
+        k for k in spread(maps) if not k.startswith("paa_")}
     plt.close(fig)
     fig = plot_assignment(summary_image, which=("APS",))
     assert len(fig.axes) == 1

@@ -11,7 +11,10 @@
 * **Figure 4** ("The visualization of spatial label assignment", Sec. 4.7): the positives APS picks
   (the MOD head's APS, :class:`~replicate.models.detectors.mod.APSAssigner`) against ATSS's
   (:func:`replicate.models.assigners.atss_assign` with one square anchor of side ``8 * stride`` centred
-  on every point, ATSS's setting, top-9 per level) on the same image and the same outputs.
+  on every point, ATSS's setting, top-9 per level) and PAA's (the paper's third method:
+  :func:`replicate.models.assigners.paa_assign` on the same anchors, scoring each by the MOD head's own
+  focal + 1.3 x GIoU losses, top-9 per level, its GMM cut) on the same image and the same outputs.
+  Summaries cached before PAA was added hold APS and ATSS only; :func:`methods_in` says which a summary has.
   :func:`plot_assignment` marks each method's positives with green crosses.
 * :func:`spread` makes the figures' claim checkable: on the APS level, the pixel distance between the
   lowest-cls-cost and the lowest-reg-cost point (the two tasks prefer different places), and the mean
@@ -39,12 +42,12 @@ from torch import Tensor
 from ..errors import ReplicateError
 from ..io import atomic_write_json
 from ..models._utils import flatten_levels
-from ..models.assigners import atss_assign, fcos_point_masks, pad_targets
+from ..models.assigners import PAA_BOX_WEIGHT, atss_assign, fcos_point_masks, paa_assign, pad_targets
 from ..models.aps import kept_levels
 from ..models.losses import focal_pair_cost, giou_loss
 from .drawing import draw_box, draw_canvas, image_file
 
-METHODS = ("APS", "ATSS")
+METHODS = ("APS", "ATSS", "PAA")
 ATSS_ANCHOR_SCALE = 8.0  # ATSS: one square anchor of side 8 * stride per location
 ATSS_TOPK = 9
 _POS_FIELDS = ("index", "level", "row", "col", "x", "y")
@@ -170,6 +173,7 @@ class _Outputs:
     dist: Tensor  # (B, P, 4)
     aps: Tensor  # (B, P) gt_index of APS (the head's own assignment)
     atss: Tensor  # (B, P) gt_index of ATSS
+    paa: Tensor  # (B, P) gt_index of PAA
 
 
 def _forward(model: torch.nn.Module, images: Tensor, targets: list[dict],
@@ -192,8 +196,16 @@ def _forward(model: torch.nn.Module, images: Tensor, targets: list[dict],
     anchors = torch.cat([points - half, points + half], dim=1)
     gt_boxes, gt_labels, gt_valid, _, _ = pad_targets(targets)
     atss = atss_assign(anchors, [len(p) for p in pts], gt_boxes, gt_labels, gt_valid, topk=ATSS_TOPK)
+    c = head.cfg
+
+    def pair_cost(img: Tensor, prior: Tensor, gt: Tensor) -> Tensor:  # PAA's anchor score: its training losses
+        cost_cls = focal_pair_cost(cls, img, prior, gt_labels[img, gt], c.focal_alpha, c.focal_gamma)
+        decoded = head.coder.decode(points[prior], dist[img, prior].float())
+        return cost_cls + PAA_BOX_WEIGHT * giou_loss(decoded, gt_boxes[img, gt], reduction="none")
+
+    paa = paa_assign(anchors, [len(p) for p in pts], gt_boxes, gt_labels, gt_valid, pair_cost, topk=ATSS_TOPK)
     return _Outputs(head, outs, points, list(pts), strides, level, sizes, cls, dist, assignment.gt_index,
-                    atss.gt_index)
+                    atss.gt_index, paa.gt_index)
 
 
 def _kept_levels(head, cost_cls: Tensor, cost_reg: Tensor, inside: Tensor, in_range: Tensor, level: Tensor,
@@ -230,8 +242,8 @@ def _maps_of(o: _Outputs, targets: list[dict], image_size: tuple[int, int], img:
     reg_maps = [m.view(h, w).cpu().numpy() for m, (h, w) in zip(full_reg.split(counts), o.sizes)]
     kept = _kept_levels(head, torch.nan_to_num(full_cls, nan=math.inf).float(),
                         torch.nan_to_num(full_reg, nan=math.inf).float(), inside, in_range, o.level, len(o.sizes))
-    positives = {"APS": _positive_table(o.aps[img] == g, o.points, o.level, o.sizes),
-                 "ATSS": _positive_table(o.atss[img] == g, o.points, o.level, o.sizes)}
+    positives = {name: _positive_table(gi[img] == g, o.points, o.level, o.sizes)
+                 for name, gi in (("APS", o.aps), ("ATSS", o.atss), ("PAA", o.paa))}
     image_id = targets[img].get("image_id")
     image_id = int(image_id) if isinstance(image_id, (int, np.integer)) or torch.is_tensor(image_id) else image_id
     return InstanceMaps(img, g, image_id, image_size, [float(v) for v in box.tolist()], label,
@@ -272,7 +284,7 @@ def instance_maps(model: torch.nn.Module, images: Tensor, targets: list[dict],
 @torch.no_grad()
 def assignment_image(model: torch.nn.Module, images: Tensor, targets: list[dict], img: int = 0, *,
                      outs: dict[str, list[Tensor]] | None = None) -> dict[str, Any]:
-    """Fig. 4's data for every GT of image ``img``: boxes, labels and the APS and ATSS positives per GT
+    """Fig. 4's data for every GT of image ``img``: boxes, labels and the APS, ATSS and PAA positives per GT
     (JSON-able; the layout :func:`plot_assignment` reads). ``outs`` as in :func:`instance_maps`."""
     _require_mod_head(model)
     model.eval()
@@ -283,7 +295,7 @@ def assignment_image(model: torch.nn.Module, images: Tensor, targets: list[dict]
     labels = torch.as_tensor(targets[img]["labels"], dtype=torch.long).reshape(-1)
     positives = {name: [_positives_to_json(_positive_table(gi[img] == g, o.points, o.level, o.sizes))
                         for g in range(boxes.shape[0])]
-                 for name, gi in (("APS", o.aps), ("ATSS", o.atss))}
+                 for name, gi in (("APS", o.aps), ("ATSS", o.atss), ("PAA", o.paa))}
     image_id = targets[img].get("image_id")
     image_id = int(image_id) if isinstance(image_id, (int, np.integer)) or torch.is_tensor(image_id) else image_id
     return {"image_id": image_id, "image_size": list(_image_size(images, targets[img])),
@@ -292,6 +304,11 @@ def assignment_image(model: torch.nn.Module, images: Tensor, targets: list[dict]
 
 
 # ------------------------------------------------------------------------------ statistic
+
+
+def methods_in(positives: dict[str, Any]) -> list[str]:
+    """The methods of :data:`METHODS` whose positives a summary holds, in that order."""
+    return [m for m in METHODS if m in positives]
 
 
 def default_level(maps: InstanceMaps) -> int:
@@ -327,7 +344,7 @@ def spread(maps: InstanceMaps, level: int | None = None) -> dict[str, float]:
     flat_cls = np.concatenate([m.ravel() for m in maps.cls_cost])
     flat_reg = np.concatenate([m.ravel() for m in maps.reg_cost])
     mean = (lambda v: float(np.nanmean(v)) if np.isfinite(v).any() else math.nan)  # noqa: E731
-    for name in METHODS:
+    for name in methods_in(maps.positives):
         index = np.asarray(maps.positives[name]["index"], dtype=np.int64)
         cls, reg = flat_cls[index], flat_reg[index]
         key = name.lower()
@@ -432,10 +449,13 @@ def plot_loss_maps(maps: InstanceMaps, level: int | None = None):
     return fig
 
 
-def plot_assignment(summary_image: dict[str, Any], which: Sequence[str] = METHODS):
-    """Figure 4: one panel per method in ``which`` with the image (or a grey canvas of its size), every
-    GT box in its own colour and green '+' markers at that method's positive points."""
+def plot_assignment(summary_image: dict[str, Any], which: Sequence[str] | None = None):
+    """Figure 4: one panel per method in ``which`` (default: every method the summary holds) with the image (or
+    a grey canvas of its size), every GT box in its own colour and green '+' markers at that method's positive
+    points."""
     import matplotlib.pyplot as plt
+
+    which = methods_in(summary_image["positives"]) if which is None else which
 
     unknown = [m for m in which if m not in summary_image["positives"]]
     if unknown or not which:

@@ -56,7 +56,7 @@ import torch
 from torch import Tensor
 
 from replicate.errors import ReplicateError
-from replicate.models.gmm import gmm2_fit
+from replicate.models.gmm import gmm2_positives
 
 SCORES = ("paper", "code")
 CRITERIA = ("comb", "cls", "reg")  # the cost Eqs. 4-5 rank by (Table 1: comb = L_cls + L_reg, the paper's)
@@ -183,16 +183,6 @@ def code_score(cls: Tensor, reg: Tensor, valid: Tensor, single_level: Tensor) ->
     return torch.where(valid, score, torch.zeros_like(cls))
 
 
-def _gmm_positives(score: Tensor, valid: Tensor) -> Tensor:
-    """Component-0 members of a per-row GMM on ``score``, truncated PAA-style: (M, C) bool."""
-    fit = gmm2_fit(score, valid, iters=GMM_ITERS, tol=GMM_TOL)
-    foreground = (fit.predict(score) == 0) & valid
-    loglik = torch.where(foreground, fit.score_samples(score), torch.full_like(fit.means[:, :1], -math.inf))
-    threshold = score.gather(1, loglik.argmax(dim=1, keepdim=True))
-    single = valid & (valid.sum(dim=1, keepdim=True) == 1)
-    return (foreground & (score <= threshold)) | single
-
-
 def aps_select(
     cost_cls: Tensor,
     cost_reg: Tensor,
@@ -245,7 +235,7 @@ def aps_select(
         single_level = level_valid.any(dim=2).sum(dim=1) == 1
         s = code_score(cls, reg, valid, single_level)
     scale = gmm_scale if gmm_scale is not None else (1.0 if score == "paper" else CODE_GMM_SCALE)
-    selected = _gmm_positives(s * scale, valid)
+    selected = gmm2_positives(s * scale, valid, iters=GMM_ITERS, tol=GMM_TOL)
     index = torch.where(valid, index, torch.full_like(index, num_points))
     positive.scatter_(1, index, selected)
     return positive[:, :num_points]

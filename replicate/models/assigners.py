@@ -480,6 +480,85 @@ def atss_assign(
     return _with_labels(gt_index, gt_labels, max_iou)
 
 
+# ------------------------------------------------------------------------------------ PAA
+
+PAA_POOL_IOU = 0.1  # the released code's pre-assignment: MaxIoUAssigner(pos_iou_thr=0.1, neg_iou_thr=0.1)
+PAA_BOX_WEIGHT = 1.3  # its anchor score: focal loss + 1.3 x GIoU loss (the training losses' weights)
+PAA_VAR_INIT = 1.0  # its GMM: precisions_init 1
+
+
+def paa_assign(
+    anchors: Tensor,
+    num_per_level: Sequence[int],
+    gt_boxes: Tensor,
+    gt_labels: Tensor,
+    gt_valid: Tensor,
+    pair_cost,
+    *,
+    topk: int = 9,
+    pool_iou: float = PAA_POOL_IOU,
+) -> Assignment:
+    """Probabilistic Anchor Assignment (Kim & Lee 2020, Sec. 3.1), as its released code runs it.
+
+    1. Pre-assignment: every anchor whose best IoU with a valid ground truth is at least ``pool_iou`` belongs
+       to that ground truth, and each ground truth also takes the anchors of its own highest IoU (a later
+       ground truth wins such an anchor). Only these (anchor, ground truth) pairs are scored.
+    2. Each pair's score is a loss, ``pair_cost(img, anchor, gt)`` for K triples -> (K,), the detector's own
+       losses as if the anchor were that ground truth's positive (the code: focal + 1.3 x GIoU loss).
+    3. Per ground truth and pyramid level, the ``topk`` anchors of lowest score are its candidates.
+    4. A two-component GMM on each ground truth's candidate scores (:func:`replicate.models.gmm.gmm2_positives`,
+       precision 1): the candidates of the low component, up to its most likely member, are positive. A ground
+       truth with fewer than two candidates gets none. Everything else is negative.
+
+    Batched over images and ground truths (one loop over the levels). ``max_iou`` as in
+    :func:`atss_assign`.
+    """
+    from .gmm import gmm2_positives
+
+    if sum(num_per_level) != anchors.shape[0]:
+        raise ValueError(f"num_per_level sums to {sum(num_per_level)}, anchors has {anchors.shape[0]}")
+    gt_boxes, gt_labels, gt_valid = _nonempty_gt(gt_boxes, gt_labels, gt_valid)
+    B, M, _ = gt_boxes.shape
+    A = anchors.shape[0]
+    iou = _batched_iou(anchors, gt_boxes).masked_fill(~gt_valid[:, None, :], -1.0)  # (B, A, M)
+    best_iou, owner = iou.max(dim=2)  # (B, A)
+    in_pool = best_iou >= pool_iou
+    gt_best = iou.max(dim=1, keepdim=True).values  # (B, 1, M)
+    own_best = (iou == gt_best) & (gt_best > 0) & gt_valid[:, None, :]  # (B, A, M)
+    later = torch.arange(1, M + 1, device=anchors.device)
+    takes_best = own_best.any(dim=2)
+    owner = torch.where(takes_best, (own_best * later).argmax(dim=2), owner)
+    in_pool = in_pool | takes_best
+
+    img, anchor = in_pool.nonzero(as_tuple=True)
+    cost = torch.full((B, A), math.inf, device=anchors.device)
+    if img.numel():
+        cost[img, anchor] = pair_cost(img, anchor, owner[img, anchor]).detach().float()
+    owned = torch.where(owner[..., None] == torch.arange(M, device=anchors.device), cost[..., None],
+                        torch.full_like(cost[..., None], math.inf))  # (B, A, M)
+
+    cand_idx, cand_cost, start = [], [], 0
+    for n in num_per_level:  # loop over pyramid levels (a handful), not images or boxes
+        if n > 0:
+            values, idx = owned[:, start:start + n].topk(min(topk, n), dim=1, largest=False)  # (B, k, M)
+            cand_idx.append(idx + start)
+            cand_cost.append(values)
+        start += n
+    cand = torch.cat(cand_idx, dim=1).permute(0, 2, 1).reshape(B * M, -1)  # (B*M, C)
+    score = torch.cat(cand_cost, dim=1).permute(0, 2, 1).reshape(B * M, -1)
+    valid = torch.isfinite(score)
+    chosen = gmm2_positives(torch.where(valid, score, torch.zeros_like(score)), valid, iters=100, tol=1e-3,
+                            var_init=PAA_VAR_INIT, single=False)  # (B*M, C)
+
+    gt_index = torch.full((B, A), NEGATIVE, dtype=torch.long, device=anchors.device)
+    rows = chosen.nonzero(as_tuple=True)
+    gt_index[rows[0] // M, cand[rows]] = rows[0] % M  # an anchor has one owner: no conflicts
+    is_pos = gt_index >= 0
+    matched = iou.gather(2, gt_index.clamp(min=0)[..., None])[..., 0]
+    max_iou = torch.where(is_pos, matched, best_iou.clamp(min=0.0))
+    return _with_labels(gt_index, gt_labels, max_iou)
+
+
 # ------------------------------------------------------------------------------- RepPoints
 
 

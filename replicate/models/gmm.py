@@ -304,3 +304,22 @@ def gmm2_fit(
         active = active & ~((new_bound - bound).abs() < tol)
         bound = new_bound
     return GMM2(weights=weights, means=means, variances=variances, n_iter=n_iter, converged=~active)
+
+
+def gmm2_positives(score: Tensor, valid: Tensor, *, iters: int = 100, tol: float = 1e-3, var_init: float = 10.0,
+                   single: bool = True) -> Tensor:
+    """The positives of a GMM-based assigner (PAA, Kim & Lee 2020; MOD's APS), one group per row: (G, N) bool.
+
+    Each row's valid scores (a cost: lower is better) get a two-component mixture started at their minimum
+    and maximum (:func:`gmm2_fit`). The positives are the members of the component started at the minimum
+    whose score is at most that of the member with the highest mixture log-likelihood (the released PAA and
+    MOD codes' truncation: in ascending score, everything up to that member). A row with a single valid score
+    takes it when ``single`` (MOD's code) and gets nothing otherwise (PAA's code skips it).
+    """
+    fit = gmm2_fit(score, valid, iters=iters, tol=tol, var_init=var_init)
+    foreground = (fit.predict(score) == 0) & valid
+    loglik = torch.where(foreground, fit.score_samples(score), torch.full_like(fit.means[:, :1], -math.inf))
+    threshold = score.gather(1, loglik.argmax(dim=1, keepdim=True))
+    one = valid.sum(dim=1, keepdim=True) == 1
+    chosen = foreground & (score <= threshold)
+    return (chosen & ~one) | (valid & one) if single else chosen & ~one
