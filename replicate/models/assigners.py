@@ -497,6 +497,9 @@ def paa_assign(
     *,
     topk: int = 9,
     pool_iou: float = PAA_POOL_IOU,
+    ignore_boxes: Tensor | None = None,
+    ignore_valid: Tensor | None = None,
+    ignore_iof: float = 0.5,
 ) -> Assignment:
     """Probabilistic Anchor Assignment (Kim & Lee 2020, Sec. 3.1), as its released code runs it.
 
@@ -510,8 +513,8 @@ def paa_assign(
        precision 1): the candidates of the low component, up to its most likely member, are positive. A ground
        truth with fewer than two candidates gets none. Everything else is negative.
 
-    Batched over images and ground truths (one loop over the levels). ``max_iou`` as in
-    :func:`atss_assign`.
+    Batched over images and ground truths (one loop over the levels). ``max_iou`` and crowd regions as in
+    :func:`atss_assign` (the released code ignores no crowd region: pass none).
     """
     from .gmm import gmm2_positives
 
@@ -556,6 +559,7 @@ def paa_assign(
     is_pos = gt_index >= 0
     matched = iou.gather(2, gt_index.clamp(min=0)[..., None])[..., 0]
     max_iou = torch.where(is_pos, matched, best_iou.clamp(min=0.0))
+    gt_index = _ignore_crowds(anchors, gt_index, is_pos, ignore_boxes, ignore_valid, ignore_iof)
     return _with_labels(gt_index, gt_labels, max_iou)
 
 

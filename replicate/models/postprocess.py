@@ -11,7 +11,8 @@ probability or the fused score; :class:`TestConfig.threshold_on` selects it. Two
 RetinaNet-Conf tables: ``quality_thr`` drops candidates whose quality is not above it (its Table 4
 "obj>0.5" filter), and ``fusion_min_priors`` reproduces its released code, which forms the product only
 on levels with more than 1000 priors (elsewhere the score stays ``p^(1-alpha)``, i.e. quality 1).
-Everything is batched: one top-k per level for the whole batch and a single ``batched_nms`` call
+PAA's score voting (``score_voting``, :func:`score_voting`) moves each kept box to the score- and
+IoU-weighted average of its class's candidates. Everything is batched: one top-k per level for the whole batch and a single ``batched_nms`` call
 with (image, class) groups.
 """
 
@@ -22,7 +23,7 @@ from typing import Callable
 
 import torch
 from torch import Tensor
-from torchvision.ops import batched_nms
+from torchvision.ops import batched_nms, box_iou
 
 from ..errors import ReplicateError
 
@@ -44,6 +45,7 @@ class TestConfig:
     quality_thr: float | None = None  # keep only candidates whose quality exceeds it (RetinaNet-Conf "obj>0.5")
     fusion_min_priors: int = 0  # fuse only on levels with more priors than this; quality = 1 on the others
     boxes: str = "final"  # a two-stage dense head's boxes: "final", or "coarse" (its first stage's, SALT-Net)
+    score_voting: float | None = None  # sigma of PAA's score voting (0.025); None: the NMS boxes as they are
 
     def __post_init__(self) -> None:
         if self.fusion not in FUSIONS:
@@ -52,6 +54,8 @@ class TestConfig:
             raise ReplicateError(f"test boxes must be one of {BOX_STAGES}, got {self.boxes!r}")
         if self.threshold_on not in ("cls", "fused"):
             raise ReplicateError(f"threshold_on must be 'cls' or 'fused', got {self.threshold_on!r}")
+        if self.score_voting is not None and not self.score_voting > 0:
+            raise ReplicateError(f"score_voting is a positive sigma or None, got {self.score_voting!r}")
 
 
 def fuse_scores(cls_prob: Tensor, quality: Tensor | None, fusion: str, alpha: float = 0.5) -> Tensor:
@@ -154,5 +158,29 @@ def nms_per_image(boxes: Tensor, scores: Tensor, labels: Tensor, images: Tensor,
     counts = torch.bincount(images_k, minlength=B).tolist()
     for i, idx in enumerate(torch.split(keep, counts)):
         idx = idx[: cfg.max_per_image]
-        out.append({"boxes": boxes[idx], "scores": scores[idx], "labels": labels[idx]})
+        kept = boxes[idx]
+        if cfg.score_voting is not None:
+            mine = (images == i).nonzero(as_tuple=True)[0]
+            kept = score_voting(kept, labels[idx], boxes[mine], scores[mine], labels[mine], cfg.score_voting)
+            kept = clip_to_sizes(kept, sizes[i])  # an average of clipped boxes, up to rounding
+        out.append({"boxes": kept, "scores": scores[idx], "labels": labels[idx]})
     return out
+
+
+VOTING_MIN_IOU = 0.01  # candidates overlapping a detection by more than this vote for its box
+
+
+def score_voting(boxes: Tensor, labels: Tensor, cand_boxes: Tensor, cand_scores: Tensor, cand_labels: Tensor,
+                 sigma: float) -> Tensor:
+    """PAA's score voting (Kim & Lee 2020, Sec. 3.3, after Kim et al. 2018): each detection's box becomes the
+    average of the candidates of its class (before NMS, this detection among them) that overlap it by IoU above
+    0.01, weighted by ``exp(-(1 - IoU)^2 / sigma) * score``; scores and labels stay. (D, 4) boxes -> (D, 4)."""
+    if boxes.shape[0] == 0 or cand_boxes.shape[0] == 0:
+        return boxes
+    iou = box_iou(boxes.float(), cand_boxes.float())  # (D, K)
+    votes = (iou > VOTING_MIN_IOU) & (labels[:, None] == cand_labels[None, :])
+    weight = torch.where(votes, torch.exp(-(1.0 - iou) ** 2 / sigma) * cand_scores.float()[None, :],
+                         torch.zeros_like(iou))
+    total = weight.sum(dim=1, keepdim=True)
+    voted = weight @ cand_boxes.float() / total.clamp(min=1e-12)
+    return torch.where(total > 0, voted, boxes.float()).to(boxes.dtype)

@@ -25,6 +25,7 @@ from .detectors.gfl import gfl
 from .detectors.gflv2 import gflv2
 from .detectors.iou_aware_retinanet import iou_aware_retinanet
 from .detectors.mod import foveabox_mod, mod, mod_code, retinanet_mod
+from .detectors.paa import paa
 from .detectors.retinanet import retinanet, retinanet_1anchor
 from .detectors.retinanet_conf import retinanet_conf
 from .detectors.reppoints import reppoints, salt_reppoints
@@ -39,6 +40,7 @@ MODELS: dict[str, Callable[[], DetectorConfig]] = {
     "fcos_vanilla": fcos_vanilla,
     "fcos_giou": fcos_giou,
     "atss": atss,
+    "paa": paa,
     "gfl": gfl,
     "gflv2": gflv2,
     "foveabox": foveabox,
