@@ -157,27 +157,30 @@ class ATSSHead(OneAnchorHead):
             ctr.append(self.centerness_out(r))
         return {"cls": cls, "reg": reg, "centerness": ctr}
 
-    def losses(self, outs: dict[str, list[Tensor]], a: Assignment, matched: Tensor) -> dict[str, Tensor]:
+    def focal_and_positives(self, outs: dict[str, list[Tensor]], a: Assignment, matched: Tensor):
+        """What ATSS's and PAA's losses share: the focal loss over the non-ignored anchors (normalised by the
+        mean-over-ranks number of positives), and the positives' indices, anchors, decoded boxes, ground truths
+        and quality-branch logits: ``(loss_cls, num_pos, (b_idx, p_idx), pos_anchors, pred, gt, logits)``."""
         c = self.cfg
-        levels = self.anchors(outs["cls"])
-        anchors = torch.cat(levels)
+        anchors = torch.cat(self.anchors(outs["cls"]))
         cls = flatten_levels(outs["cls"], self.num_classes)
         reg = flatten_levels(outs["reg"], 4)
-        ctr_logits = flatten_levels(outs["centerness"], 1)[..., 0]
         num_pos = mean_over_ranks(a.num_pos).clamp(min=1.0)
-
         loss_cls = sigmoid_focal_loss_labels(cls, a.labels, ~a.ignore_mask, c.focal_alpha, c.focal_gamma,
                                              avg_factor=num_pos)
-
         b_idx, p_idx = a.pos_mask.nonzero(as_tuple=True)
         pos_anchors = anchors[p_idx]
-        gt = matched[b_idx, p_idx]
         pred = self.coder.decode(pos_anchors, reg[b_idx, p_idx])
+        logits = flatten_levels(outs["centerness"], 1)[b_idx, p_idx, 0]
+        return loss_cls, num_pos, (b_idx, p_idx), pos_anchors, pred, matched[b_idx, p_idx], logits
+
+    def losses(self, outs: dict[str, list[Tensor]], a: Assignment, matched: Tensor) -> dict[str, Tensor]:
+        c = self.cfg
+        loss_cls, num_pos, _, pos_anchors, pred, gt, ctr_logits = self.focal_and_positives(outs, a, matched)
         ctr_t = centerness_target(DistanceCoder().encode(anchor_centres(pos_anchors), gt))
         box_norm = mean_over_ranks(ctr_t.sum()).clamp(min=c.box_norm_min)
         loss_bbox = giou_loss(pred, gt, reduction="mean", weight=ctr_t, avg_factor=box_norm)
-        loss_ctr = binary_cross_entropy_with_logits(ctr_logits[b_idx, p_idx], ctr_t, reduction="mean",
-                                                    avg_factor=num_pos)
+        loss_ctr = binary_cross_entropy_with_logits(ctr_logits, ctr_t, reduction="mean", avg_factor=num_pos)
         return {"loss_cls": loss_cls, "loss_bbox": c.box_loss_weight * loss_bbox,
                 "loss_centerness": c.centerness_loss_weight * loss_ctr}
 

@@ -28,11 +28,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .._utils import flatten_levels, mean_over_ranks
+from .._utils import flatten_levels
 from ..assigners import PAA_BOX_WEIGHT, PAA_POOL_IOU, Assignment, paa_assign, pad_targets
 from ..detector import DetectorConfig
 from ..losses import aligned_box_iou, binary_cross_entropy_with_logits, focal_pair_cost, giou_loss
-from ..losses import sigmoid_focal_loss_labels
 from ..postprocess import TestConfig
 from .atss import ATSS_NECK, ATSSHead, ATSSHeadConfig
 
@@ -75,20 +74,10 @@ class PAAHead(ATSSHead):
 
     def losses(self, outs: dict[str, list[Tensor]], a: Assignment, matched: Tensor) -> dict[str, Tensor]:
         c = self.cfg
-        anchors = torch.cat(self.anchors(outs["cls"]))
-        cls = flatten_levels(outs["cls"], self.num_classes)
-        reg = flatten_levels(outs["reg"], 4)
-        iou_logits = flatten_levels(outs["centerness"], 1)[..., 0]
-        num_pos = mean_over_ranks(a.num_pos).clamp(min=1.0)
-        loss_cls = sigmoid_focal_loss_labels(cls, a.labels, ~a.ignore_mask, c.focal_alpha, c.focal_gamma,
-                                             avg_factor=num_pos)
-        b_idx, p_idx = a.pos_mask.nonzero(as_tuple=True)
-        gt = matched[b_idx, p_idx]
-        pred = self.coder.decode(anchors[p_idx], reg[b_idx, p_idx])
+        loss_cls, num_pos, _, _, pred, gt, iou_logits = self.focal_and_positives(outs, a, matched)
         loss_bbox = giou_loss(pred, gt, reduction="mean", avg_factor=num_pos)
         iou_target = aligned_box_iou(pred.detach(), gt)
-        loss_iou = binary_cross_entropy_with_logits(iou_logits[b_idx, p_idx], iou_target, reduction="mean",
-                                                    avg_factor=num_pos)
+        loss_iou = binary_cross_entropy_with_logits(iou_logits, iou_target, reduction="mean", avg_factor=num_pos)
         return {"loss_cls": loss_cls, "loss_bbox": c.box_loss_weight * loss_bbox,
                 "loss_iou": c.iou_loss_weight * loss_iou}
 
