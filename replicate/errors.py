@@ -18,3 +18,7 @@ class DataError(ReplicateError):
 
 class EvaluationError(ReplicateError):
     """Ground truth or detections cannot be evaluated as given."""
+
+
+class SummaryUnavailable(ReplicateError):
+    """An analysis of a finished run is neither cached nor computable here: the run's checkpoint is gone."""

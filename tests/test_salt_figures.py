@@ -168,3 +168,24 @@ def test_the_figures_read_the_tables_runs():
         tables = {r.key for name, spec in salt.items() if not name.startswith("figure") for r in requests_for(spec, profile)}
         for figure in ("figure8", "figure10"):
             assert {r.key for r in requests_for(salt[figure], profile)} <= tables, (figure, profile)
+
+
+def test_row_summaries_say_why_a_row_has_none(tmp_path):
+    """Figure 8 on a store where the first row's run has a cached summary, the second row's run neither a cache
+    nor a checkpoint here (a record made on another machine), and no row of another table is asked: the first
+    summary is read, the second row says why it has none; a row without runs says so."""
+    from replicate.analysis.cache import row_summaries, summary_path
+    from replicate.experiments.sweep import load_papers
+    from replicate.io import atomic_write_json
+
+    spec = load_papers()["salt"]["figure8"]
+    first, second = (row.label for row in spec.rows)
+    cached = {"key": "0123456789ab", "settings": {"images": 100, "examples": 3, "scale": None}, "objects": 1}
+    atomic_write_json(summary_path(tmp_path, "smoke", "task-points", "0123456789ab"), cached)
+    runs = {first: [{"key": "0123456789ab", "work_dir": str(tmp_path / "a")}],
+            second: [{"key": "ba9876543210", "work_dir": str(tmp_path / "b")}]}
+    summaries, unavailable = row_summaries(tp.points_summary, spec, "smoke", runs, results_dir=tmp_path)
+    assert summaries == {first: cached}
+    assert list(unavailable) == [second] and "no checkpoint in" in unavailable[second]
+    _, none = row_summaries(tp.points_summary, spec, "smoke", {}, results_dir=tmp_path)
+    assert none == {first: "no trained run in the store", second: "no trained run in the store"}

@@ -34,7 +34,7 @@ from ..data.batching import Collate
 from ..data.profiles import build_dataset, data_config, ensure_data
 from ..engine.evaluate import evaluate_tests
 from ..engine.rescore import load_trained
-from ..errors import ReplicateError
+from ..errors import ReplicateError, SummaryUnavailable
 from ..io import atomic_write_json, read_json
 from ..models._utils import flatten_levels
 from ..models.box_coders import DeltaXYWHCoder
@@ -97,8 +97,8 @@ def trained_run(record: dict[str, Any], model_cfg: DetectorConfig, profile: str,
     computing a summary that ``cache`` does not hold yet; a clear error when the checkpoint is gone."""
     run_dir = Path(record["work_dir"])
     if not (run_dir / "checkpoint.pt").is_file():
-        raise ReplicateError(f"no {what} in {cache} and no checkpoint in {run_dir} to compute it from; run the "
-                             f"table's runs again to produce it")
+        raise SummaryUnavailable(f"no {what} in {cache} and no checkpoint in {run_dir} to compute it from; run "
+                                 f"the table's runs again to produce it")
     data = data_config(profile, data_root)
     if scale is not None:
         data = data.with_scale(scale)
@@ -262,6 +262,24 @@ def row_summary(summary: Callable[..., dict[str, Any]], spec, label: str, profil
     model, train = run_config(spec, spec.row(label), profile, profile_num_classes(profile))
     return summary(records[0], model, profile, results_dir=results_dir, data_root=data_root, scale=train.scale,
                    **options)
+
+
+def row_summaries(summary: Callable[..., dict[str, Any]], spec, profile: str, runs: dict[str, Sequence[dict[str, Any]]],
+                  **options: Any) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """:func:`row_summary` of every row of ``spec`` that has runs in ``runs`` (label -> records), and, for each
+    row without a summary, why: no trained run in the store, or a run whose summary is not cached and whose
+    checkpoint is not on this machine (:class:`~replicate.errors.SummaryUnavailable`: a record made elsewhere)."""
+    summaries, unavailable = {}, {}
+    for row in spec.rows:
+        records = runs.get(row.label, [])
+        if not records:
+            unavailable[row.label] = "no trained run in the store"
+            continue
+        try:
+            summaries[row.label] = row_summary(summary, spec, row.label, profile, records, **options)
+        except SummaryUnavailable as exc:
+            unavailable[row.label] = str(exc)
+    return summaries, unavailable
 
 
 def row_misalignment(spec, label: str, profile: str, records: Sequence[dict[str, Any]],

@@ -126,14 +126,6 @@ def detections_summary(record: dict[str, Any], model_cfg, profile: str, *, resul
     return document
 
 
-def row_detections_summary(spec, label: str, profile: str, records: Sequence[dict[str, Any]],
-                           **options: Any) -> dict[str, Any] | None:
-    """:func:`detections_summary` of the first run (seed 0) of table row ``label``; ``None`` without runs."""
-    from .cache import row_summary
-
-    return row_summary(detections_summary, spec, label, profile, records, **options)
-
-
 def _mean_confident_iou(counts: np.ndarray, score_thr: float) -> float:
     s = int(np.flatnonzero(np.isclose(EDGES, score_thr))[0])
     per_iou = np.asarray(counts)[s:].sum(axis=0)

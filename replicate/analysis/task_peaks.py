@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -128,14 +128,6 @@ def peak_summary(record: dict[str, Any], model_cfg, profile: str, *, results_dir
                 "provenance": record.get("provenance", {})}
     atomic_write_json(path, document)
     return document
-
-
-def row_peak_summary(spec, label: str, profile: str, records: Sequence[dict[str, Any]],
-                     **options: Any) -> dict[str, Any] | None:
-    """:func:`peak_summary` of the first run (seed 0) of table row ``label``; ``None`` without runs."""
-    from .cache import row_summary
-
-    return row_summary(peak_summary, spec, label, profile, records, **options)
 
 
 def summary_frame(summaries: dict[str, dict[str, Any]]) -> pd.DataFrame:

@@ -166,14 +166,6 @@ def points_summary(record: dict[str, Any], model_cfg, profile: str, *, results_d
     return document
 
 
-def row_points_summary(spec, label: str, profile: str, records: Sequence[dict[str, Any]],
-                       **options: Any) -> dict[str, Any] | None:
-    """:func:`points_summary` of the first run (seed 0) of table row ``label``; ``None`` without runs."""
-    from .cache import row_summary
-
-    return row_summary(points_summary, spec, label, profile, records, **options)
-
-
 def summary_frame(summaries: dict[str, dict[str, Any]]) -> pd.DataFrame:
     rows = {label: {"objects": s["objects"], "regions' IoU (median)": s["median_region_iou"],
                     f"distinct (IoU < {DISTINCT_IOU})": s["share_distinct"],
