@@ -183,7 +183,7 @@ def test_empty_counts_give_nan_proportions():
 def test_misalignment_summary_is_computed_from_the_checkpoint_then_read_from_its_cache(smoke_root, tmp_path):
     import shutil
 
-    from replicate.analysis.cache import misalignment_summary, row_misalignment
+    from replicate.analysis.cache import misalignment_summary
     from replicate.engine import SCHEDULES
     from replicate.engine.config import with_overrides
     from replicate.engine.train import train
@@ -207,4 +207,3 @@ def test_misalignment_summary_is_computed_from_the_checkpoint_then_read_from_its
     pd.testing.assert_frame_equal(again["candidates"][0], first["candidates"][0])
     with pytest.raises(ReplicateError, match="no misalignment summary in .* and no checkpoint in .*run"):
         misalignment_summary(record, cfg, "smoke", **{**kwargs, "images": 3})  # other settings, no checkpoint
-    assert row_misalignment(None, "RetinaNet-Conf", "smoke", []) is None

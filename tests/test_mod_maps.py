@@ -16,7 +16,7 @@ from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss  # noqa
 
 from replicate.analysis import mod_maps  # noqa: E402
 from replicate.analysis.mod_maps import InstanceMaps, figure_summary, instance_maps, plot_assignment  # noqa: E402
-from replicate.analysis.mod_maps import plot_loss_maps, row_figure_summary, spread  # noqa: E402
+from replicate.analysis.mod_maps import plot_loss_maps, spread  # noqa: E402
 from replicate.errors import ReplicateError  # noqa: E402
 from replicate.io import atomic_write_json  # noqa: E402
 from replicate.models.assigners import atss_assign, pad_targets  # noqa: E402
@@ -211,4 +211,9 @@ def test_figure_summary_cache(setup, tmp_path):
     plt.close(plot_assignment(out["assignment"]))
     with pytest.raises(ReplicateError, match="no checkpoint"):  # other settings: recomputed, needs the run
         figure_summary(record, cfg, "smoke", results_dir=tmp_path / "results", images=2)
-    assert row_figure_summary(None, "MOD", "smoke", [], results_dir=tmp_path) is None
+    from replicate.analysis.cache import row_summaries
+    from replicate.experiments.sweep import load_papers
+
+    summaries, unavailable = row_summaries(figure_summary, load_papers()["mod"]["figure4"], "smoke", {},
+                                           labels=["MOD"], results_dir=tmp_path)
+    assert summaries == {} and unavailable == {"MOD": "no trained run in the store"}

@@ -118,14 +118,6 @@ def figure_summary(record: dict[str, Any], model_cfg, profile: str, *, results_d
     return document
 
 
-def row_figure_summary(spec, label: str, profile: str, records: Sequence[dict[str, Any]],
-                       **options: Any) -> dict[str, Any] | None:
-    """:func:`figure_summary` of the first run (seed 0) of table row ``label``; ``None`` without runs."""
-    from .cache import row_summary
-
-    return row_summary(figure_summary, spec, label, profile, records, **options)
-
-
 def summary_frame(summaries: dict[str, dict[str, Any]]):
     """One row per variant: locations read, and the mean and median IoU under each reading."""
     import pandas as pd

@@ -265,24 +265,19 @@ def row_summary(summary: Callable[..., dict[str, Any]], spec, label: str, profil
 
 
 def row_summaries(summary: Callable[..., dict[str, Any]], spec, profile: str, runs: dict[str, Sequence[dict[str, Any]]],
-                  **options: Any) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
-    """:func:`row_summary` of every row of ``spec`` that has runs in ``runs`` (label -> records), and, for each
-    row without a summary, why: no trained run in the store, or a run whose summary is not cached and whose
-    checkpoint is not on this machine (:class:`~replicate.errors.SummaryUnavailable`: a record made elsewhere)."""
+                  labels: Sequence[str] | None = None, **options: Any) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """:func:`row_summary` of every row of ``spec`` (or of the rows ``labels``) that has runs in ``runs`` (label ->
+    records), and, for each row without a summary, why: no trained run in the store, or a run whose summary is
+    not cached and whose checkpoint is not on this machine (:class:`~replicate.errors.SummaryUnavailable`: a
+    record made elsewhere). A figure notebook prints the reasons and draws what it has."""
     summaries, unavailable = {}, {}
-    for row in spec.rows:
-        records = runs.get(row.label, [])
+    for label in labels if labels is not None else [row.label for row in spec.rows]:
+        records = runs.get(label, [])
         if not records:
-            unavailable[row.label] = "no trained run in the store"
+            unavailable[label] = "no trained run in the store"
             continue
         try:
-            summaries[row.label] = row_summary(summary, spec, row.label, profile, records, **options)
+            summaries[label] = row_summary(summary, spec, label, profile, records, **options)
         except SummaryUnavailable as exc:
-            unavailable[row.label] = str(exc)
+            unavailable[label] = str(exc)
     return summaries, unavailable
-
-
-def row_misalignment(spec, label: str, profile: str, records: Sequence[dict[str, Any]],
-                     **options: Any) -> dict[str, Any] | None:
-    """:func:`misalignment_summary` of the first run (seed 0) of table row ``label``; ``None`` without runs."""
-    return row_summary(misalignment_summary, spec, label, profile, records, **options)

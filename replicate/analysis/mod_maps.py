@@ -410,14 +410,6 @@ def _summary_from_json(document: dict[str, Any], path: Path) -> dict[str, Any]:
         raise ReplicateError(f"{path}: malformed MOD loss-map summary ({exc})") from None
 
 
-def row_figure_summary(spec, label: str, profile: str, records: Sequence[dict[str, Any]],
-                       **options: Any) -> dict[str, Any] | None:
-    """:func:`figure_summary` of the first run (seed 0) of table row ``label``; ``None`` without runs."""
-    from .cache import row_summary
-
-    return row_summary(figure_summary, spec, label, profile, records, **options)
-
-
 # ------------------------------------------------------------------------------ plots
 
 
