@@ -4,7 +4,7 @@ A profile names a dataset (generated, or COCO from a local folder), the scale it
 the training schedule, how the detector presets are narrowed for it, and what a run costs. Everything
 else (``data``, ``engine``, ``models.zoo``, ``experiments``, the CLI) reads these settings from here.
 
-* ``smoke``: 48 tiny images, 50 iterations: a plumbing check, never evidence.
+* ``smoke``: 48 tiny images, 25 iterations: a plumbing check, never evidence.
 * ``proxy``: the CPU benchmark the book's committed numbers come from. 3000 training
   images of 160-208 px, objects sized so that COCO's size buckets (32^2, 96^2 px) each hold at least
   15 % of the objects, the narrow ResNet *pretrained once on this profile's training split* (its

@@ -94,13 +94,13 @@ SCHEDULES: dict[str, TrainConfig] = {
     "synthetic": TrainConfig(iters=3000, batch_size=16, lr=0.01, steps=(2000, 2750), warmup="linear",
                              warmup_iters=500, warmup_ratio=0.001, grad_clip=35.0, checkpoint_every=500,
                              num_workers=2),
-    # CPU smoke runs (plumbing checks, ~10 s on 2 cores): 50 iterations at batch 4 on the 48 smoke images. The
-    # smoke book trains about 75 of them, most of CI's time: 50 iterations exercise the same code as 100 at half
-    # the cost (the tests that check that a detector learns train 100, tests/test_smoke_training.py).
+    # CPU smoke runs (plumbing checks, a few seconds each on 2 cores): 25 iterations at batch 4 on the 48 smoke
+    # images. The smoke book trains about 100 of them, most of CI's time: 25 iterations exercise the same code as
+    # 100 at a quarter of the cost (the tests that check that a detector learns train 100,
+    # tests/test_smoke_training.py).
     # lr 0.01 with a short warmup from 0.1 x lr: at 0.02 from scratch some heads collapse (FCOS' ReLU
-    # distances die) or spike (FoveaBox), so 0.01 is the stable choice for every preset.
-    "smoke": TrainConfig(iters=50, batch_size=4, lr=0.01, steps=(45,), warmup="linear", warmup_iters=20,
-                         warmup_ratio=0.1, grad_clip=35.0, checkpoint_every=50),
+    "smoke": TrainConfig(iters=25, batch_size=4, lr=0.01, steps=(22,), warmup="linear", warmup_iters=10,
+                         warmup_ratio=0.1, grad_clip=35.0, checkpoint_every=25),
 }
 
 def with_overrides(cfg: TrainConfig, *, scale_schedule: bool = False, **changes: Any) -> TrainConfig:
