@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_iou
 
+from .gmm import gmm2_positives
 from .losses import aligned_box_iou
 
 NEGATIVE = -1
@@ -516,8 +517,6 @@ def paa_assign(
     Batched over images and ground truths (one loop over the levels). ``max_iou`` and crowd regions as in
     :func:`atss_assign` (the released code ignores no crowd region: pass none).
     """
-    from .gmm import gmm2_positives
-
     if sum(num_per_level) != anchors.shape[0]:
         raise ValueError(f"num_per_level sums to {sum(num_per_level)}, anchors has {anchors.shape[0]}")
     gt_boxes, gt_labels, gt_valid = _nonempty_gt(gt_boxes, gt_labels, gt_valid)
