@@ -56,16 +56,18 @@ def score_iou_counts(scores: np.ndarray, ious: np.ndarray) -> np.ndarray:
     return counts
 
 
+def _edge(value: float, what: str) -> int:
+    """The index of ``value`` among :data:`EDGES`; a clear error when it is not one of them."""
+    hit = np.flatnonzero(np.isclose(EDGES, value))
+    if len(hit) == 0:
+        raise ReplicateError(f"{what} {value} is not a multiple of 0.05 (the bins' edges)")
+    return int(hit[0])
+
+
 def low_iou_share(counts: np.ndarray, score_thr: float = SCORE_THR, low_iou: float = LOW_IOU) -> tuple[float, int]:
     """``(share, n)``: of the ``n`` detections scoring at least ``score_thr``, the share with an IoU below
     ``low_iou``; both thresholds must be bin edges of :data:`EDGES`. ``share`` is NaN when ``n`` is 0."""
-    def edge(value: float, what: str) -> int:
-        hit = np.flatnonzero(np.isclose(EDGES, value))
-        if len(hit) == 0:
-            raise ReplicateError(f"{what} {value} is not a multiple of 0.05 (the bins' edges)")
-        return int(hit[0])
-
-    s, i = edge(score_thr, "score threshold"), edge(low_iou, "IoU threshold")
+    s, i = _edge(score_thr, "score threshold"), _edge(low_iou, "IoU threshold")
     confident = np.asarray(counts)[s:]
     n = int(confident.sum())
     return (float(confident[:, :i].sum()) / n if n else float("nan")), n
@@ -127,7 +129,7 @@ def detections_summary(record: dict[str, Any], model_cfg, profile: str, *, resul
 
 
 def _mean_confident_iou(counts: np.ndarray, score_thr: float) -> float:
-    s = int(np.flatnonzero(np.isclose(EDGES, score_thr))[0])
+    s = _edge(score_thr, "score threshold")
     per_iou = np.asarray(counts)[s:].sum(axis=0)
     centres = (EDGES[:-1] + EDGES[1:]) / 2
     return float((per_iou * centres).sum() / per_iou.sum()) if per_iou.sum() else float("nan")

@@ -132,7 +132,6 @@ def points_summary(record: dict[str, Any], model_cfg, profile: str, *, results_d
     if cached is not None:
         return cached
     net, val_set = trained
-    _salt_head(net)
     n = min(images, len(val_set))
     frames, shown = [], []
     for start in range(0, n, 2):
