@@ -282,7 +282,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
     exact = True
     for record in args.records:
-        result = verify(record, data_root=args.data_root, threads=args.threads, progress=not args.quiet)
+        result = verify(record, data_root=args.data_root, threads=args.threads, progress=not args.quiet,
+                        keep=args.keep)
         print(result.format(), flush=True)
         exact &= result.exact
     return 0 if exact else 1
@@ -570,6 +571,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None,
                    help="intra-op threads (default: the record's own, or 1, as the sweeps run, for a record that "
                         "does not say)")
+    p.add_argument("--keep", action="store_true",
+                   help="train in the record's own run folder (its work_dir) and keep the run there, so that the "
+                        "figures' analyses can read its checkpoint (refused when that folder holds one already)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_verify)
 

@@ -515,6 +515,14 @@ def test_verify_reproduces_a_record_exactly_and_names_what_differs(swept, smoke_
     assert result.exact, result.format()
     assert "reproduced exactly" in result.format() and "loss.last" in result.stored
     assert result.threads == json.loads(path.read_text())["provenance"]["threads"]  # the record's own count
+    # keep: the re-trained run stays in the record's run folder, checkpoint included, for the figures' analyses
+    moved = json.loads(path.read_text())
+    moved["work_dir"] = str(tmp_path / "kept" / moved["key"])
+    (tmp_path / "moved.json").write_text(json.dumps(moved))
+    kept = verify(tmp_path / "moved.json", data_root=smoke_root, progress=False, keep=True)
+    assert kept.exact and (tmp_path / "kept" / moved["key"] / "checkpoint.pt").is_file()
+    with pytest.raises(ReplicateError, match="already holds a checkpoint"):  # it would resume, not re-train
+        verify(tmp_path / "moved.json", data_root=smoke_root, progress=False, keep=True)
     tampered = json.loads(path.read_text())
     tampered["loss_summary"]["loss"]["last"] += 1e-6
     tampered["provenance"]["device"] = "Another CPU"  # a record made elsewhere: the report names both machines

@@ -3,8 +3,9 @@
 A record names its run by key (:func:`.store.run_key`: the hash of the model and training configs, the
 profile and the seed). Verification finds the registered table row whose run has that key, checks that
 the row's configuration today is the record's (``config``), trains it from scratch in a scratch folder
-(never the results store) and compares every COCO metric and the loss curves' first, last and lowest
-values of the new run with the stored ones: equal to the last bit, as the same config on CPU with the
+(never the results store; ``keep``: in the record's own run folder, whose checkpoint the figures' analyses
+then read) and compares every COCO metric and the loss curves' first, last and lowest values of the new
+run with the stored ones: equal to the last bit, as the same config on CPU with the
 same thread count gives the same numbers. That promise holds on a CPU like the one the record names
 (``provenance.device``: the model, and since 2026-12-05 its instruction set and family): another CPU runs
 other float kernels (MKL and oneDNN dispatch by vendor and instruction set), so a re-run there differs in
@@ -93,8 +94,12 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def verify(record_path: str | Path, *, data_root: str | Path | None = None, work_dir: str | Path | None = None,
-           threads: int | None = None, progress: bool = True) -> Verification:
+           threads: int | None = None, progress: bool = True, keep: bool = False) -> Verification:
     """Re-train the run of the record at ``record_path`` and compare its metrics with the stored ones.
+
+    ``keep``: train in the record's own run folder (its ``work_dir``) and leave the run there, so that the
+    analyses that read a run's final checkpoint (:mod:`replicate.analysis.cache`) can use it on this machine;
+    refused when that folder already holds a checkpoint (the run would resume instead of training from scratch).
 
     ``threads``: intra-op threads while training; float reductions depend on the thread count, so the default is
     the record's own (its provenance's ``threads``), or 1 for a record made before that was recorded (the sweeps
@@ -112,13 +117,20 @@ def verify(record_path: str | Path, *, data_root: str | Path | None = None, work
                              "slower and with other float results, so it cannot reproduce the record; verify it on "
                              "a CPU with native bf16 (AVX-512 BF16 or AMX) like the record's")
     request = find_request(record, path)
+    kept = Path(record.get("work_dir") or "") if keep else None
+    if kept is not None:
+        if not record.get("work_dir"):
+            raise ReplicateError(f"{path}: the record names no run folder (work_dir) to keep the re-trained run in")
+        if (kept / "checkpoint.pt").exists():
+            raise ReplicateError(f"{path}: {kept} already holds a checkpoint, so the run would resume from it rather "
+                                 "than train from scratch; its analyses can use it as it is (or move it away to verify)")
     if threads is None:
         threads = int((record.get("provenance") or {}).get("threads") or 1)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         with tempfile.TemporaryDirectory(dir=work_dir) as scratch:
-            out = Path(scratch) / request.key
+            out = kept or Path(scratch) / request.key
             result = train(request.model, request.profile, out, request.train, data_root=data_root, device="cpu",
                            progress=progress)
             losses = loss_summary(out / "log.jsonl")
