@@ -543,6 +543,12 @@ def test_verify_reproduces_a_record_exactly_and_names_what_differs(swept, smoke_
     older["config"]["model"]["head"]["reg_init_std"] = 0.02  # the same key with another config: refused
     with pytest.raises(ReplicateError, match="hashes the same but its config differs"):
         find_request(older, path)
+    older["config"]["model"]["head"]["reg_init_std"] = 0.01
+    assert older["config"]["model"]["test"].pop("score_voting") is None  # made before the test field
+    assert find_request(older, path).key == older["key"]
+    older["config"]["model"]["test"]["score_voting"] = 0.025  # scored with another test config: refused
+    with pytest.raises(ReplicateError, match="hashes the same but its config differs"):
+        find_request(older, path)
     tampered["key"] = "0" * 12
     bad.write_text(json.dumps(tampered))
     with pytest.raises(ReplicateError, match="no registered table row has run 000000000000"):

@@ -51,10 +51,14 @@ LATER_TEST_FIELDS = {"boxes": "final", "score_voting": None}
 that the evaluations made before them keep their keys (as :data:`replicate.engine.config.LATER_FIELDS`)."""
 
 
+def without_later_test_fields(test: dict[str, Any]) -> dict[str, Any]:
+    """A test config as JSON without the :data:`LATER_TEST_FIELDS` that hold their earlier values."""
+    return {k: v for k, v in test.items() if k not in LATER_TEST_FIELDS or v != LATER_TEST_FIELDS[k]}
+
+
 def test_key(test: TestConfig) -> str:
     """The 12-hex-digit name of a test config: the key of a run record's ``evaluations``."""
-    fields = {k: v for k, v in jsonable(test).items() if k not in LATER_TEST_FIELDS or v != LATER_TEST_FIELDS[k]}
-    return config_hash(fields)
+    return config_hash(without_later_test_fields(jsonable(test)))
 
 
 test_key.__test__ = False  # not a pytest test

@@ -30,6 +30,7 @@ from ..io import read_json
 from ..models.detector import without_later_fields
 from ..provenance import cpu_has_native_bf16, device_name, jsonable
 from .runs import RunRequest, loss_summary, requests_for
+from .store import without_later_test_fields
 from .spec import REGISTRY
 
 
@@ -76,15 +77,24 @@ def find_request(record: dict[str, Any], where: Path) -> RunRequest:
         for spec in tables.values():
             for request in requests_for(spec, record["profile"], record["seed"] + 1):
                 if request.key == record["key"] and request.seed == record["seed"]:
-                    stored = {"model": without_later_fields(record["config"]["model"]),
+                    stored = {"model": _comparable(record["config"]["model"]),
                               "train": with_later_fields(record["config"]["train"])}
-                    now = {"model": without_later_fields(jsonable(request.model)), "train": jsonable(request.train)}
+                    now = {"model": _comparable(jsonable(request.model)), "train": jsonable(request.train)}
                     if now != stored:
                         raise ReplicateError(f"{where}: run {record['key']} hashes the same but its config differs "
                                              "from the record's; the record is not verifiable with this code")
                     return request
     raise ReplicateError(f"{where}: no registered table row has run {record['key']} on profile {record['profile']} "
                          "(its configuration changed since it was recorded, or its table was removed)")
+
+
+def _comparable(model: dict[str, Any]) -> dict[str, Any]:
+    """A model config as JSON without the fields added since records existed that hold their earlier values,
+    its test config's included (the test config the record's metrics were scored with)."""
+    model = without_later_fields(model)
+    if isinstance(model.get("test"), dict):
+        model = {**model, "test": without_later_test_fields(model["test"])}
+    return model
 
 
 def _same(a: Any, b: Any) -> bool:
