@@ -278,13 +278,15 @@ def _cmd_stop(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from .experiments.verify import verify
+    from .experiments.verify import save_verification, verify
 
     exact = True
     for record in args.records:
         result = verify(record, data_root=args.data_root, threads=args.threads, progress=not args.quiet,
                         keep=args.keep)
         print(result.format(), flush=True)
+        if args.save:
+            print(f"wrote {save_verification(result, args.results)}", flush=True)
         exact &= result.exact
     return 0 if exact else 1
 
@@ -571,6 +573,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None,
                    help="intra-op threads (default: the record's own, or 1, as the sweeps run, for a record that "
                         "does not say)")
+    p.add_argument("--save", action="store_true",
+                   help="write each outcome to RESULTS/verifications/<profile>/<key>.json, where the book's "
+                        "provenance page lists it")
+    p.add_argument("--results", type=Path, default=Path("results"), help="results store for --save (default results)")
     p.add_argument("--keep", action="store_true",
                    help="train in the record's own run folder (its work_dir) and keep the run there, so that the "
                         "figures' analyses can read its checkpoint (refused when that folder holds one already)")

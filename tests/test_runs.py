@@ -508,7 +508,11 @@ def test_cli_deadline_parses_until_and_max_minutes(monkeypatch):
 
 
 def test_verify_reproduces_a_record_exactly_and_names_what_differs(swept, smoke_root, tmp_path, monkeypatch):
-    from replicate.experiments.verify import find_request, verify
+    import pandas as pd
+
+    from replicate.experiments.appendix import verifications_frame
+    from replicate.experiments.verify import find_request, save_verification, verify
+    from replicate.provenance import code_version
 
     path = ResultsStore(swept[1]).path("smoke", demo_request(swept).key)
     result = verify(path, data_root=smoke_root, progress=False)
@@ -521,6 +525,9 @@ def test_verify_reproduces_a_record_exactly_and_names_what_differs(swept, smoke_
     (tmp_path / "moved.json").write_text(json.dumps(moved))
     kept = verify(tmp_path / "moved.json", data_root=smoke_root, progress=False, keep=True)
     assert kept.exact and (tmp_path / "kept" / moved["key"] / "checkpoint.pt").is_file()
+    saved = save_verification(kept, tmp_path / "store")  # --save: the provenance page lists it
+    assert saved == tmp_path / "store" / "verifications" / "smoke" / f"{moved['key']}.json"
+    assert json.loads(saved.read_text())["commit"] == code_version()["commit"]
     with pytest.raises(ReplicateError, match="already holds a checkpoint"):  # it would resume, not re-train
         verify(tmp_path / "moved.json", data_root=smoke_root, progress=False, keep=True)
     tampered = json.loads(path.read_text())
@@ -531,6 +538,12 @@ def test_verify_reproduces_a_record_exactly_and_names_what_differs(swept, smoke_
     result = verify(bad, data_root=smoke_root, progress=False)
     assert not result.exact and list(result.differences) == ["loss.last"] and "NOT reproduced" in result.format()
     assert "recorded on 'Another CPU'" in result.format() and not result.same_machine
+    save_verification(result, tmp_path / "elsewhere")
+    frame = pd.concat([verifications_frame(tmp_path / store, "smoke") for store in ("store", "elsewhere")])
+    assert list(frame["outcome"]) == [f"exact ({len(kept.stored)} metrics and loss statistics equal)",
+                                      f"NOT reproduced: 1 of {len(result.stored)} differ"]
+    assert list(frame["recorded on"]) == [kept.here, "Another CPU"] and list(frame["re-trained on"]) == [kept.here] * 2
+    assert list(frame["AP"]) == [round(100 * kept.stored["AP"], 2)] * 2
     older = json.loads(path.read_text())  # a record made before gn_nchw existed: it lacks the field
     assert older["config"]["train"].pop("gn_nchw") is False
     assert find_request(older, path).key == older["key"]

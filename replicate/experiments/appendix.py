@@ -3,6 +3,7 @@
 Per run record (:func:`provenance_frame`, shown by :func:`render_provenance`): the table rows it serves, its
 AP, commit, checkout state, device, library versions, when it finished and how long it trained; per device
 the records made on it and a ``replicate verify`` command to check one (:func:`devices_frame`); the
+records re-trained so far and how they compared (:func:`verifications_frame`, from ``replicate verify --save``); the
 ``replicate bench`` results (:func:`bench_frame`) and the environment that built the book
 (:func:`environment_frame`).
 """
@@ -143,6 +144,28 @@ def devices_frame(records: Sequence[Record], results_dir: str | Path = "results"
             row["check one"] = f"replicate verify {repo_relative(results_dir) / r['profile'] / (r['key'] + '.json')}"
     return pd.DataFrame(list(rows.values()), columns=["device", "records", "first finished", "last finished",
                                                       "check one"])
+
+
+VERIFICATION_COLUMNS = ["record", "table", "row", "seed", "recorded on", "re-trained on", "threads", "outcome",
+                        "AP", "re-trained AP", "verified", "commit"]
+
+
+def verifications_frame(results_dir: str | Path, profile: str) -> pd.DataFrame:
+    """The records of ``profile`` re-trained by ``replicate verify --save``
+    (``<results_dir>/verifications/<profile>/<key>.json``): the row and seed, the CPU the record was made on and
+    the one it was re-trained on, and the outcome (every metric and loss statistic equal, or how many differ),
+    with both APs in points."""
+    rows = []
+    for path in sorted((Path(results_dir) / "verifications" / profile).glob("*.json")):
+        v = read_json(path, what="verification record")
+        differ = len(v.get("differences") or {})
+        outcome = (f"exact ({v.get('compared')} metrics and loss statistics equal)" if v.get("exact")
+                   else f"NOT reproduced: {differ} of {v.get('compared')} differ")
+        ap = [None if x is None else round(100 * x, 2) for x in (v.get("stored_AP"), v.get("reproduced_AP"))]
+        rows.append([v.get("key"), v.get("table"), v.get("row"), v.get("seed"), v.get("recorded_on"), v.get("here"),
+                     v.get("threads"), outcome, *ap, _utc_minute(v.get("verified")), (v.get("commit") or "")[:10]
+                     + (" (uncommitted changes)" if v.get("dirty") else "")])
+    return pd.DataFrame(rows, columns=VERIFICATION_COLUMNS)
 
 
 def _ms(seconds: float | None) -> float | None:

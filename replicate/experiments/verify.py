@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import tempfile
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +27,9 @@ import torch
 from ..engine.config import with_later_fields
 from ..engine.train import train
 from ..errors import ReplicateError
-from ..io import read_json
+from ..io import atomic_write_json, read_json
 from ..models.detector import without_later_fields
-from ..provenance import cpu_has_native_bf16, device_name, jsonable
+from ..provenance import code_version, cpu_has_native_bf16, device_name, jsonable, versions
 from .runs import RunRequest, loss_summary, requests_for
 from .store import without_later_test_fields
 from .spec import REGISTRY
@@ -45,6 +46,7 @@ class Verification:
     recorded_on: str = ""  # the record's CPU (its provenance's device)
     here: str = ""  # this machine's
     threads: int = 1  # the intra-op threads it was re-trained with
+    code: dict[str, Any] = field(default_factory=dict)  # the commit it was re-trained with (code_version at start)
 
     @property
     def same_machine(self) -> bool:
@@ -66,6 +68,25 @@ class Verification:
             lines.append(f"  recorded on {self.recorded_on!r}, re-trained on {self.here!r}: exact reproduction is "
                          "promised on a CPU like the record's only (other float kernels run on another CPU)")
         return "\n".join([f"{head}: NOT reproduced ({len(self.differences)} metric(s) differ)", *lines])
+
+
+    def to_json(self) -> dict[str, Any]:
+        """The verification as a record of its own (:func:`save_verification`): which run, how it compared, and
+        where, when and with what code it was re-trained."""
+        return {"key": self.key, "profile": self.request.profile, "seed": self.request.seed,
+                "table": self.request.spec_key, "row": self.request.row_label, "exact": self.exact,
+                "compared": len(self.stored), "differences": {k: list(v) for k, v in self.differences.items()},
+                "stored_AP": self.stored.get("AP"), "reproduced_AP": self.reproduced.get("AP"),
+                "recorded_on": self.recorded_on, "here": self.here, "threads": self.threads,
+                "verified": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                **self.code, "versions": versions()}
+
+
+def save_verification(result: Verification, results_dir: str | Path = "results") -> Path:
+    """Write ``result`` to ``<results_dir>/verifications/<profile>/<key>.json`` (atomically; a later
+    verification of the same record replaces it), where the book's provenance page reads it."""
+    path = Path(results_dir) / "verifications" / result.request.profile / f"{result.key}.json"
+    return atomic_write_json(path, jsonable(result.to_json()), indent=1)
 
 
 def find_request(record: dict[str, Any], where: Path) -> RunRequest:
@@ -136,6 +157,7 @@ def verify(record_path: str | Path, *, data_root: str | Path | None = None, work
                                  "than train from scratch; its analyses can use it as it is (or move it away to verify)")
     if threads is None:
         threads = int((record.get("provenance") or {}).get("threads") or 1)
+    code = code_version()  # before training: edits made meanwhile do not change what ran
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -157,4 +179,4 @@ def verify(record_path: str | Path, *, data_root: str | Path | None = None, work
                    if not _same(stored.get(k), new.get(k))}
     return Verification(path, record["key"], request, stored, new, differences,
                         recorded_on=str((record.get("provenance") or {}).get("device") or ""), here=device_name("cpu"),
-                        threads=threads)
+                        threads=threads, code=code)
