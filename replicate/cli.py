@@ -222,6 +222,7 @@ def _cmd_bench_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    from .experiments.durations import estimator
     from .experiments.runs import stop_file
     from .experiments.sweep import sweep
     from .profiles import schedule_for
@@ -231,6 +232,10 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         print(f"warning: profile {args.profile} trains with bf16 autocast, which this CPU ({device_name('cpu')}) "
               "emulates: each run many times slower than on a CPU with native bf16 (AVX-512 BF16 or AMX), and "
               "its numbers not those of the committed records' machines", file=sys.stderr)
+    deadline = _deadline(args.until, args.max_minutes)
+    if args.fit and deadline is None:
+        raise ReplicateError("--fit starts only the runs that finish before the deadline: give --until or --max-minutes")
+    expected = estimator(args.results, args.profile) if args.fit else None
     stop = stop_file(args.work)
     if stop.exists() and not args.dry_run:
         stop.unlink()  # a new sweep is asked for: an earlier stop request no longer holds
@@ -238,7 +243,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     report = sweep(args.target, args.profile, args.executor, args.seeds, cluster=args.cluster,
                    results_dir=args.results, work_dir=args.work, data_root=args.data_root, wait=not args.no_wait,
                    dry_run=args.dry_run, parallelism=args.parallelism, timeout_s=args.timeout,
-                   deadline=_deadline(args.until, args.max_minutes))
+                   deadline=deadline, expected=expected)
     print(report.format())
     return 1 if report.counts()["failed"] else 0
 
@@ -560,6 +565,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="clean stop at this local time: no run starts after it, running ones checkpoint and stop "
                         "(sweep again to resume them)")
     p.add_argument("--max-minutes", type=float, default=None, help="clean stop after this many minutes (as --until)")
+    p.add_argument("--fit", action="store_true",
+                   help="with --until or --max-minutes: start only the runs expected to finish before it (the median "
+                        "time of the profile's recorded runs of the same detector, backbone and schedule, for the "
+                        "iterations left), so that a machine stopping then loses no half-trained run")
     p.add_argument("--dry-run", action="store_true", help="print what would run; submit nothing")
     p.set_defaults(func=_cmd_sweep)
 

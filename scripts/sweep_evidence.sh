@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The proxy evidence sweep of this 2-core machine, in priority order, from its own git worktree at a
 # fixed commit (each record's provenance names it), two runs side by side with one thread each, with a
-# clean stop at UNTIL (HH:MM, local time). Sweeping again resumes: finished runs are skipped, interrupted
-# ones continue from their checkpoints in WORK.
+# clean stop at UNTIL (HH:MM, local time): a run starts only when the recorded runs like it say it will end
+# by then (--fit), so that a machine stopping at UNTIL loses no half-trained run. Sweeping again resumes:
+# finished runs are skipped, interrupted ones continue from their checkpoints in WORK.
 #
 #   UNTIL=02:10 setsid nohup scripts/sweep_evidence.sh > ../sweep.log 2>&1 < /dev/null &
 #
@@ -60,7 +61,7 @@ sweep() {  # sweep TARGET SEEDS [PROFILE] [PARALLELISM]
   [ ! -e "$WORK/STOP" ] || { echo "== stop requested ($WORK/STOP)"; exit 0; }
   echo "== $(date +%H:%M) $1 --seeds $2 --profile $profile ($left min left)"
   "$R" sweep "$1" --seeds "$2" --profile "$profile" --data-root "$DATA/$profile" --parallelism "${4:-2}" \
-      --max-minutes "$left" "${common[@]}"
+      --max-minutes "$left" --fit "${common[@]}"
 }
 # 1. calibration at the proxy's schedule (4800 iterations since it was found under-converged at 2400):
 # the schedule table first (its 9600-iteration rows, twice a run's cost, say whether doubling still gains

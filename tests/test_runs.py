@@ -469,6 +469,20 @@ def test_a_deadline_checkpoints_and_stops_without_a_record(swept, tmp_path):
     assert [o.status for o in outcomes] == ["missing"]
 
 
+def test_with_expected_durations_a_sweep_starts_only_the_runs_that_end_before_its_deadline(swept, tmp_path, capsys):
+    request = demo_request(swept, results_dir=str(tmp_path / "results"), work_dir=str(tmp_path / "work"))
+    lines = []
+    outcomes = run_requests([request], "debug", deadline=time.time() + 600, expected=lambda r: 3600, log=lines.append)
+    assert [o.status for o in outcomes] == ["missing"] and not request.run_dir.exists()
+    assert outcomes[0].message.startswith("not started: expected to take 60 min, ") and "not started" in lines[0]
+    # one that fits (or whose duration is unknown: None) runs as before
+    outcomes = run_requests([request], "debug", deadline=time.time() + 600, expected=lambda r: None,
+                            log=lambda line: None)
+    assert [o.status for o in outcomes] == ["finished"]
+    assert main(["sweep", "demo", "--profile", "smoke", "--fit", "--dry-run", "--results", str(tmp_path)]) == 2
+    assert "--fit starts only the runs that finish before the deadline: give --until" in capsys.readouterr().err
+
+
 def test_a_stop_request_stops_like_a_deadline_and_a_new_sweep_clears_it(swept, smoke_root, tmp_path, capsys):
     from replicate import cli
     from replicate.experiments.runs import stop_file

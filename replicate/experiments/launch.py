@@ -149,7 +149,8 @@ class Outcome:
 def run_requests(requests: Sequence[RunRequest], executor: str = "debug", *, folder: str | Path | None = None,
                  cluster: Any = None, parallelism: int | None = None, wait: bool = True,
                  poll_s: float | None = None, lost_after_s: float = 600.0, timeout_s: float | None = None,
-                 deadline: float | None = None, log: Callable[[str], None] = print, **resources: Any) -> list[Outcome]:
+                 deadline: float | None = None, expected: Callable[[RunRequest], float | None] | None = None,
+                 log: Callable[[str], None] = print, **resources: Any) -> list[Outcome]:
     """Submit ``requests`` through ``executor`` and (with ``wait``) wait for every one of them.
 
     ``folder``: submitit's job files (default ``WORK/submitit/%j`` of the first request). ``parallelism``:
@@ -157,7 +158,10 @@ def run_requests(requests: Sequence[RunRequest], executor: str = "debug", *, fol
     for SLURM only (local and debug jobs need this process). ``resources`` go to :func:`make_executor`.
     ``deadline`` (a ``time.time()`` value): a clean stop. No run starts after it, and the runs still
     training then checkpoint and stop (``interrupted``, not requeued); sweeping again resumes them. A stop
-    request (:func:`~.runs.stop_file` in the requests' work folder) does the same at once.
+    request (:func:`~.runs.stop_file` in the requests' work folder) does the same at once. ``expected``
+    (with a deadline; :func:`.durations.estimator`): a run's expected wall time in seconds, or ``None`` when
+    unknown; a run expected to end after the deadline is not started (``missing``, saying so), so that a
+    machine that stops at the deadline loses no half-trained run.
     Returns one :class:`Outcome` per request, in order.
     """
     if not requests:
@@ -184,6 +188,8 @@ def run_requests(requests: Sequence[RunRequest], executor: str = "debug", *, fol
         if queue and stop_file(queue[0][1].work_dir).exists():
             log(f"stop requested ({stop_file(queue[0][1].work_dir)}): {len(queue)} run(s) not started")
             queue = []
+        if queue and len(active) < max_active and deadline is not None and expected is not None:
+            queue = _fitting(queue, deadline, expected, outcomes, log)
         if queue and len(active) < max_active:
             batch, queue = queue[:max_active - len(active)], queue[max_active - len(active):]
             jobs = ex.map_array(TrainJob(), [r for _, r in batch])
@@ -210,6 +216,24 @@ def run_requests(requests: Sequence[RunRequest], executor: str = "debug", *, fol
         outcomes[index] = Outcome(request, "running", job_id=str(job.job_id),
                                   message=f"job {job.job_id}, logs in {job.paths.stdout.parent}")
     return [outcomes.get(i, Outcome(r, "missing", message="not submitted")) for i, r in enumerate(requests)]
+
+
+def _fitting(queue: list[tuple[int, RunRequest]], deadline: float, expected: Callable[[RunRequest], float | None],
+             outcomes: dict[int, Outcome], log: Callable[[str], None]) -> list[tuple[int, RunRequest]]:
+    """The queued runs expected to finish before ``deadline`` (or of unknown duration); the others get their
+    outcome (``missing``, with the estimate) and leave the queue (time left only shrinks)."""
+    left = deadline - time.time()
+    kept = []
+    for index, request in queue:
+        need = expected(request)
+        if need is not None and need > left:
+            message = (f"not started: expected to take {need / 60:.0f} min, {max(left, 0) / 60:.0f} min left "
+                       "before the deadline")
+            outcomes[index] = Outcome(request, "missing", message=message)
+            log(f"{message}: {request.describe()}")
+        else:
+            kept.append((index, request))
+    return kept
 
 
 class _Watch:

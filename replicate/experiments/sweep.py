@@ -148,7 +148,8 @@ def launch_missing(requests: Sequence[RunRequest], executor: str = "local", *, r
     if dry_run or not run:
         for r in to_run:
             if dry_run:
-                log(f"would run {r.describe()} in {r.run_dir}")
+                need = launch_options["expected"](r) if launch_options.get("expected") else None
+                log(f"would run {r.describe()} in {r.run_dir}" + (f" (expected {need / 60:.0f} min)" if need else ""))
             status[r.key] = ("missing", "dry run" if dry_run else "not run")
         return Launch(unique, records, status)
     if executor == "slurm" and isinstance(cluster, (str, Path)):

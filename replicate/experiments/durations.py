@@ -1,0 +1,86 @@
+"""How long a run is expected to take, from the runs already recorded: what lets a sweep with a deadline
+start only the runs that will finish before it (``replicate sweep --until ... --fit``).
+
+A machine that stops at the deadline (a development session, a cluster reservation) loses the runs still
+training then unless their work folder survives: starting a 25-minute run five minutes before the end
+costs five minutes of two cores for nothing. :func:`expected_seconds` estimates a run's wall time as the
+median, over the profile's recorded runs most like it, of their training time (every logged iteration's
+time, summed over resumed parts) plus their inference time and a fixed allowance for start-up and COCO
+evaluation; for a run resumed from its checkpoint, in proportion to the iterations it has left. "Most like
+it" is tried in order: the same detector, backbone and schedule; any detector with that backbone and
+schedule (a deeper backbone costs more whatever the head); the same detector and schedule; any detector on
+the same schedule. Records are timed where they were made, two runs side by side on the
+proxy's machines, so the estimate holds for sweeps run the same way; with no comparable record it is
+``None`` (unknown: the run starts).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ..provenance import jsonable
+from .runs import RunRequest
+from .store import Record, ResultsStore
+
+START_UP_S = 60.0  # data set, model and weights loading, COCO evaluation and the record's writing
+
+
+def record_seconds(record: Record) -> float | None:
+    """A finished run's training plus inference time in seconds (``timings``), or ``None`` when unrecorded."""
+    timings = record.get("timings") or {}
+    train = timings.get("train_seconds")
+    if not isinstance(train, (int, float)):
+        return None
+    return float(train) + float(timings.get("inference_seconds") or 0.0)
+
+
+def iterations_done(run_dir: str | Path) -> int:
+    """The last iteration a run's log (``log.jsonl`` in ``run_dir``) recorded: 0 for a run not started."""
+    log = Path(run_dir) / "log.jsonl"
+    if not log.is_file():
+        return 0
+    lines = [line for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        return int(json.loads(lines[-1])["iter"]) if lines else 0
+    except (ValueError, KeyError, TypeError):
+        return 0  # a log cut mid-line: count the run as not started (the estimate errs long)
+
+
+def _likeness(request: RunRequest) -> list[Callable[[Record], bool]]:
+    """Record filters from the most to the least like ``request``."""
+    name, iters = request.model.name, request.train.iters
+    backbone = jsonable(request.model.backbone)
+
+    def same_schedule(r: Record) -> bool:
+        return ((r.get("config") or {}).get("train") or {}).get("iters") == iters
+
+    def same_backbone(r: Record) -> bool:
+        return same_schedule(r) and ((r.get("config") or {}).get("model") or {}).get("backbone") == backbone
+
+    def same_model(r: Record) -> bool:
+        return same_schedule(r) and r.get("model") == name
+
+    def same_model_and_backbone(r: Record) -> bool:
+        return same_model(r) and same_backbone(r)
+
+    return [same_model_and_backbone, same_backbone, same_model, same_schedule]
+
+
+def expected_seconds(request: RunRequest, records: Sequence[Record]) -> float | None:
+    """The expected wall time of ``request`` (see the module doc) from ``records`` (its profile's), or ``None``."""
+    records = [r for r in records if r.get("profile") == request.profile and record_seconds(r) is not None]
+    for alike in _likeness(request):
+        times = [record_seconds(r) for r in records if alike(r)]
+        if times:
+            left = max(0, request.train.iters - iterations_done(request.run_dir)) / max(1, request.train.iters)
+            return START_UP_S + left * statistics.median(times)
+    return None
+
+
+def estimator(results_dir: str | Path, profile: str) -> Callable[[RunRequest], float | None]:
+    """:func:`expected_seconds` over the records of ``profile`` in ``results_dir`` as they are now."""
+    records: list[dict[str, Any]] = ResultsStore(results_dir).records(profile)
+    return lambda request: expected_seconds(request, records)
