@@ -12,6 +12,12 @@ P5 (for the RPN only); the RoI head pools from P2-P5. With a backbone split per 
 are drawn without gradient, so the two stages train jointly as in the approximate joint training of Faster
 R-CNN (Sec. 3.2).
 
+Under mixed precision the RoI head and the mask branch run in float32: they run inside the head's loss and
+prediction, where :class:`~replicate.models.detector.Detector` turns autocast off (mmdetection's fp16 recipe
+runs them in half precision). Only the backbone, neck and RPN conv run in the autocast dtype. On the proxy's
+CPU, TSD's step did not get faster with its RoI head under bf16 autocast (one thread, a busy machine:
+1406 ms either way), so the float32 path stays.
+
 Mask R-CNN (He et al. 2017) is the same composition with a mask branch beside the RoI head
 (:mod:`~.mask_head`): it trains on the positives of the RoI head's sampled proposals and predicts a mask for
 each of the RoI head's detections, whichever RoI head it is (``mask_rcnn``, ``tsd_mask_rcnn``).
