@@ -233,7 +233,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
               "emulates: each run many times slower than on a CPU with native bf16 (AVX-512 BF16 or AMX), and "
               "its numbers not those of the committed records' machines", file=sys.stderr)
     deadline = _deadline(args.until, args.max_minutes)
-    if args.fit and deadline is None:
+    if args.fit and deadline is None and not args.dry_run:
         raise ReplicateError("--fit starts only the runs that finish before the deadline: give --until or --max-minutes")
     expected = estimator(args.results, args.profile) if args.fit else None
     stop = stop_file(args.work)
@@ -568,7 +568,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fit", action="store_true",
                    help="with --until or --max-minutes: start only the runs expected to finish before it (the median "
                         "time of the profile's recorded runs of the same detector, backbone and schedule, for the "
-                        "iterations left), so that a machine stopping then loses no half-trained run")
+                        "iterations left), so that a machine stopping then loses no half-trained run; with "
+                        "--dry-run: each missing run's expected time and their total")
     p.add_argument("--dry-run", action="store_true", help="print what would run; submit nothing")
     p.set_defaults(func=_cmd_sweep)
 

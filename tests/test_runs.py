@@ -479,7 +479,14 @@ def test_with_expected_durations_a_sweep_starts_only_the_runs_that_end_before_it
     outcomes = run_requests([request], "debug", deadline=time.time() + 600, expected=lambda r: None,
                             log=lambda line: None)
     assert [o.status for o in outcomes] == ["finished"]
-    assert main(["sweep", "demo", "--profile", "smoke", "--fit", "--dry-run", "--results", str(tmp_path)]) == 2
+    assert main(["sweep", "demo", "--profile", "smoke", "--fit", "--results", str(tmp_path)]) == 2
+    # a dry run lists each missing run's expected time and their total (2 runs of 30 min, 2 at once: 0.5 h)
+    lines = []
+    fresh = requests_for(TABLE1, "smoke", results_dir=tmp_path / "fresh", work_dir=tmp_path / "work")
+    sweep_module.launch_missing(fresh, "debug", dry_run=True, expected=lambda r: 1800, parallelism=2,
+                                log=lines.append)
+    assert [line.endswith("(expected 30 min)") for line in lines] == [True, True, False]
+    assert lines[-1] == "expected: 1.0 run-hours for 2 of the 2 runs to do, about 0.5 h at 2 at once"
     assert "--fit starts only the runs that finish before the deadline: give --until" in capsys.readouterr().err
 
 

@@ -146,11 +146,18 @@ def launch_missing(requests: Sequence[RunRequest], executor: str = "local", *, r
     to_run = [r for key, r in unique.items() if missing_tests(records[key], r.all_tests)]
     status = {key: ("finished", "") for key, r in unique.items() if not missing_tests(records[key], r.all_tests)}
     if dry_run or not run:
+        expected = launch_options.get("expected") if dry_run else None
+        needs = {r.key: expected(r) if expected else None for r in to_run}
         for r in to_run:
             if dry_run:
-                need = launch_options["expected"](r) if launch_options.get("expected") else None
+                need = needs[r.key]
                 log(f"would run {r.describe()} in {r.run_dir}" + (f" (expected {need / 60:.0f} min)" if need else ""))
             status[r.key] = ("missing", "dry run" if dry_run else "not run")
+        if expected and to_run:
+            known = [n for n in needs.values() if n is not None]
+            slots = launch_options.get("parallelism") or 1
+            log(f"expected: {sum(known) / 3600:.1f} run-hours for {len(known)} of the {len(to_run)} runs to do, "
+                f"about {sum(known) / 3600 / slots:.1f} h at {slots} at once")
         return Launch(unique, records, status)
     if executor == "slurm" and isinstance(cluster, (str, Path)):
         cluster = _load_cluster(cluster)
