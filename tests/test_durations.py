@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from replicate.experiments.durations import START_UP_S, expected_seconds, iterations_done, record_seconds
+from replicate.experiments.durations import (START_UP_S, expected_seconds, iterations_done, record_seconds,
+                                              relative_costs)
 from replicate.experiments.runs import RunRequest
 from replicate.models.zoo import model_config
 from replicate.profiles import schedule_for
@@ -58,3 +59,29 @@ def test_a_resumed_run_needs_the_share_of_iterations_it_has_left(request_):
     assert expected_seconds(request_, records) == pytest.approx(START_UP_S + left * 400)
     (request_.run_dir / "log.jsonl").write_text('{"iter": 1}\n{"it')  # cut mid-line: counted as not started
     assert iterations_done(request_.run_dir) == 0
+
+
+def bench(folder, name, model, speed, profile="smoke", **extra):
+    record = {"benchmark": "threads", "model": model, "profile": profile, "2x1": {"machine_imgs_per_s": speed}, **extra}
+    (folder / f"{name}.json").write_text(json.dumps(record))
+
+
+def test_a_detector_without_records_costs_retinanets_times_its_benchmarked_ratio(request_, tmp_path):
+    folder = tmp_path / "bench"
+    folder.mkdir()
+    bench(folder, "threads_smoke_retinanet", "retinanet", 26.0)
+    bench(folder, "threads_smoke_atss", "atss", 13.0)
+    bench(folder, "threads_smoke_atss_set", "atss", 1.0, overrides={"head.x": 1})  # a changed preset: ignored
+    bench(folder, "threads_proxy_atss", "atss", 52.0, profile="proxy")  # the profile with fewer presets: ignored
+    (folder / "threads_broken.json").write_text('{"model": "fcos"}')  # not a threads record: ignored
+    (folder / "aps_cpu.json").write_text('{"benchmark": "aps"}')
+    costs = relative_costs(folder)
+    assert costs == {"retinanet": 1.0, "atss": 2.0}
+    iters, backbone = request_.train.iters, jsonable(request_.model.backbone)
+    records = [record("retinanet", backbone, iters, 100), record("fcos", backbone, iters, 20)]
+    assert expected_seconds(request_, records, costs) == START_UP_S + 2.0 * 110  # ATSS: twice RetinaNet's
+    assert expected_seconds(request_, records) == START_UP_S + 70  # without costs: any detector, median(110, 30)
+    # its own records, once there, come first
+    assert expected_seconds(request_, records + [record("atss", backbone, iters, 500)], costs) == START_UP_S + 510
+    bench(folder, "threads_smoke_retinanet", "atss", 26.0)  # no RetinaNet record left: no ratios
+    assert relative_costs(folder) == {}
