@@ -17,10 +17,10 @@ The contraction is a batched product per image (``bmm``) since 2026-12-06; befor
 batch into one product over transposed copies of the samples. On AlignDet's 7x7 RoIConv at the proxy's P3 size
 (8 x 64 x 32 x 32 in, 256 out) forward + backward took 1235-1304 ms with the einsum and 782-807 ms with bmm
 (one thread, bf16 autocast, a busy machine, interleaved), and three AlignDet training steps on proxy batches
-4.93 s -> 3.75 s of CPU (torch.profiler; a 1x1 convolution in place of bmm was slower: 896-925 ms). Outputs and input gradients are bit-identical; the
-weight gradient sums the images in another order, so a run that uses this operator re-trains to other last
-bits than before: the two proxy records made with the einsum (MOD Table 7's X101-64x4d-DCN, seeds 0 and 1,
-commit 5a42ab7) reproduce exactly at their own commit.
+4.93 s -> 3.75 s of CPU (torch.profiler; a 1x1 convolution in place of bmm was slower: 896-925 ms). Outputs
+and input gradients are bit-identical; the weight gradient sums the images in another order, so a run that
+uses this operator re-trains to other last bits than before: the two proxy records made with the einsum
+(MOD Table 7's X101-64x4d-DCN, seeds 0 and 1, commit 5a42ab7) reproduce exactly at their own commit.
 """
 
 from __future__ import annotations
