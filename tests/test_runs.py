@@ -559,6 +559,9 @@ def test_verify_reproduces_a_record_exactly_and_names_what_differs(swept, smoke_
     result = verify(bad, data_root=smoke_root, progress=False)
     assert not result.exact and list(result.differences) == ["loss.last"] and "NOT reproduced" in result.format()
     assert "recorded on 'Another CPU'" in result.format() and not result.same_machine
+    assert "re-trained at" not in result.format()  # the record's own commit
+    other = dataclasses.replace(result, recorded_commit="0123456789abcdef")
+    assert "recorded at commit 0123456789, re-trained at" in other.format()
     save_verification(result, tmp_path / "elsewhere")
     frame = pd.concat([verifications_frame(tmp_path / store, "smoke") for store in ("store", "elsewhere")])
     assert list(frame["outcome"]) == [f"exact ({len(kept.stored)} metrics and loss statistics equal)",

@@ -47,6 +47,7 @@ class Verification:
     here: str = ""  # this machine's
     threads: int = 1  # the intra-op threads it was re-trained with
     code: dict[str, Any] = field(default_factory=dict)  # the commit it was re-trained with (code_version at start)
+    recorded_commit: str = ""  # the commit the record was made at (its provenance's)
 
     @property
     def same_machine(self) -> bool:
@@ -67,6 +68,11 @@ class Verification:
         if not self.same_machine:
             lines.append(f"  recorded on {self.recorded_on!r}, re-trained on {self.here!r}: exact reproduction is "
                          "promised on a CPU like the record's only (other float kernels run on another CPU)")
+        now = str(self.code.get("commit") or "")
+        if self.recorded_commit and now and now != "unknown" and now != self.recorded_commit:
+            lines.append(f"  recorded at commit {self.recorded_commit[:10]}, re-trained at {now[:10]}: a change of "
+                         "float path since (an operator's summation order) also differs in the last bits; re-train at "
+                         f"the record's commit to tell (git worktree add ../at-record {self.recorded_commit[:10]})")
         return "\n".join([f"{head}: NOT reproduced ({len(self.differences)} metric(s) differ)", *lines])
 
 
@@ -179,4 +185,5 @@ def verify(record_path: str | Path, *, data_root: str | Path | None = None, work
                    if not _same(stored.get(k), new.get(k))}
     return Verification(path, record["key"], request, stored, new, differences,
                         recorded_on=str((record.get("provenance") or {}).get("device") or ""), here=device_name("cpu"),
-                        threads=threads, code=code)
+                        threads=threads, code=code,
+                        recorded_commit=str((record.get("provenance") or {}).get("commit") or ""))
