@@ -39,7 +39,8 @@ for backbone in narrow narrow_deep; do
   pids+=($!)
 done
 for pid in "${pids[@]}"; do wait "$pid" || exit 1; done
-[ -d "$TREE" ] || git -C "$HERE" worktree add --detach "$TREE" HEAD >/dev/null || exit 1
+# the commit read at the start (a commit made while the backbones were re-made does not slip in)
+[ -d "$TREE" ] || git -C "$HERE" worktree add --detach "$TREE" "$COMMIT" >/dev/null || exit 1
 cd "$TREE" || exit 1
 # a worktree of a commit without the weights files takes this checkout's when they hash to their records'
 for pt in "$HERE"/results/pretrained/*/*.pt; do
