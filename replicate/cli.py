@@ -196,6 +196,18 @@ def _cmd_bench_norm(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_dcn(args: argparse.Namespace) -> int:
+    from .bench.dcn import bench_dcn, format_result
+    from .io import atomic_write_json
+
+    result = bench_dcn(batch_size=args.batch_size, iters=args.iters, threads=args.threads)
+    print(format_result(result))
+    if not args.no_save:
+        path = args.out or Path("results") / "bench" / "dcn_cpu.json"
+        print(f"  written to {atomic_write_json(path, result, indent=1)}")
+    return 0
+
+
 def _cmd_bench_threads(args: argparse.Namespace) -> int:
     from .bench.cost import bench_threads, write_result
 
@@ -509,6 +521,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="result file (default results/bench/norm_cpu.json)")
     p.add_argument("--no-save", action="store_true", help="print only")
     p.set_defaults(func=_cmd_bench_norm)
+
+    p = bsub.add_parser("dcn", help="deformable convolution on CPU: our sampled form against torchvision's op",
+                        description="Forward + backward of AlignDet's 7x7 RoIConv and of a 3x3 deformable convolution "
+                                    "on the proxy's P3 map: our grid_sample form (float32 and bf16 autocast) against "
+                                    "torchvision.ops.deform_conv2d (float32), with the largest output difference.")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", type=Path, help="result file (default results/bench/dcn_cpu.json)")
+    p.add_argument("--no-save", action="store_true", help="print only")
+    p.set_defaults(func=_cmd_bench_dcn)
 
     p = bsub.add_parser("threads", help="1 run x 2 threads against 2 runs x 1 thread: which trains more per hour",
                         description="Training throughput of one preset on this machine: one run with two threads, "

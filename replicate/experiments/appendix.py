@@ -186,9 +186,10 @@ def bench_frame(bench_dir: str | Path) -> pd.DataFrame:
     Every benchmark times ours against a baseline on the same input (``train-step``: torchvision's
     detector; ``aps``: the released code's per-box scikit-learn loop; ``eval``: the optional
     faster-coco-eval backend against pycocotools, the reference; ``norm``: GroupNorm's NCHW path against
-    PyTorch's channels-last kernel, bf16 on the largest map), in milliseconds (median); ``speed-up`` is
+    PyTorch's channels-last kernel, bf16 on the largest map; ``dcn``: our deformable convolution against
+    torchvision's compiled op, one row per case), in milliseconds (median); ``speed-up`` is
     baseline time over ours (above 1: ours is faster); ``device`` says the threads where the result records them. ``same result`` is the APS parity check, for ``eval`` whether every
-    stat agrees to 1e-12, for ``norm`` whether the float32 outputs agree to 1e-4, for ``parity`` (the
+    stat agrees to 1e-12, for ``norm`` whether the float32 outputs agree to 1e-4, for ``dcn`` to 1e-3, for ``parity`` (the
     same training run on CUDA and on CPU, no timing) :func:`replicate.bench.parity.judge`'s verdict
     (``None`` where none is made).
     """
@@ -197,7 +198,7 @@ def bench_frame(bench_dir: str | Path) -> pd.DataFrame:
     data = []
     for path in sorted(Path(bench_dir).glob("*.json")):
         b = read_json(path, what="benchmark result")
-        if b.get("benchmark") not in ("aps", "train-step", "eval", "norm", "parity"):
+        if b.get("benchmark") not in ("aps", "train-step", "eval", "norm", "parity", "dcn"):
             continue  # the cost benchmarks (data, threads) have no baseline: the calibration page shows them
         if b.get("benchmark") == "norm":  # the headline: bf16 on the largest map, as the proxy trains
             rows = b.get("rows") or []
@@ -208,6 +209,13 @@ def bench_frame(bench_dir: str | Path) -> pd.DataFrame:
             data.append([path.name, "norm", "GroupNorm on channels-last input, NCHW path (gn_nchw)",
                          f"forward + backward, {'x'.join(map(str, head['shape']))}, bf16", head["ours_ms"],
                          "PyTorch's channels-last kernel", head["channels_last_ms"], head["speedup"], same, _where(b)])
+            continue
+        if b.get("benchmark") == "dcn":  # one row per case: ours in float32 against torchvision's compiled op
+            for r in b.get("rows") or []:
+                data.append([path.name, "dcn", f"deformable convolution, {r['case']}, our grid_sample form",
+                             f"forward + backward, {'x'.join(map(str, r['in']))} -> {r['out_channels']}, float32",
+                             r["ours_ms"], "torchvision.ops.deform_conv2d", r["torchvision_ms"], r["speedup"],
+                             r["max_abs_diff"] < 1e-3, _where(b)])
             continue
         if b.get("benchmark") == "parity":
             load = (f"{b.get('iters')} iterations, float32: first {b.get('initial_iters')} losses within "
