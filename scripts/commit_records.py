@@ -10,10 +10,9 @@ the device and commit(s) it was trained on, all read from the records themselves
 
 A run resumed from a checkpoint says the commits of its earlier attempts ("begun at 5a42ab7").
 
-Pretrained backbones' weights files (``results/pretrained/<profile>/<name>-<sha>.pt``) that git does not
-hold yet go in the same commit when they hash to their ``.json`` record's SHA-256: a machine that can
-re-make them keeps them for the machines that cannot (another CPU model or instruction set re-makes other
-weights; README, "Pretrained backbones"). A file that does not match its record is left out and named.
+Pretrained backbones' weights files stay out of git (files of megabytes): only their ``.json`` records
+are committed, and ``ensure_pretrained`` re-makes a missing file from its record (README, "Pretrained
+backbones").
 
     python scripts/commit_records.py            # commit the new and changed records
     python scripts/commit_records.py --dry-run  # print the message only
@@ -22,7 +21,6 @@ weights; README, "Pretrained backbones"). A file that does not match its record 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import subprocess
 import sys
 from pathlib import Path
@@ -43,27 +41,6 @@ def changed_records(results: Path) -> list[Path]:
     paths = [ROOT / line[3:].strip() for line in out.splitlines()]
     profiles = set(PROFILES)
     return sorted(p for p in paths if p.suffix == ".json" and p.parent.name in profiles and p.parent.parent == results)
-
-
-def new_weights(results: Path) -> tuple[list[Path], list[str]]:
-    """The weights files under ``results/pretrained`` that git does not hold yet and that hash to their
-    record's SHA-256, and a line per file left out (no record, or another hash)."""
-    out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--ignored", "--",
-                          str(results / "pretrained")], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    keep, skipped = [], []
-    for line in out.splitlines():
-        path = ROOT / line[3:].strip()
-        if path.suffix != ".pt":
-            continue
-        record = path.with_suffix(".json")
-        want = read_json(record, what="pretrained-backbone record").get("sha256") if record.is_file() else None
-        if want is None:
-            skipped.append(f"{path}: no record beside it")
-        elif hashlib.sha256(path.read_bytes()).hexdigest() != want:
-            skipped.append(f"{path}: does not hash to its record's SHA-256 {want[:12]}")
-        else:
-            keep.append(path)
-    return sorted(keep), skipped
 
 
 def _short(commit: object) -> str:
@@ -113,22 +90,17 @@ def main(argv: list[str] | None = None) -> int:
     results = args.results.resolve()
     paths = changed_records(results)
     try:
-        weights, skipped = new_weights(results)
         records = [read_json(p, what="run record") for p in paths]
     except ReplicateError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    for line in skipped:
-        print(f"left out: {line}", file=sys.stderr)
-    if not paths and not weights:
+    if not paths:
         print("no new or changed records")
         return 0
-    text = message(records, args.seeds) if records else f"Pretrained backbones' weights ({len(weights)} file(s))\n\n"
-    text += "".join(f"- {w.relative_to(results)}: the weights of its committed record (SHA-256 matches)\n"
-                    for w in weights)
+    text = message(records, args.seeds)
     if not args.dry_run:  # committed before anything is printed, so that a closed output cannot stop it
-        files = [*map(str, paths), *map(str, weights)]
-        subprocess.run(["git", "add", "--force", "--", *files], cwd=ROOT, check=True)
+        files = [*map(str, paths)]
+        subprocess.run(["git", "add", "--", *files], cwd=ROOT, check=True)
         subprocess.run(["git", "commit", "-q", "-F", "-", "--", *files], cwd=ROOT, input=text, text=True, check=True)
     print(text)
     return 0

@@ -8,8 +8,7 @@
 #   UNTIL=02:10 setsid nohup scripts/sweep_evidence.sh > ../sweep.log 2>&1 < /dev/null &
 #
 # Records land in RESULTS (default: this checkout's results/); commit them as they land:
-#   python scripts/commit_records.py   (the message names each record's row, seed, AP, device and commit;
-#   backbone weights re-made here go in too when they hash to their records)
+#   python scripts/commit_records.py   (the message names each record's row, seed, AP, device and commit)
 # Stop early: replicate stop --work WORK (runs checkpoint and stop; no step starts after it). Killing
 # the process group instead would have submitit requeue the runs (preemption), which go on training.
 set -uo pipefail

@@ -42,33 +42,3 @@ def test_a_resumed_run_and_a_second_provenance_are_said():
     variants_first = {resumed["key"]: [("mod:code_variants", "MOD (paper)"), ("mod:table2", "MOD")]}
     assert commit_records.describe(resumed, variants_first).startswith("mod:table2 'MOD' (+1 more rows) seed 2")
 
-
-def test_new_weights_go_in_only_when_they_hash_to_their_record(tmp_path, monkeypatch, capsys):
-    import hashlib
-    import json
-    import subprocess
-
-    git = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True, text=True)
-    git("init", "-q")
-    (tmp_path / ".gitignore").write_text("/results/pretrained/**/*.pt\n")  # as the project's
-    folder = tmp_path / "results" / "pretrained" / "proxy"
-    folder.mkdir(parents=True)
-    good, bad, lone = b"weights", b"other weights", b"no record"
-    for name, data, recorded in (("narrow-aaaa", good, good), ("narrow_deep-bbbb", bad, good), ("lone-cccc", lone, None)):
-        (folder / f"{name}.pt").write_bytes(data)
-        if recorded is not None:
-            (folder / f"{name}.json").write_text(json.dumps({"sha256": hashlib.sha256(recorded).hexdigest()}))
-    monkeypatch.setattr(commit_records, "ROOT", tmp_path)
-    keep, skipped = commit_records.new_weights(tmp_path / "results")
-    assert keep == [folder / "narrow-aaaa.pt"]
-    assert sorted(skipped) == [f"{folder / 'lone-cccc.pt'}: no record beside it",
-                               f"{folder / 'narrow_deep-bbbb.pt'}: does not hash to its record's SHA-256 "
-                               f"{hashlib.sha256(good).hexdigest()[:12]}"]
-    git("config", "user.name", "t")
-    git("config", "user.email", "t@t")
-    assert commit_records.main(["--results", str(tmp_path / "results")]) == 0
-    out, err = capsys.readouterr()
-    assert out.startswith("Pretrained backbones' weights (1 file(s))\n\n- pretrained/proxy/narrow-aaaa.pt: ")
-    assert "left out: " in err and "narrow_deep-bbbb.pt" in err
-    assert git("ls-files").stdout.split() == ["results/pretrained/proxy/narrow-aaaa.pt"]
-    assert commit_records.new_weights(tmp_path / "results")[0] == []  # held by git: not new
