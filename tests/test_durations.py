@@ -5,9 +5,8 @@ import json
 
 import pytest
 
-from replicate.experiments.durations import (START_UP_S, expected_seconds, iterations_done, record_seconds,
-                                              relative_costs)
-from replicate.experiments.runs import RunRequest
+from replicate.experiments.durations import START_UP_S, expected_seconds, record_seconds, relative_costs
+from replicate.experiments.runs import RunRequest, iterations_done
 from replicate.models.zoo import model_config
 from replicate.profiles import schedule_for
 from replicate.provenance import jsonable

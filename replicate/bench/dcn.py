@@ -49,15 +49,13 @@ def bench_dcn(*, batch_size: int = 8, channels: int = 64, size: int = 32, iters:
                 out.float().sum().backward()
                 return out.detach().float()
 
-            def ours(xs, off, ws, b, stride, padding, dilation):
-                return sampled_deform_conv2d(xs, off, ws, b, stride, padding, dilation)
-
             def theirs(xs, off, ws, b, stride, padding, dilation):
                 return deform_conv2d(xs, off, ws, b, stride=stride, padding=padding, dilation=dilation)
 
             times = {}
             outs = {}
-            for label, op, amp in (("ours", ours, False), ("ours_bf16", ours, True), ("torchvision", theirs, False)):
+            for label, op, amp in (("ours", sampled_deform_conv2d, False), ("ours_bf16", sampled_deform_conv2d, True),
+                                   ("torchvision", theirs, False)):
                 seconds, outs[label] = time_calls(lambda op=op, amp=amp: step(op, amp), iters, warmup, cpu)
                 times[label] = 1e3 * statistics.median(seconds)
             rows.append({"case": name, "kernel": kernel, "in": [batch_size, channels, size, size],

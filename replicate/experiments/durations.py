@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..provenance import jsonable
-from .runs import RunRequest
+from .runs import RunRequest, iterations_done
 from .store import Record, ResultsStore
 
 START_UP_S = 60.0  # data set, model and weights loading, COCO evaluation and the record's writing
@@ -37,18 +37,6 @@ def record_seconds(record: Record) -> float | None:
     if not isinstance(train, (int, float)):
         return None
     return float(train) + float(timings.get("inference_seconds") or 0.0)
-
-
-def iterations_done(run_dir: str | Path) -> int:
-    """The last iteration a run's log (``log.jsonl`` in ``run_dir``) recorded: 0 for a run not started."""
-    log = Path(run_dir) / "log.jsonl"
-    if not log.is_file():
-        return 0
-    lines = [line for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
-    try:
-        return int(json.loads(lines[-1])["iter"]) if lines else 0
-    except (ValueError, KeyError, TypeError):
-        return 0  # a log cut mid-line: count the run as not started (the estimate errs long)
 
 
 def relative_costs(bench_dir: str | Path) -> dict[str, float]:

@@ -339,6 +339,17 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
+def iterations_done(run_dir: str | Path) -> int:
+    """The last iteration a run's log (``log.jsonl`` in ``run_dir``) recorded: 0 for a run not started, or
+    whose log was cut mid-line."""
+    log = Path(run_dir) / "log.jsonl"
+    lines = [line for line in log.read_text(encoding="utf-8").splitlines() if line.strip()] if log.is_file() else []
+    try:
+        return int(json.loads(lines[-1])["iter"]) if lines else 0
+    except (ValueError, KeyError, TypeError):
+        return 0
+
+
 def unfinished_runs(work_dir: str | Path, store: ResultsStore, profile: str | None = None) -> list[dict[str, Any]]:
     """The runs with a work folder but no record: their ``run.json`` plus ``iteration`` (the last one
     logged) and ``updated`` (when the log last changed, ISO UTC), ordered by profile and key."""
@@ -348,9 +359,8 @@ def unfinished_runs(work_dir: str | Path, store: ResultsStore, profile: str | No
         if store.finished(info["profile"], info["key"]):
             continue
         log = info_path.parent / "log.jsonl"
-        lines = log.read_text(encoding="utf-8").splitlines() if log.is_file() else []
         changed = log.stat().st_mtime if log.is_file() else info_path.stat().st_mtime
-        info.update(iteration=json.loads(lines[-1])["iter"] if lines else 0,
+        info.update(iteration=iterations_done(info_path.parent),
                     updated=datetime.fromtimestamp(changed, timezone.utc).isoformat(timespec="seconds"))
         out.append(info)
     return out
