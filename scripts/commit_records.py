@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     text = message(records, args.seeds)
     if not args.dry_run:  # committed before anything is printed, so that a closed output cannot stop it
-        files = [*map(str, paths)]
+        files = [str(p) for p in paths]
         subprocess.run(["git", "add", "--", *files], cwd=ROOT, check=True)
         subprocess.run(["git", "commit", "-q", "-F", "-", "--", *files], cwd=ROOT, input=text, text=True, check=True)
     print(text)
