@@ -589,9 +589,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(sweep again to resume them)")
     p.add_argument("--max-minutes", type=float, default=None, help="clean stop after this many minutes (as --until)")
     p.add_argument("--fit", action="store_true",
-                   help="with --until or --max-minutes: start only the runs expected to finish before it (the median "
-                        "time of the profile's recorded runs of the same detector, backbone and schedule, for the "
-                        "iterations left), so that a machine stopping then loses no half-trained run; with "
+                   help="with --until or --max-minutes: start only the runs expected to finish before it with 20%% "
+                        "to spare (the median time of the profile's recorded runs most like it: other seeds of the "
+                        "run, else the same detector, backbone and schedule; for the iterations left), so that a "
+                        "machine stopping then loses no half-trained run; with "
                         "--dry-run: each missing run's expected time and their total")
     p.add_argument("--dry-run", action="store_true", help="print what would run; submit nothing")
     p.set_defaults(func=_cmd_sweep)

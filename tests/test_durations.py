@@ -47,6 +47,21 @@ def test_the_median_of_the_most_alike_records_plus_start_up(request_):
     assert record_seconds(records[0]) == 110
 
 
+def test_the_same_run_at_other_seeds_comes_before_other_variants_of_the_detector(request_):
+    iters, backbone = request_.train.iters, jsonable(request_.model.backbone)
+    variants = [record("atss", backbone, iters, 100), record("atss", backbone, iters, 200)]
+    # records as the store reads them back: JSON, the seed the only difference
+    other_seeds = [json.loads(json.dumps({**record("atss", backbone, iters, train_s), "config": {
+        "model": jsonable(request_.model), "train": {**jsonable(request_.train), "seed": seed}}}))
+        for seed, train_s in ((1, 700), (2, 900))]
+    assert expected_seconds(request_, variants + other_seeds) == START_UP_S + 810  # median(710, 910)
+    assert expected_seconds(request_, variants) == START_UP_S + 160
+    # another schedule setting (the learning rate here) is another run: a variant
+    other_lr = json.loads(json.dumps(other_seeds[0]))
+    other_lr["config"]["train"]["lr"] = 2 * request_.train.lr
+    assert expected_seconds(request_, variants + [other_lr]) == START_UP_S + 210  # median(110, 210, 710)
+
+
 def test_a_resumed_run_needs_the_share_of_iterations_it_has_left(request_):
     iters = request_.train.iters
     records = [record("atss", jsonable(request_.model.backbone), iters, 390)]

@@ -474,7 +474,12 @@ def test_with_expected_durations_a_sweep_starts_only_the_runs_that_end_before_it
     lines = []
     outcomes = run_requests([request], "debug", deadline=time.time() + 600, expected=lambda r: 3600, log=lines.append)
     assert [o.status for o in outcomes] == ["missing"] and not request.run_dir.exists()
-    assert outcomes[0].message.startswith("not started: expected to take 60 min, ") and "not started" in lines[0]
+    assert outcomes[0].message.startswith("not started: expected to take 60 min (72 with the 20% margin), ")
+    assert "not started" in lines[0]
+    # one expected to end just before the deadline does not leave the margin: 550 s x 1.2 > 600 s
+    outcomes = run_requests([request], "debug", deadline=time.time() + 600, expected=lambda r: 550,
+                            log=lambda line: None)
+    assert [o.status for o in outcomes] == ["missing"] and not request.run_dir.exists()
     # one that fits (or whose duration is unknown: None) runs as before
     outcomes = run_requests([request], "debug", deadline=time.time() + 600, expected=lambda r: None,
                             log=lambda line: None)

@@ -7,7 +7,9 @@ costs five minutes of two cores for nothing. :func:`expected_seconds` estimates 
 median, over the profile's recorded runs most like it, of their training time (every logged iteration's
 time, summed over resumed parts) plus their inference time and a fixed allowance for start-up and COCO
 evaluation; for a run resumed from its checkpoint, in proportion to the iterations it has left. "Most like
-it" is tried in order: the same detector, backbone and schedule; for a detector without such records,
+it" is tried in order: the same run at other seeds (model and training configs equal but for the seed; a
+detector's variants differ in cost, MOD's R50 proxy variants taking from 11 to 42 minutes); the same
+detector, backbone and schedule; for a detector without such records,
 RetinaNet's with that backbone and schedule times the detector's cost relative to RetinaNet's measured by
 ``replicate bench threads`` (:func:`relative_costs`: AlignDet's is about 3.4); any detector with that
 backbone and schedule (a deeper backbone costs more whatever the head); the same detector and schedule; any
@@ -65,6 +67,7 @@ def _likeness(request: RunRequest, costs: dict[str, float]) -> list[tuple[Callab
     their median time times the factor, estimate the run."""
     name, iters = request.model.name, request.train.iters
     backbone = jsonable(request.model.backbone)
+    model, train = jsonable(request.model), {**jsonable(request.train), "seed": None}
 
     def same_schedule(r: Record) -> bool:
         return ((r.get("config") or {}).get("train") or {}).get("iters") == iters
@@ -78,10 +81,15 @@ def _likeness(request: RunRequest, costs: dict[str, float]) -> list[tuple[Callab
     def same_model_and_backbone(r: Record) -> bool:
         return same_model(r) and same_backbone(r)
 
+    def same_run(r: Record) -> bool:  # another seed of this run
+        config = r.get("config") or {}
+        return (config.get("model") == model and isinstance(config.get("train"), dict)
+                and {**config["train"], "seed": None} == train)
+
     def retinanet_like(r: Record) -> bool:  # scaled by the detector's benchmarked cost relative to RetinaNet's
         return same_backbone(r) and r.get("model") == "retinanet"
 
-    pairs = [(same_model_and_backbone, 1.0)]
+    pairs = [(same_run, 1.0), (same_model_and_backbone, 1.0)]
     if name in costs:
         pairs.append((retinanet_like, costs[name]))
     return pairs + [(same_backbone, 1.0), (same_model, 1.0), (same_schedule, 1.0)]
